@@ -1,0 +1,260 @@
+"""Avro schemas and the three wire formats streaminfer reads and writes.
+
+* ``single-object``: Avro single-object encoding (``C3 01`` + 8-byte CRC-64-AVRO fingerprint of
+  the writer schema's canonical form + the Avro body). Needs no registry: the writer schema is
+  looked up by fingerprint among the repo's schemas (``schemas/**/*.avsc``) and resolved to the
+  reader schema, so an older record is read by a newer compatible schema.
+* ``confluent``: Confluent Schema Registry framing (``00`` + 4-byte schema id + Avro body) through
+  confluent-kafka's schema-registry client (``mock://`` URLs give its in-process registry).
+* ``json``: a plain JSON object, so ``kcat`` and scripts can publish.
+
+Decoding sniffs the first bytes, so a topic may mix formats. Timestamps are plain ints
+(milliseconds): the fast path never builds ``datetime`` objects.
+
+Hand-written on purpose (no library offers it): the 10-byte single-object header.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+__all__ = [
+    "SCHEMA_DIR",
+    "DecodeError",
+    "RecordCodec",
+    "load_schema",
+    "make_codec",
+    "registry_client",
+]
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+
+WireFormat = Literal["single-object", "confluent", "json"]
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a record this codec can read; the message says why."""
+
+
+def _strip_logical_types(schema: Any) -> Any:
+    """Same wire layout without logical types, so fastavro hands back ints, not datetimes."""
+    if isinstance(schema, dict):
+        return {k: _strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_strip_logical_types(v) for v in schema]
+    return schema
+
+
+@cache
+def _schema_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(SCHEMA_DIR.glob("*.avsc"))}
+
+
+def load_schema(name_or_path: str | Path) -> dict[str, Any]:
+    """The JSON schema named ``event``/``prediction``/... in ``schemas/``, or at a path."""
+    path = Path(name_or_path)
+    if path.suffix != ".avsc":
+        files = _schema_files()
+        if str(name_or_path) not in files:
+            raise KeyError(f"no schema {name_or_path!r}; known: {sorted(files)}")
+        path = files[str(name_or_path)]
+    return json.loads(path.read_text())
+
+
+class _Schema:
+    """A schema with what the codecs need precomputed: parsed form and fingerprint."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.parsed = fastavro.parse_schema(_strip_logical_types(raw))
+        canonical = to_parsing_canonical_form(fastavro.parse_schema(raw))
+        self.fingerprint = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        self.header = SINGLE_OBJECT_MAGIC + self.fingerprint
+        self.full_name = self.parsed["name"]
+
+
+@cache
+def _known_writers() -> dict[bytes, _Schema]:
+    """Every schema version shipped in ``schemas/`` (older versions live in subfolders)."""
+    known: dict[bytes, _Schema] = {}
+    for path in sorted(SCHEMA_DIR.rglob("*.avsc")):
+        schema = _Schema(json.loads(path.read_text()))
+        known[schema.fingerprint] = schema
+    return known
+
+
+def _to_millis(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return int(value.timestamp() * 1000)
+    return value
+
+
+class RecordCodec:
+    """Encodes records of one schema in one wire format; decodes any of the three formats.
+
+    ``extra_writers`` are further writer schemas (older versions) a single-object reader
+    should resolve by fingerprint, besides those shipped in ``schemas/``.
+    """
+
+    def __init__(
+        self,
+        schema: str | Path | dict[str, Any],
+        wire_format: WireFormat = "single-object",
+        *,
+        registry_url: str | None = None,
+        topic: str | None = None,
+        extra_writers: Iterable[dict[str, Any]] = (),
+    ) -> None:
+        raw = schema if isinstance(schema, dict) else load_schema(schema)
+        self.schema = _Schema(raw)
+        self.wire_format = wire_format
+        self.topic = topic or "streaminfer"
+        self._writers = dict(_known_writers())
+        for extra in extra_writers:
+            writer = _Schema(extra)
+            self._writers[writer.fingerprint] = writer
+        self._writers[self.schema.fingerprint] = self.schema
+        self._registry = _RegistryFraming(registry_url, raw, self.topic) if registry_url else None
+        if wire_format == "confluent" and self._registry is None:
+            raise ValueError("wire format 'confluent' needs a schema registry URL")
+        self.encode: Callable[[dict[str, Any]], bytes] = {
+            "single-object": self._encode_single_object,
+            "confluent": self._encode_confluent,
+            "json": self._encode_json,
+        }[wire_format]
+
+    # -- encoding --------------------------------------------------------------------------
+    def _encode_single_object(self, record: dict[str, Any]) -> bytes:
+        out = io.BytesIO()
+        out.write(self.schema.header)
+        fastavro.schemaless_writer(out, self.schema.parsed, record)
+        return out.getvalue()
+
+    def _encode_confluent(self, record: dict[str, Any]) -> bytes:
+        assert self._registry is not None
+        return self._registry.encode(record, self.schema.parsed)
+
+    @staticmethod
+    def _encode_json(record: dict[str, Any]) -> bytes:
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    def encode_many(self, records: Iterable[dict[str, Any]]) -> list[bytes]:
+        """Encode a batch; single-object reuses one buffer (about 1.6x faster than ``encode``)."""
+        if self.wire_format != "single-object":
+            return [self.encode(record) for record in records]
+        out = io.BytesIO()
+        header, parsed, write = self.schema.header, self.schema.parsed, fastavro.schemaless_writer
+        ends = []
+        for record in records:
+            out.write(header)
+            write(out, parsed, record)
+            ends.append(out.tell())
+        view = out.getbuffer()
+        values, start = [], 0
+        for end in ends:
+            values.append(bytes(view[start:end]))
+            start = end
+        del view
+        return values
+
+    # -- decoding --------------------------------------------------------------------------
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        """One record as a dict (timestamps as int ms); raises ``DecodeError`` saying why."""
+        if not data:
+            raise DecodeError("empty value")
+        first = data[0]
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            return self._decode_single_object(data)
+        if first == CONFLUENT_MAGIC:
+            return self._decode_confluent(data)
+        if first in b"{ \t\r\n":
+            return self._decode_json(data)
+        raise DecodeError(
+            f"unknown wire format: first byte 0x{first:02x} is not Avro single-object (C3 01), "
+            "Schema Registry framing (00) or a JSON object"
+        )
+
+    def _decode_single_object(self, data: bytes) -> dict[str, Any]:
+        if len(data) < 10:
+            raise DecodeError(f"single-object record too short ({len(data)} bytes)")
+        writer = self._writers.get(data[2:10])
+        if writer is None:
+            raise DecodeError(f"unknown writer schema fingerprint {data[2:10].hex()}")
+        try:
+            return fastavro.schemaless_reader(
+                io.BytesIO(data[10:]), writer.parsed, self.schema.parsed
+            )
+        except Exception as exc:
+            raise DecodeError(f"Avro body does not match {writer.full_name}: {exc}") from exc
+
+    def _decode_confluent(self, data: bytes) -> dict[str, Any]:
+        if self._registry is None:
+            raise DecodeError("Schema Registry framed record but no schema registry is configured")
+        try:
+            record = self._registry.decode(data, self.schema.parsed)
+        except Exception as exc:
+            raise DecodeError(f"Schema Registry record could not be read: {exc}") from exc
+        return {k: _to_millis(v) for k, v in record.items()}
+
+    @staticmethod
+    def _decode_json(data: bytes) -> dict[str, Any]:
+        try:
+            record = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DecodeError(f"invalid JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise DecodeError(f"JSON value is a {type(record).__name__}, expected an object")
+        return record
+
+
+@cache
+def registry_client(url: str) -> Any:
+    """One Schema Registry client per URL and process (``mock://`` gives the in-memory one)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient.new_client({"url": url})
+
+
+class _RegistryFraming:
+    """Schema Registry framing via confluent-kafka's serializer/deserializer classes."""
+
+    def __init__(self, url: str, raw_schema: dict[str, Any], topic: str) -> None:
+        from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        self.client = registry_client(url)
+        schema_str = json.dumps(raw_schema)
+        self._serializer = AvroSerializer(self.client, schema_str)
+        self._deserializer = AvroDeserializer(self.client, schema_str)
+        self._context = SerializationContext(topic, MessageField.VALUE)
+
+    def encode(self, record: dict[str, Any], _parsed: Any) -> bytes:
+        data = self._serializer(record, self._context)
+        assert data is not None
+        return data
+
+    def decode(self, data: bytes, _parsed: Any) -> dict[str, Any]:
+        record = self._deserializer(data, self._context)
+        if not isinstance(record, dict):
+            raise DecodeError("Schema Registry record is not an Avro record")
+        return record
+
+
+def make_codec(
+    schema: str, wire_format: WireFormat, registry_url: str | None, topic: str
+) -> RecordCodec:
+    """The codec the CLI and workers use for ``schema`` records on ``topic``."""
+    return RecordCodec(schema, wire_format, registry_url=registry_url, topic=topic)

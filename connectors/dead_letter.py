@@ -1,0 +1,164 @@
+"""Dead-letter queue: park records the pipeline cannot process, byte for byte, and move on.
+
+A poison record must neither stop a partition nor vanish. The DLQ record keeps the *original*
+key and value bytes, so fixing the cause and replaying it into the source topic (e.g.
+``kcat -C -t events.dlq | kcat -P -t events``) re-runs exactly what failed. Where it came from
+and why travel as headers (the same facts as ``schemas/dead_letter.avsc``)::
+
+    streaminfer.reason            human-readable: which field, what was expected
+    streaminfer.error_type        stable class: decode, validation, model, ...
+    streaminfer.source_topic      topic the record was read from
+    streaminfer.source_partition  its partition (decimal text)
+    streaminfer.source_offset     its offset (decimal text)
+    streaminfer.failed_ts         when it failed, epoch ms (decimal text); also the record timestamp
+
+The worker calls ``flush()`` before committing the batch's offsets; if it raises, the batch
+must not be committed (a replay will dead-letter the records again, which is harmless).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message
+
+from connectors.kafka import make_producer
+
+__all__ = [
+    "DECODE",
+    "MODEL",
+    "VALIDATION",
+    "BadRecord",
+    "DeadLetterError",
+    "DeadLetterWriter",
+]
+
+#: Error classes used by streaminfer itself; any short stable string is accepted.
+DECODE = "decode"
+VALIDATION = "validation"
+MODEL = "model"
+
+HEADER_PREFIX = "streaminfer."
+
+
+class BadRecord(ValueError):
+    """Raised (or returned) by decoders/validators for a record that belongs in the DLQ.
+
+    ``reason`` says what was wrong and where, ``error_type`` is the stable class the DLQ counts
+    by, ``field`` names the offending field when there is one.
+    """
+
+    def __init__(self, reason: str, error_type: str, field: str | None = None) -> None:
+        self.reason = reason
+        self.error_type = error_type
+        self.field = field
+        super().__init__(
+            f"{error_type}: field {field!r}: {reason}" if field else f"{error_type}: {reason}"
+        )
+
+
+class DeadLetterError(RuntimeError):
+    """Some dead letters were not delivered; the source offsets must not be committed."""
+
+
+class DeadLetterWriter:
+    """Produces dead letters to ``dlq_topic_for(source_topic)`` and counts them by error type."""
+
+    def __init__(
+        self,
+        producer_config: dict[str, Any],
+        dlq_topic_for: Callable[[str], str] | None = None,
+        *,
+        suffix: str = ".dlq",
+        flush_timeout_s: float = 30.0,
+    ) -> None:
+        self._topic_for = dlq_topic_for or (lambda topic: f"{topic}{suffix}")
+        self.flush_timeout_s = flush_timeout_s
+        #: Dead letters queued so far, per error type (``flush`` confirms their delivery).
+        self.sent: Counter[str] = Counter()
+        self._failed: list[str] = []
+        self._producer = make_producer(
+            producer_config,
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "delivery.report.only.error": True,
+            },
+        )
+
+    def dlq_topic(self, source_topic: str) -> str:
+        """Where dead letters from ``source_topic`` go."""
+        return self._topic_for(source_topic)
+
+    def send(
+        self,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        error_type: str,
+    ) -> None:
+        """Queue one dead letter carrying the raw ``key``/``value``; ``flush`` confirms it."""
+        failed_ts = time.time_ns() // 1_000_000
+        headers = [
+            (HEADER_PREFIX + "reason", reason.encode()),
+            (HEADER_PREFIX + "error_type", error_type.encode()),
+            (HEADER_PREFIX + "source_topic", source_topic.encode()),
+            (HEADER_PREFIX + "source_partition", str(partition).encode()),
+            (HEADER_PREFIX + "source_offset", str(offset).encode()),
+            (HEADER_PREFIX + "failed_ts", str(failed_ts).encode()),
+        ]
+        topic = self._topic_for(source_topic)
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value,
+                    key,
+                    timestamp=failed_ts,
+                    headers=headers,
+                    on_delivery=self._reporter(f"{source_topic}[{partition}]@{offset}"),
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let librdkafka drain, then retry
+        self.sent[error_type] += 1
+
+    def send_message(self, msg: Message, error: BadRecord) -> None:
+        """Dead-letter a consumed message as-is, for ``error``."""
+        self.send(
+            msg.topic() or "",
+            msg.partition() or 0,
+            msg.offset() or 0,
+            msg.key(),
+            msg.value(),
+            error.reason if error.field is None else f"field {error.field!r}: {error.reason}",
+            error.error_type,
+        )
+
+    def _reporter(self, source: str) -> Callable[[KafkaError | None, Message], None]:
+        """A delivery callback that knows its source record (DR messages lose their headers)."""
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                self._failed.append(f"{source} -> {msg.topic()}: {err.str()}")
+
+        return on_delivery
+
+    def flush(self) -> None:
+        """Wait until every queued dead letter is acknowledged; raise ``DeadLetterError`` naming
+        the source records that were not (failures are reported once, then forgotten)."""
+        pending = self._producer.flush(self.flush_timeout_s)
+        failed, self._failed = self._failed, []
+        if failed or pending:
+            shown = "; ".join(failed[:5]) or "none failed outright"
+            if len(failed) > 5:
+                shown += f" (+{len(failed) - 5} more)"
+            if pending:
+                shown += f"; {pending} still unacknowledged after {self.flush_timeout_s}s"
+            raise DeadLetterError(f"{len(failed) + pending} dead letters not delivered: {shown}")

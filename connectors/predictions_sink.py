@@ -1,0 +1,163 @@
+"""Produce a micro-batch of predictions to the predictions topic and wait until Kafka has them.
+
+The worker commits input offsets only after this returns, so ``write_batch`` blocks until every
+record is acknowledged by all in-sync replicas (``acks=all``) or raises. The idempotent producer
+keeps librdkafka's internal retries from duplicating or reordering records; a replay after a crash
+can still repeat a whole batch, which consumers dedupe by ``event_id``.
+
+Each record: key = entity key (UTF-8, so one key stays on one partition and in order), value =
+``encode(prediction dict)`` shaped like ``schemas/prediction.avsc``, Kafka timestamp = the input
+event's ``event_ts``, so downstream windowing sees event time, not processing time.
+
+Speed: delivery reports are requested for failures only (``delivery.report.only.error``), so a
+healthy batch costs one ``produce`` call per record and a single ``flush``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
+
+from connectors.kafka import make_producer
+from connectors.redis_sink import PredictionRow
+
+__all__ = ["DeliveryError", "FailedDelivery", "PredictionsTopicSink"]
+
+Encode = Callable[[dict[str, Any]], bytes]
+EncodeMany = Callable[[list[dict[str, Any]]], list[bytes]]
+
+
+#: On top of ``connectors.kafka.PRODUCER_DEFAULTS`` (linger 5 ms, lz4, failure-only reports).
+#: Not overridable: without them a batch could be acknowledged yet lost or duplicated.
+_REQUIRED = {"enable.idempotence": True, "acks": "all"}
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """One record Kafka did not accept, identified the way the worker logs it."""
+
+    event_id: str
+    key: str
+    event_ts: int
+    error: str
+
+
+class DeliveryError(RuntimeError):
+    """Some records of a batch were not delivered; offsets must not be committed."""
+
+    def __init__(self, topic: str, total: int, failed: list[FailedDelivery], undelivered: int):
+        self.topic = topic
+        self.failed = failed
+        self.undelivered = undelivered
+        shown = "; ".join(
+            f"event_id={f.event_id!r} key={f.key!r} event_ts={f.event_ts}: {f.error}"
+            for f in failed[:5]
+        )
+        more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
+        pending = f"; {undelivered} still unacknowledged at flush timeout" if undelivered else ""
+        super().__init__(
+            f"{len(failed) + undelivered} of {total} records to topic {topic!r} not delivered: "
+            f"{shown or 'none failed outright'}{more}{pending}"
+        )
+
+
+def _identify(
+    reports: list[tuple[bytes | None, bytes | None, str]],
+    rows: Sequence[PredictionRow],
+    values: list[bytes],
+) -> list[FailedDelivery]:
+    """Map failed (key, value) reports back to their rows: delivery reports carry no opaque
+    and no timestamp, and a per-record callback would slow every healthy batch."""
+    by_bytes = {(row.key.encode(), value): row for row, value in zip(rows, values, strict=True)}
+    failed = []
+    for key, value, error in reports:
+        row = by_bytes.get((key or b"", value or b""))
+        if row is None:
+            name = key.decode("utf-8", "replace") if key else ""
+            failed.append(FailedDelivery("?", name, -1, error))
+        else:
+            failed.append(FailedDelivery(row.event_id, row.key, row.event_ts, error))
+    return failed
+
+
+class PredictionsTopicSink:
+    """Batch producer for the predictions topic with delivery confirmed before returning."""
+
+    def __init__(
+        self,
+        producer_config: dict[str, Any],
+        topic: str,
+        encode: Encode,
+        *,
+        encode_many: EncodeMany | None = None,
+        flush_timeout_s: float = 30.0,
+    ) -> None:
+        self.topic = topic
+        self.flush_timeout_s = flush_timeout_s
+        self._encode = encode
+        self._encode_many = encode_many
+        self._failed: list[tuple[bytes | None, bytes | None, str]] = []
+        self._fatal: KafkaError | None = None
+        overrides = {
+            **_REQUIRED,
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+            "error_cb": self._on_error,
+        }
+        self._producer = make_producer(producer_config, **overrides)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:  # only failures are reported (delivery.report.only.error)
+            self._failed.append((msg.key(), msg.value(), err.str()))
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+
+    def write_batch(self, rows: Sequence[PredictionRow]) -> None:
+        """Produce all ``rows`` and wait for every acknowledgement; raise ``DeliveryError`` if any
+        record failed or is still pending after ``flush_timeout_s``."""
+        if self._fatal is not None:
+            # The idempotent producer cannot continue (e.g. fenced); the worker must restart.
+            raise KafkaException(self._fatal)
+        self._failed = []
+        records = [row.as_dict() for row in rows]
+        if self._encode_many is not None:
+            values = self._encode_many(records)
+        else:
+            encode = self._encode
+            values = [encode(record) for record in records]
+        produce, topic = self._producer.produce, self.topic
+        for row, value in zip(rows, values, strict=True):
+            key = row.key.encode()
+            try:
+                produce(topic, value, key, timestamp=row.event_ts)
+            except BufferError:
+                self._produce_when_room(key, value, row.event_ts)
+        undelivered = self._producer.flush(self.flush_timeout_s)
+        if self._failed or undelivered:
+            failed = _identify(self._failed, rows, values)
+            raise DeliveryError(self.topic, len(rows), failed, undelivered)
+
+    def _produce_when_room(self, key: bytes, value: bytes, timestamp: int) -> None:
+        """Local queue full: serve the producer until librdkafka has room again."""
+        while True:
+            self._producer.poll(0.05)
+            try:
+                self._producer.produce(self.topic, value, key, timestamp=timestamp)
+                return
+            except BufferError:
+                continue
+
+    def close(self) -> None:
+        """Deliver anything still queued (e.g. after an aborted batch)."""
+        self._producer.flush(self.flush_timeout_s)
+
+    def __enter__(self) -> PredictionsTopicSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

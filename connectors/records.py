@@ -1,0 +1,123 @@
+"""Turning loosely typed input (JSON, CSV cells) into records that match an Avro schema.
+
+One place for the rules, used by ``streaminfer produce`` for files and by the worker for JSON
+input, so both reject the same things with the same words: which field, what was expected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from typing import Any
+
+__all__ = ["InvalidRecord", "coerce_record", "now_ms", "parse_event_time"]
+
+
+class InvalidRecord(ValueError):
+    """A record that does not fit its schema; ``field`` names the culprit."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"field {field!r}: {reason}" if field else reason)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+_SECONDS_LIMIT = 100_000_000_000  # numbers below this are seconds (until year 5138), above: ms
+
+
+def parse_event_time(value: Any, field: str = "ts") -> int:
+    """Event time in ms from int/float (ms, or seconds when small) or an ISO-8601 string."""
+    if isinstance(value, bool):
+        raise InvalidRecord(field, f"expected a timestamp, got {value!r}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise InvalidRecord(field, f"expected a timestamp, got {value!r}")
+        return int(value * 1000) if abs(value) < _SECONDS_LIMIT else int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return parse_event_time(float(text), field)
+        except (ValueError, InvalidRecord):
+            pass
+        try:
+            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRecord(
+                field, f"expected epoch ms/s or ISO-8601 time, got {value!r}"
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return int(parsed.timestamp() * 1000)
+    raise InvalidRecord(field, f"expected a timestamp, got {type(value).__name__}")
+
+
+def _is_timestamp(ftype: Any) -> bool:
+    return isinstance(ftype, dict) and ftype.get("logicalType", "").startswith("timestamp")
+
+
+def _coerce(name: str, ftype: Any, value: Any) -> Any:
+    if _is_timestamp(ftype):
+        return parse_event_time(value, name)
+    if isinstance(ftype, list):  # union: only ["null", X] is used in our schemas
+        if value is None and "null" in ftype:
+            return None
+        branch = next(t for t in ftype if t != "null")
+        return _coerce(name, branch, value)
+    kind = ftype["type"] if isinstance(ftype, dict) else ftype
+    if kind == "string":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        raise InvalidRecord(name, f"expected a string, got {type(value).__name__}")
+    if kind in ("float", "double"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InvalidRecord(name, f"expected a number, got {value!r}") from None
+        return number
+    if kind in ("int", "long"):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidRecord(name, f"expected an integer, got {value!r}") from None
+    if kind == "bytes":
+        return value.encode() if isinstance(value, str) else bytes(value)
+    if kind == "array":
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = json.loads(text) if text.startswith("[") else text.replace(";", " ").split()
+            except json.JSONDecodeError:
+                raise InvalidRecord(name, f"expected a list, got {value!r}") from None
+        if not isinstance(value, list | tuple):
+            raise InvalidRecord(name, f"expected a list, got {type(value).__name__}")
+        return [_coerce(f"{name}[{i}]", ftype["items"], v) for i, v in enumerate(value)]
+    raise InvalidRecord(name, f"unsupported schema type {kind!r}")
+
+
+def coerce_record(
+    schema: dict[str, Any], record: dict[str, Any], *, default_ts: int | None = None
+) -> dict[str, Any]:
+    """``record`` with exactly ``schema``'s fields, converted; raises ``InvalidRecord``.
+
+    A missing timestamp field takes ``default_ts`` when given (``produce`` stamps "now").
+    """
+    out: dict[str, Any] = {}
+    for field in schema["fields"]:
+        name, ftype = field["name"], field["type"]
+        if name in record and record[name] not in (None, ""):
+            out[name] = _coerce(name, ftype, record[name])
+        elif _is_timestamp(ftype) and default_ts is not None:
+            out[name] = default_ts
+        elif "default" in field:
+            out[name] = field["default"]
+        else:
+            raise InvalidRecord(name, "missing")
+    return out

@@ -1,0 +1,301 @@
+"""Write predictions and recommendations to Redis, one round trip per micro-batch.
+
+Replays after a crash re-deliver records that were already written, and partitions may deliver
+an older event after a newer one, so every write is *guarded by event time* inside Redis (a Lua
+script, atomic per batch): a row is applied only if it is at least as new as what is stored.
+
+Key layout (``{app}`` is the settings' app name, ``{key}``/``{user}`` the entity key)::
+
+    pred:{app}:{key}   hash    event_id, event_ts, processed_ts (int ms), score (float text),
+                               model_name, model_version, scores (JSON array, "[]" if none)
+    recs:{user}        zset    member = item id, score = recommender score (top-N only;
+                               replaced as a whole on every applied write)
+    recs_meta:{user}   hash    event_id, event_ts, processed_ts, model_version of that top-N
+
+Ordering rule: a row wins when ``(event_ts, event_id)`` is >= the stored pair, comparing
+``event_id`` byte-wise (UTF-8). So a replay of the same event is an idempotent overwrite, and
+of two different events with equal timestamps the larger ``event_id`` wins, whatever the
+arrival order. Within one batch the same rule picks one row per key before anything is sent.
+With ``ttl_s > 0`` every applied key gets ``EXPIRE ttl_s``; stale rows do not refresh it.
+
+The write returns only after Redis has executed the script and replied, so the caller may
+commit input offsets afterwards. All keys of a batch go into one script call, which needs a
+single Redis instance (not Redis Cluster, where keys of one call must share a hash slot).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+__all__ = [
+    "PredictionRow",
+    "RecommendationRow",
+    "RedisPredictionSink",
+    "RedisRecommendationSink",
+    "WriteResult",
+]
+
+#: Rows per script call: one call blocks Redis while it runs (~7 us per row measured here), so
+#: huge batches are split into a few calls rather than stalling other clients.
+MAX_ROWS_PER_CALL = 5_000
+
+# Shared by both scripts: is (ts, id) at least as new as what hash ``key`` stores? Reads
+# event_id only on a timestamp tie (rare), which saves ~15% of server time per row.
+_LUA_NEWER = """
+local function newer(key, ts, id)
+  local c = tonumber(redis.call('HGET', key, 'event_ts'))
+  if not c then return true end
+  local t = tonumber(ts)
+  if t ~= c then return t > c end
+  local cur_id = redis.call('HGET', key, 'event_id')
+  if not cur_id or id == cur_id then return true end
+  local n = math.min(#id, #cur_id)
+  for j = 1, n do
+    local x, y = string.byte(id, j), string.byte(cur_id, j)
+    if x ~= y then return x > y end
+  end
+  return #id > #cur_id
+end
+"""
+
+# KEYS[i] = pred hash of row i; ARGV[1] = ttl, then 7 values per row (see _pack).
+_PREDICTION_LUA = (
+    _LUA_NEWER
+    + """
+local ttl = tonumber(ARGV[1])
+local applied = 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local b = 2 + (i - 1) * 7
+  if newer(key, ARGV[b + 1], ARGV[b]) then
+    redis.call('HSET', key, 'event_id', ARGV[b], 'event_ts', ARGV[b + 1],
+      'processed_ts', ARGV[b + 2], 'score', ARGV[b + 3], 'model_name', ARGV[b + 4],
+      'model_version', ARGV[b + 5], 'scores', ARGV[b + 6])
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    applied = applied + 1
+  end
+end
+return applied
+"""
+)
+
+# KEYS[2i-1] = recs zset, KEYS[2i] = recs_meta hash of row i; ARGV[1] = ttl; then per row:
+# event_id, event_ts, processed_ts, model_version, n, item_1, score_1, ..., item_n, score_n.
+_RECOMMENDATION_LUA = (
+    _LUA_NEWER
+    + """
+local ttl = tonumber(ARGV[1])
+local applied = 0
+local p = 2
+for i = 1, #KEYS / 2 do
+  local zkey, mkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local id, ts, pts, ver = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
+  local n = tonumber(ARGV[p + 4])
+  local first = p + 5
+  p = first + 2 * n
+  if newer(mkey, ts, id) then
+    redis.call('DEL', zkey)
+    local args = {}
+    for j = 0, n - 1 do
+      args[#args + 1] = ARGV[first + 2 * j + 1]
+      args[#args + 1] = ARGV[first + 2 * j]
+    end
+    for s = 1, #args, 1000 do
+      redis.call('ZADD', zkey, unpack(args, s, math.min(s + 999, #args)))
+    end
+    redis.call('HSET', mkey, 'event_id', id, 'event_ts', ts, 'processed_ts', pts,
+      'model_version', ver)
+    if ttl > 0 then
+      if n > 0 then redis.call('EXPIRE', zkey, ttl) end
+      redis.call('EXPIRE', mkey, ttl)
+    end
+    applied = applied + 1
+  end
+end
+return applied
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRow:
+    """One model output, shaped like ``schemas/prediction.avsc`` (timestamps in int ms).
+
+    Holds plain Python numbers (build it from ``tensor.tolist()``), so the sinks need no
+    per-field conversions on the hot path.
+    """
+
+    event_id: str
+    key: str
+    score: float
+    model_version: str
+    event_ts: int
+    processed_ts: int
+    model_name: str = ""
+    scores: tuple[float, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record for the predictions topic's encoder (hot path: no conversions)."""
+        return {
+            "event_id": self.event_id,
+            "key": self.key,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "score": self.score,
+            "scores": list(self.scores),
+            "event_ts": self.event_ts,
+            "processed_ts": self.processed_ts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationRow:
+    """A user's top-N items (best first or not: Redis sorts them by score)."""
+
+    user: str
+    items: tuple[str, ...]
+    scores: tuple[float, ...]
+    event_id: str
+    event_ts: int
+    processed_ts: int
+    model_version: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.items) != len(self.scores):
+            raise ValueError(
+                f"recommendation for user {self.user!r}: {len(self.items)} items but "
+                f"{len(self.scores)} scores"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a batch write did: ``applied`` rows were stored, ``stale`` rows lost to a newer
+    (or equal-time, larger event_id) row already in Redis or later in the same batch."""
+
+    applied: int = 0
+    stale: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(self.applied + other.applied, self.stale + other.stale)
+
+
+def _connect(url_or_client: str | redis.Redis) -> redis.Redis:
+    if isinstance(url_or_client, str):
+        return redis.Redis.from_url(url_or_client)
+    return url_or_client
+
+
+def _latest_per(rows: Iterable[Any], attr: str) -> list[Any]:
+    """Keep the newest row per entity by the module's ordering rule (later wins on ties)."""
+    latest: dict[str, Any] = {}
+    for row in rows:
+        entity = getattr(row, attr)
+        cur = latest.get(entity)
+        if cur is None or (row.event_ts, row.event_id) >= (cur.event_ts, cur.event_id):
+            latest[entity] = row
+    return list(latest.values())
+
+
+def _chunks(rows: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+class RedisPredictionSink:
+    """Event-time guarded, idempotent batch writer for ``pred:{app}:{key}`` hashes."""
+
+    def __init__(self, url_or_client: str | redis.Redis, app: str, ttl_s: int = 0) -> None:
+        if ttl_s < 0:
+            raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
+        self.client = _connect(url_or_client)
+        self.app = app
+        self.ttl_s = int(ttl_s)
+        self._prefix = f"pred:{app}:"
+        # EVALSHA with automatic SCRIPT LOAD + retry on NOSCRIPT (e.g. after a Redis restart).
+        self._script = self.client.register_script(_PREDICTION_LUA)
+
+    def key_for(self, key: str) -> str:
+        """The Redis hash holding ``key``'s latest prediction."""
+        return self._prefix + key
+
+    def write(self, predictions: Sequence[PredictionRow]) -> WriteResult:
+        """Store each key's newest prediction; returns once Redis has replied."""
+        rows = _latest_per(predictions, "key")
+        result = WriteResult(stale=len(predictions) - len(rows))
+        for chunk in _chunks(rows, MAX_ROWS_PER_CALL):
+            keys, args = self._pack(chunk)
+            applied = int(self._script(keys=keys, args=args))
+            result += WriteResult(applied, len(chunk) - applied)
+        return result
+
+    def _pack(self, rows: list[PredictionRow]) -> tuple[list[str], list[Any]]:
+        prefix = self._prefix
+        keys = [prefix + row.key for row in rows]
+        args: list[Any] = [self.ttl_s]
+        extend = args.extend
+        for row in rows:
+            extend(
+                (
+                    row.event_id,
+                    int(row.event_ts),
+                    int(row.processed_ts),
+                    repr(float(row.score)),
+                    row.model_name,
+                    row.model_version,
+                    json.dumps([float(s) for s in row.scores]) if row.scores else "[]",
+                )
+            )
+        return keys, args
+
+
+class RedisRecommendationSink:
+    """Event-time guarded writer replacing each user's ``recs:{user}`` top-N atomically."""
+
+    def __init__(self, url_or_client: str | redis.Redis, ttl_s: int = 0) -> None:
+        if ttl_s < 0:
+            raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
+        self.client = _connect(url_or_client)
+        self.ttl_s = int(ttl_s)
+        self._script = self.client.register_script(_RECOMMENDATION_LUA)
+
+    @staticmethod
+    def key_for(user: str) -> str:
+        """The sorted set holding ``user``'s current top-N."""
+        return f"recs:{user}"
+
+    @staticmethod
+    def meta_key_for(user: str) -> str:
+        """The hash saying which event and model version produced ``recs:{user}``."""
+        return f"recs_meta:{user}"
+
+    def write(self, recommendations: Sequence[RecommendationRow]) -> WriteResult:
+        """Replace each user's top-N with the newest row; returns once Redis has replied."""
+        rows = _latest_per(recommendations, "user")
+        result = WriteResult(stale=len(recommendations) - len(rows))
+        for chunk in _chunks(rows, MAX_ROWS_PER_CALL):
+            keys: list[str] = []
+            args: list[Any] = [self.ttl_s]
+            for row in chunk:
+                keys.append(f"recs:{row.user}")
+                keys.append(f"recs_meta:{row.user}")
+                args.extend(
+                    (
+                        row.event_id,
+                        int(row.event_ts),
+                        int(row.processed_ts),
+                        row.model_version,
+                        len(row.items),
+                    )
+                )
+                for item, score in zip(row.items, row.scores, strict=True):
+                    args.append(item)
+                    args.append(repr(float(score)))
+            applied = int(self._script(keys=keys, args=args))
+            result += WriteResult(applied, len(chunk) - applied)
+        return result

@@ -1,0 +1,156 @@
+"""Save and restore models as safetensors + a JSON manifest; never pickle.
+
+Layout: ``save(model, root)`` writes one directory per checkpoint,
+``root/<name>-<UTC time>-u<updates>/`` holding ``<name>.safetensors`` and ``manifest.json``.
+It is built under a temporary name in ``root`` and renamed into place, so a reader (or
+:func:`latest`) never sees half a checkpoint, even if the writer dies mid-way.
+
+The manifest says what a human or the worker needs without loading tensors: model name,
+version, update counter, the config that rebuilds the model, its vocabulary (recommender),
+creation time, and ``extra`` (whatever the caller passes, e.g. the input offsets the weights
+have seen, so a restarted worker can resume from them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.base import Model, ModelVersion
+from models.factory import create_model
+
+__all__ = ["FORMAT_VERSION", "MANIFEST", "latest", "load", "prune", "read_manifest", "save"]
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save(model: Model, root: str | Path, extra_manifest: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint of ``model`` under ``root``; returns the checkpoint directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    stamp = datetime.fromtimestamp(now, UTC)
+    manifest: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "name": model.name,
+        "version": str(model.version),
+        "base_version": model.version.base,
+        "updates": model.version.updates,
+        "config": model.config(),
+        "created": stamp.isoformat(),
+        "created_unix": now,
+        "tensors": f"{model.name}.safetensors",
+        **model.manifest_extra(),
+        "extra": dict(extra_manifest or {}),
+    }
+    try:
+        manifest_text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
+    except TypeError as exc:
+        raise ValueError(f"extra_manifest must be JSON-serialisable: {exc}") from None
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    final = root / f"{model.name}-{stamp:%Y%m%dT%H%M%S%fZ}-u{model.version.updates}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}-", suffix=".tmp", dir=root))
+    try:
+        save_file(tensors, str(tmp / manifest["tensors"]), metadata={"name": model.name})
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
+            fh.write(manifest_text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(root)
+    return final
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    if path.is_file():
+        path = path.parent
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint: it has no {MANIFEST}")
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of the checkpoint at ``path`` (its directory or any file in it)."""
+    ckpt = _checkpoint_dir(Path(path))
+    manifest = json.loads((ckpt / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{ckpt}: checkpoint format {manifest.get('format')!r} is not supported "
+            f"(expected {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def load(
+    path: str | Path, *, device: str | torch.device = "auto", amp: str | None = None
+) -> tuple[Model, dict[str, Any]]:
+    """Rebuild the model saved at ``path`` on ``device``; returns ``(model, manifest)``.
+
+    ``amp`` overrides the saved AMP mode (e.g. a GPU checkpoint with fp16 loaded on CPU).
+    """
+    ckpt = _checkpoint_dir(Path(path))
+    manifest = read_manifest(ckpt)
+    config = dict(manifest["config"])
+    if amp is not None:
+        config["amp"] = amp
+    model = create_model(manifest["name"], device=device, **config)
+    model.load_state_dict(load_file(str(ckpt / manifest["tensors"]), device="cpu"))
+    model.version = ModelVersion.parse(manifest["version"])
+    return model, manifest
+
+
+def _checkpoints(root: Path, name: str | None) -> list[tuple[float, str, Path]]:
+    found = []
+    if not root.is_dir():
+        return found
+    for child in root.iterdir():
+        if child.name.startswith(".") or not (child / MANIFEST).is_file():
+            continue
+        try:
+            manifest = read_manifest(child)
+        except (ValueError, OSError):
+            continue  # unreadable or foreign format: never "latest"
+        if name is None or manifest.get("name") == name:
+            found.append((float(manifest.get("created_unix", 0.0)), child.name, child))
+    return sorted(found)
+
+
+def latest(root: str | Path, name: str | None = None) -> Path | None:
+    """Newest complete checkpoint directory under ``root`` (optionally of model ``name``)."""
+    found = _checkpoints(Path(root), name)
+    return found[-1][2] if found else None
+
+
+def prune(root: str | Path, keep: int, name: str | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints; returns what was removed."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    doomed = [path for _, _, path in _checkpoints(Path(root), name)[:-keep]]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed

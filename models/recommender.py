@@ -1,0 +1,295 @@
+"""Streaming matrix factorisation: ``rating = mu + b_u + b_i + <p_u, q_i>``.
+
+Embedding and bias tables are preallocated to a capacity and produce sparse gradients, so a
+``learn`` step touches only the rows in its batch (O(batch), not O(table)). ``mu`` is the
+running mean of all ratings seen, kept as a buffer rather than learned. String ids map to
+rows through a :class:`~models.vocab.Vocabulary` (grow on first sight, then hash), which is
+part of the saved state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from models._inputs import as_targets
+from models._seed import seeded
+from models.base import Model, ModelVersion
+from models.device import Runner
+from models.optim import build_optimizer
+from models.vocab import Vocabulary
+
+__all__ = ["Interactions", "MatrixFactorization", "RowBatch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Interactions:
+    """(user, item) pairs by their string ids, as they arrive on the stream."""
+
+    users: Sequence[str]
+    items: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if len(self.users) != len(self.items):
+            raise ValueError(
+                f"Interactions needs one item per user, got {len(self.users)} users and "
+                f"{len(self.items)} items"
+            )
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True, slots=True)
+class RowBatch:
+    """(user, item) pairs as int64 embedding rows; ``-1`` marks an id the model never saw."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+
+class MatrixFactorization(Model):
+    """``predict(pairs) -> rating``; ``learn(pairs, ratings)`` is one regularised MSE step.
+
+    A batch is :class:`Interactions` (string ids; ``learn`` grows the vocabularies, ``predict``
+    does not: an unseen id scores with a zero vector and zero bias, i.e. the cold-start
+    prediction ``mu + b_i``) or :class:`RowBatch` / a ``(users, items)`` pair of int64 tensors.
+    """
+
+    name = "recommender"
+
+    def __init__(
+        self,
+        *,
+        num_factors: int = 16,
+        user_capacity: int = 100_000,
+        item_capacity: int = 100_000,
+        lr: float = 0.1,
+        optimizer: str = "adagrad",
+        l2: float = 1e-4,
+        init_std: float = 0.01,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        amp: str = "off",
+        base_version: str = "v1",
+    ) -> None:
+        if num_factors < 1:
+            raise ValueError(f"num_factors must be >= 1, got {num_factors}")
+        self.num_factors, self.init_std = num_factors, init_std
+        self.lr, self.optimizer_name, self.l2, self.seed = lr, optimizer, l2, seed
+        self.users, self.items = Vocabulary(user_capacity), Vocabulary(item_capacity)
+        self.runner = Runner(device, amp)
+        self.version = ModelVersion(base_version, 0)
+        with seeded(seed):
+            tables = nn.ModuleDict(
+                {
+                    "user_emb": nn.Embedding(user_capacity, num_factors, sparse=True),
+                    "item_emb": nn.Embedding(item_capacity, num_factors, sparse=True),
+                    "user_bias": nn.Embedding(user_capacity, 1, sparse=True),
+                    "item_bias": nn.Embedding(item_capacity, 1, sparse=True),
+                }
+            )
+            nn.init.normal_(tables["user_emb"].weight, std=init_std)
+            nn.init.normal_(tables["item_emb"].weight, std=init_std)
+            nn.init.zeros_(tables["user_bias"].weight)
+            nn.init.zeros_(tables["item_bias"].weight)
+        self.tables = tables.to(self.runner.device)
+        dev = self.runner.device
+        self._rating_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        self._rating_count = torch.zeros((), dtype=torch.float64, device=dev)
+        self._seen: dict[int, set[int]] = {}
+        self.optimizer = build_optimizer(optimizer, sparse=self.tables.parameters(), lr=lr, l2=0.0)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def _rows(self, batch: Any, *, grow: bool) -> RowBatch:
+        if isinstance(batch, Interactions):
+            if grow:
+                return RowBatch(self.users.rows(batch.users), self.items.rows(batch.items))
+            return RowBatch(
+                _unknown_as_minus_one(self.users.row(u, grow=False) for u in batch.users),
+                _unknown_as_minus_one(self.items.row(i, grow=False) for i in batch.items),
+            )
+        if isinstance(batch, tuple) and len(batch) == 2:
+            batch = RowBatch(torch.as_tensor(batch[0]), torch.as_tensor(batch[1]))
+        if not isinstance(batch, RowBatch):
+            raise ValueError(
+                f"{self.name} expects Interactions, RowBatch or (users, items) int64 tensors, "
+                f"got {type(batch).__name__}"
+            )
+        users, items = batch.users.reshape(-1).long().cpu(), batch.items.reshape(-1).long().cpu()
+        if users.shape != items.shape:
+            raise ValueError(
+                f"{self.name} expects as many items as users, got {users.shape[0]} users and "
+                f"{items.shape[0]} items"
+            )
+        for what, rows, cap in (
+            ("user", users, self.users.capacity),
+            ("item", items, self.items.capacity),
+        ):
+            if rows.numel() and (int(rows.min()) < -1 or int(rows.max()) >= cap):
+                raise ValueError(
+                    f"{self.name} expects {what} rows in [-1, {cap}), got values in "
+                    f"[{int(rows.min())}, {int(rows.max())}]"
+                )
+        return RowBatch(users, items)
+
+    # -- the model ----------------------------------------------------------------------
+
+    @property
+    def global_mean(self) -> float:
+        """Mean of all ratings learned so far (0 before the first)."""
+        return float(self._rating_sum / self._rating_count.clamp_min(1.0))
+
+    def _mu(self) -> torch.Tensor:
+        return (self._rating_sum / self._rating_count.clamp_min(1.0)).float()
+
+    def _score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Ratings for device rows; rows ``-1`` contribute nothing (cold start)."""
+        known_u = (users >= 0).unsqueeze(-1).float()
+        known_i = (items >= 0).unsqueeze(-1).float()
+        u, i = users.clamp_min(0), items.clamp_min(0)
+        t = self.tables
+        p, q = t["user_emb"](u) * known_u, t["item_emb"](i) * known_i
+        b_u, b_i = t["user_bias"](u) * known_u, t["item_bias"](i) * known_i
+        return self._mu() + (b_u + b_i).squeeze(-1) + (p * q).sum(-1)
+
+    def predict(self, batch: Any) -> torch.Tensor:
+        rows = self._rows(batch, grow=False)
+        return self.runner.infer(self._score, rows.users, rows.items)
+
+    def learn(self, batch: Any, targets: Any) -> float:
+        # Check the targets before growing the vocabularies: a refused batch changes nothing.
+        n = len(batch) if isinstance(batch, Interactions) else len(self._rows(batch, grow=False))
+        y = as_targets(targets, n, self.name, low=float("-inf"), high=float("inf"))
+        rows = self._rows(batch, grow=True)
+        if n == 0:
+            return 0.0
+        if bool((rows.users < 0).any() or (rows.items < 0).any()):
+            raise ValueError(f"{self.name} cannot learn from unknown rows (-1); pass string ids")
+        for u, i in zip(rows.users.tolist(), rows.items.tolist(), strict=True):
+            self._seen.setdefault(u, set()).add(i)
+        dev = self.runner.device
+        users, items, y = rows.users.to(dev), rows.items.to(dev), y.to(dev)
+        self._rating_sum += y.sum(dtype=torch.float64)
+        self._rating_count += n
+
+        t = self.tables
+        p, q = t["user_emb"](users), t["item_emb"](items)
+        b_u, b_i = t["user_bias"](users).squeeze(-1), t["item_bias"](items).squeeze(-1)
+        pred = self._mu() + b_u + b_i + (p * q).sum(-1)
+        mse = (pred - y).square().mean()
+        # L2 on the rows in this batch only: keeps the gradient sparse (see models.optim).
+        reg = (p.square().sum(-1) + q.square().sum(-1) + b_u.square() + b_i.square()).mean()
+        self.optimizer.zero_grad()
+        (mse + self.l2 * reg).backward()
+        self.optimizer.step()
+        self._bump()
+        return float(mse.detach())
+
+    def top_n(
+        self, user: str, n: int = 10, *, exclude_seen: bool = True
+    ) -> list[tuple[str, float]]:
+        """The ``n`` best items for ``user`` as ``(item_id, predicted rating)``, best first.
+
+        One matmul over the item table. An unknown user gets the cold-start ranking
+        (``mu + b_i``). ``exclude_seen`` drops items the user rated in ``learn``.
+        """
+        if n < 1:
+            raise ValueError(f"top_n expects n >= 1, got {n}")
+        num_items = len(self.items)
+        if num_items == 0:
+            return []
+        user_row = self.users.row(user, grow=False)
+        known = user_row is not None  # includes a hashed overflow row, which was trained
+        seen = self._seen.get(user_row, set()) if known and exclude_seen else set()
+        k = min(n, num_items - len(seen))
+        if k <= 0:
+            return []
+        seen_rows = torch.tensor(sorted(seen), dtype=torch.int64)
+        user_rows = torch.tensor([user_row if known else 0], dtype=torch.int64)
+
+        def rank(u: torch.Tensor, seen_dev: torch.Tensor) -> torch.Tensor:
+            t = self.tables
+            weight = 1.0 if known else 0.0
+            p = t["user_emb"].weight[u[0]] * weight
+            b_u = t["user_bias"].weight[u[0], 0] * weight
+            q = t["item_emb"].weight[:num_items]
+            scores = (q @ p).float() + t["item_bias"].weight[:num_items, 0] + b_u + self._mu()
+            scores[seen_dev] = float("-inf")
+            values, index = torch.topk(scores, k)
+            return torch.stack([values, index.float()])
+
+        values, index = self.runner.infer(rank, user_rows, seen_rows)
+        return [
+            (self.items.id_of(int(i)), float(v))
+            for v, i in zip(values.tolist(), index.tolist(), strict=True)
+        ]
+
+    # -- state --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().cpu() for k, v in self.tables.state_dict().items()}
+        pairs = [(u, i) for u, items in self._seen.items() for i in sorted(items)]
+        seen = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
+        return {
+            **{f"tables.{k}": v for k, v in state.items()},
+            "rating_sum": self._rating_sum.cpu(),
+            "rating_count": self._rating_count.cpu(),
+            "vocab.users": self.users.to_tensor(),
+            "vocab.items": self.items.to_tensor(),
+            "seen": seen,
+            **self._version_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        tables = {k.removeprefix("tables."): v for k, v in state.items() if k.startswith("tables.")}
+        try:
+            self.tables.load_state_dict(tables, strict=True)
+            dev = self.runner.device
+            self._rating_sum = state["rating_sum"].to(dev, torch.float64).clone()
+            self._rating_count = state["rating_count"].to(dev, torch.float64).clone()
+            self.users.load_tensor(state["vocab.users"])
+            self.items.load_tensor(state["vocab.items"])
+            seen_pairs = state["seen"].reshape(-1, 2).tolist()
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(f"{self.name} state does not fit this model's config: {exc}") from None
+        self._seen = {}
+        for u, i in seen_pairs:
+            self._seen.setdefault(u, set()).add(i)
+        self._load_version_state(state)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_factors": self.num_factors,
+            "user_capacity": self.users.capacity,
+            "item_capacity": self.items.capacity,
+            "lr": self.lr,
+            "optimizer": self.optimizer_name,
+            "l2": self.l2,
+            "init_std": self.init_std,
+            "seed": self.seed,
+            "amp": self.runner.amp,
+            "base_version": self.version.base,
+        }
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"vocab": {"users": self.users.ids, "items": self.items.ids}}
+
+    def __repr__(self) -> str:
+        return (
+            f"MatrixFactorization(factors={self.num_factors}, users={len(self.users)}/"
+            f"{self.users.capacity}, items={len(self.items)}/{self.items.capacity}, "
+            f"version={self.version}, {self.runner})"
+        )
+
+
+def _unknown_as_minus_one(rows: Iterable[int | None]) -> torch.Tensor:
+    return torch.tensor([-1 if r is None else r for r in rows], dtype=torch.int64)

@@ -1,0 +1,71 @@
+"""``streaminfer worker``: run a stream worker (one process of a consumer group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from streams.cli._common import settings_from
+
+__all__ = ["worker"]
+
+
+@click.command()
+@click.option("--app", type=click.Choice(["classifier", "recommender"]),
+              help="Which stream app to run [env STREAMINFER_APP; default classifier]. "
+              "classifier reads --events-topic, recommender reads --ratings-topic.")
+@click.option("--workers-in-process", "lanes", type=click.IntRange(1, 64), default=1,
+              show_default=True, help="Hot-path consumer threads in this process (each owns "
+              "part of the partitions). Start more processes to use more cores.")
+@click.option("--events-topic", help="Input topic of the classifier [default events].")
+@click.option("--ratings-topic", help="Input topic of the recommender [default ratings].")
+@click.option("--predictions-topic", help="Output topic [default predictions].")
+@click.option("--group", "consumer_group", help="Consumer group prefix; the group is "
+              "PREFIX-APP [default streaminfer].")
+@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path),
+              help="Checkpoint (safetensors + manifest) to serve; default: a fresh model "
+              "from --seed.")
+@click.option("--num-features", type=click.IntRange(min=1),
+              help="Classifier feature vector length [default 8].")
+@click.option("--seed", type=int, help="Seed of a fresh model [default 0].")
+@click.option("--batch-max-records", type=click.IntRange(min=1), help="Upper bound of the "
+              "adaptive batch size [default 1000].")
+@click.option("--batch-max-wait-ms", type=click.FloatRange(min=0, min_open=True),
+              help="A batch closes this long after it started [default 20].")
+@click.option("--batch-max-bytes", type=click.IntRange(min=1), help="A batch closes at this "
+              "many value bytes [default 4 MiB].")
+@click.option("--latency-target-ms", type=click.FloatRange(min=0, min_open=True),
+              help="Batch size adapts so a batch's service time stays under half of this "
+              "[default 100].")
+@click.option("--device", help="Torch device: auto (cuda if present), cpu, cuda:0 ...")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]),
+              help="Mixed precision for inference on GPU [default off].")
+@click.option("--redis-ttl", "redis_ttl_s", type=click.IntRange(min=0),
+              help="Expire prediction keys after this many seconds (0 = never).")
+@click.option("--top-n", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Recommender: items kept per user in recs:{user} (0 = off).")
+@click.option("--identity-model", is_flag=True, hidden=True,
+              help="Benchmarks: score with a no-op model (bare I/O path).")
+@click.option("--web-port", type=int, help="Serve Faust's web/metrics endpoint on this port.")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def worker(ctx: click.Context, lanes: int, model_path: Path | None, top_n: int,
+           identity_model: bool, web_port: int | None, loglevel: str, **overrides: object) -> None:
+    """Consume events, score them in micro-batches, write predictions to Redis and Kafka.
+
+    Start several processes with the same app and group to split the input partitions;
+    a crashed process's partitions move to the others within ~10 s (session timeout).
+    Offsets are committed only after Redis and the predictions topic confirmed a batch.
+    Stop with Ctrl-C or SIGTERM: the current batch is finished and committed.
+    """
+    import faust
+
+    from streams.app import WorkerOptions, build_app
+
+    settings = settings_from(ctx, **overrides)
+    options = WorkerOptions(lanes=lanes, model_path=model_path, top_n=top_n,
+                            identity_model=identity_model, web_port=web_port)
+    app = build_app(settings, options)
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

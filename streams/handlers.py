@@ -1,0 +1,120 @@
+"""Per-app logic of the hot path: how to decode a batch, score it and shape the outputs.
+
+The pipeline knows only this small surface, so adding an app means adding a handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from confluent_kafka import Message
+
+from connectors.avro import RecordCodec
+from connectors.redis_sink import PredictionRow, RecommendationRow
+from models.base import Model
+from models.recommender import Interactions, MatrixFactorization
+from streams.validate import EventBatch, RatingBatch, Rejected, decode_events, decode_ratings
+
+__all__ = ["ClassifierHandler", "Handler", "Outputs", "RecommenderHandler"]
+
+
+@dataclass
+class Outputs:
+    """What one batch writes: predictions for Redis and the topic, optional top-N lists."""
+
+    predictions: list[PredictionRow]
+    recommendations: list[RecommendationRow] = field(default_factory=list)
+
+
+class Batch(Protocol):
+    messages: list[Message]
+    event_ids: list[str]
+    ts: np.ndarray
+
+    def __len__(self) -> int: ...
+    def take(self, index: Sequence[int]) -> Any: ...
+
+
+class Handler(Protocol):
+    model: Model
+
+    def decode(self, messages: Sequence[Message]) -> tuple[Any, list[Rejected]]: ...
+    def score(self, batch: Any) -> np.ndarray: ...
+    def outputs(self, batch: Any, scores: np.ndarray, processed_ts: int) -> Outputs: ...
+    def after_batch(self, batch: Any) -> None: ...
+
+
+def _rows(batch: Any, keys: Sequence[str], scores: np.ndarray, model: Model,
+          processed_ts: int) -> list[PredictionRow]:
+    version, name = str(model.version), model.name
+    return [
+        PredictionRow(event_id=eid, key=key, score=score, model_version=version, event_ts=ts,
+                      processed_ts=processed_ts, model_name=name)
+        for eid, key, score, ts in zip(
+            batch.event_ids, keys, scores.tolist(), batch.ts.tolist(), strict=True
+        )
+    ]
+
+
+@dataclass
+class ClassifierHandler:
+    """Events with a feature vector -> probability of the positive class."""
+
+    model: Model
+    codec: RecordCodec
+    num_features: int
+
+    def decode(self, messages: Sequence[Message]) -> tuple[EventBatch, list[Rejected]]:
+        return decode_events(messages, self.codec, self.num_features)
+
+    def score(self, batch: EventBatch) -> np.ndarray:
+        return self.model.predict(batch.features).numpy()
+
+    def outputs(self, batch: EventBatch, scores: np.ndarray, processed_ts: int) -> Outputs:
+        return Outputs(_rows(batch, batch.keys, scores, self.model, processed_ts))
+
+    def after_batch(self, batch: EventBatch) -> None:
+        """Nothing: the classifier learns from feedback events, not from its inputs."""
+
+
+@dataclass
+class RecommenderHandler:
+    """Ratings -> predicted rating (test), then one learning step on them (train).
+
+    After each batch the top-N items of every user in it are refreshed in Redis.
+    """
+
+    model: MatrixFactorization
+    codec: RecordCodec
+    top_n: int = 10
+    learn: bool = True
+
+    def decode(self, messages: Sequence[Message]) -> tuple[RatingBatch, list[Rejected]]:
+        return decode_ratings(messages, self.codec)
+
+    def score(self, batch: RatingBatch) -> np.ndarray:
+        return self.model.predict(Interactions(batch.users, batch.items)).numpy()
+
+    def outputs(self, batch: RatingBatch, scores: np.ndarray, processed_ts: int) -> Outputs:
+        out = Outputs(_rows(batch, batch.users, scores, self.model, processed_ts))
+        if self.top_n:
+            newest: dict[str, tuple[int, str]] = {}
+            for user, ts, eid in zip(batch.users, batch.ts.tolist(), batch.event_ids,
+                                     strict=True):
+                if user not in newest or (ts, eid) > newest[user]:
+                    newest[user] = (ts, eid)
+            version = str(self.model.version)
+            for user, (ts, eid) in newest.items():
+                best = self.model.top_n(user, self.top_n)
+                out.recommendations.append(RecommendationRow(
+                    user=user, items=tuple(i for i, _ in best),
+                    scores=tuple(s for _, s in best), event_id=eid, event_ts=ts,
+                    processed_ts=processed_ts, model_version=version))
+        return out
+
+    def after_batch(self, batch: RatingBatch) -> None:
+        if self.learn and len(batch):
+            self.model.learn(Interactions(batch.users, batch.items), batch.ratings)

@@ -1,0 +1,107 @@
+"""One typed settings object, read once at start and passed down.
+
+Values come from (highest first) CLI flags, ``STREAMINFER_*`` environment variables, and the
+defaults below. ``KAFKA_BOOTSTRAP`` and ``REDIS_URL`` are honoured too, because that is what the
+dev-services script and most deployments already export. A bad value fails at start with the
+field's name, never later inside a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WireFormat = Literal["auto", "single-object", "confluent", "json"]
+
+__all__ = ["ConfigError", "Settings", "WireFormat", "load_settings"]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the field and what was expected."""
+
+
+class Settings(BaseSettings):
+    """Everything a streaminfer process needs to know about its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMINFER_", extra="forbid", frozen=True)
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    schema_registry_url: str | None = None
+    wire_format: WireFormat = "auto"
+    kafka_properties: dict[str, str] = Field(default_factory=dict)
+
+    app: Literal["classifier", "recommender"] = "classifier"
+    events_topic: str = "events"
+    feedback_topic: str = "feedback"
+    ratings_topic: str = "ratings"
+    predictions_topic: str = "predictions"
+    dlq_suffix: str = ".dlq"
+    consumer_group: str = "streaminfer"
+
+    batch_max_records: int = Field(1000, gt=0, le=100_000)
+    batch_max_wait_ms: float = Field(20.0, gt=0, le=60_000)
+    batch_max_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    latency_target_ms: float = Field(100.0, gt=0)
+
+    device: str = "auto"
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    num_features: int = Field(8, gt=0, le=65_536)
+    seed: int = 0
+    redis_ttl_s: int = Field(0, ge=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("kafka_properties")
+    @classmethod
+    def _no_owned_properties(cls, value: dict[str, str]) -> dict[str, str]:
+        owned = {"bootstrap.servers", "group.id", "enable.auto.commit"}
+        clash = owned & set(value)
+        if clash:
+            raise ValueError(f"{sorted(clash)} are set by streaminfer itself; use its own options")
+        return value
+
+    @model_validator(mode="after")
+    def _registry_for_confluent(self) -> Settings:
+        if self.wire_format == "confluent" and not self.schema_registry_url:
+            raise ValueError("wire_format=confluent needs schema_registry_url")
+        return self
+
+    @property
+    def effective_wire_format(self) -> Literal["single-object", "confluent", "json"]:
+        """``auto`` means Schema Registry framing when a registry is configured."""
+        if self.wire_format != "auto":
+            return self.wire_format
+        return "confluent" if self.schema_registry_url else "single-object"
+
+    def dlq_topic(self, topic: str) -> str:
+        return f"{topic}{self.dlq_suffix}"
+
+    def kafka_config(self, **extra: Any) -> dict[str, Any]:
+        """confluent-kafka client config: bootstrap + passthrough properties + ``extra``."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_properties, **extra}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from env + ``overrides`` (CLI flags; ``None`` means not given)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for field, fallback in (("bootstrap_servers", "KAFKA_BOOTSTRAP"), ("redis_url", "REDIS_URL")):
+        own = f"STREAMINFER_{field.upper()}"
+        if field not in given and own not in os.environ and os.environ.get(fallback):
+            given[field] = os.environ[fallback]
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

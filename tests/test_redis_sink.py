@@ -1,0 +1,214 @@
+"""Redis sinks against the real redis-server: what a user sees with ``HGETALL pred:{app}:{key}``
+and ``ZREVRANGE recs:{user}`` after out-of-order events, replays and TTLs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from connectors.redis_sink import (
+    PredictionRow,
+    RecommendationRow,
+    RedisPredictionSink,
+    RedisRecommendationSink,
+    WriteResult,
+)
+
+pytestmark = pytest.mark.services
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _hash(client: redis.Redis, key: str) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in client.hgetall(key).items()}
+
+
+def _row(key: str, event_ts: int, event_id: str | None = None, score: float = 0.5) -> PredictionRow:
+    return PredictionRow(
+        event_id=event_id or f"ev-{event_ts}",
+        key=key,
+        score=score,
+        model_version="logreg-1.7",
+        event_ts=event_ts,
+        processed_ts=event_ts + 5,
+        model_name="logreg",
+    )
+
+
+@pytest.fixture
+def app() -> str:
+    """A fresh app name per test, so tests never see each other's keys."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def test_older_event_in_a_later_batch_does_not_overwrite(redis_client: redis.Redis, app: str):
+    sink = RedisPredictionSink(redis_client, app)
+
+    assert sink.write([_row("u1", 2_000, score=0.9)]) == WriteResult(applied=1, stale=0)
+    assert sink.write([_row("u1", 1_000, score=0.1)]) == WriteResult(applied=0, stale=1)
+
+    stored = _hash(redis_client, f"pred:{app}:u1")
+    assert stored == {
+        "event_id": "ev-2000",
+        "event_ts": "2000",
+        "processed_ts": "2005",
+        "score": "0.9",
+        "model_name": "logreg",
+        "model_version": "logreg-1.7",
+        "scores": "[]",
+    }
+
+
+def test_newest_event_wins_within_one_batch_out_of_order(redis_client: redis.Redis, app: str):
+    sink = RedisPredictionSink(redis_client, app)
+    batch = [_row("u1", 3_000), _row("u2", 10), _row("u1", 1_000), _row("u1", 2_000)]
+
+    assert sink.write(batch) == WriteResult(applied=2, stale=2)
+
+    assert _hash(redis_client, f"pred:{app}:u1")["event_id"] == "ev-3000"
+    assert _hash(redis_client, f"pred:{app}:u2")["event_id"] == "ev-10"
+
+
+def test_newer_event_replaces_stored_one(redis_client: redis.Redis, app: str):
+    sink = RedisPredictionSink(redis_client, app)
+    sink.write([_row("u1", 1_000, score=0.1)])
+
+    assert sink.write([_row("u1", 1_001, score=0.7)]) == WriteResult(applied=1, stale=0)
+
+    assert _hash(redis_client, f"pred:{app}:u1")["score"] == "0.7"
+
+
+def test_replaying_a_batch_leaves_identical_state(redis_client: redis.Redis, app: str):
+    sink = RedisPredictionSink(redis_client, app)
+    batch = [_row(f"u{i % 7}", 1_000 + (i * 37) % 101, event_id=f"ev-{i:03d}") for i in range(50)]
+    sink.write(batch)
+    keys = sorted(_text(k) for k in redis_client.scan_iter(f"pred:{app}:*"))
+    before = {k: _hash(redis_client, k) for k in keys}
+
+    sink.write(batch)
+    sink.write(list(reversed(batch)))
+
+    assert len(keys) == 7
+    assert {k: _hash(redis_client, k) for k in keys} == before
+
+
+def test_equal_event_time_larger_event_id_wins_in_any_order(redis_client: redis.Redis, app: str):
+    sink = RedisPredictionSink(redis_client, app)
+    sink.write([_row("a", 5_000, "ev-b", 0.2)])
+    sink.write([_row("a", 5_000, "ev-a", 0.1)])  # same time, smaller id: loses
+    sink.write([_row("b", 5_000, "ev-a", 0.1)])
+    sink.write([_row("b", 5_000, "ev-b", 0.2)])  # same time, larger id: wins
+    sink.write([_row("c", 5_000, "ev-a", 0.1), _row("c", 5_000, "ev-b", 0.2)])
+    sink.write([_row("d", 5_000, "ev-b", 0.2), _row("d", 5_000, "ev-a", 0.1)])
+
+    for key in "abcd":
+        assert _hash(redis_client, f"pred:{app}:{key}")["event_id"] == "ev-b", key
+
+
+def test_scores_are_stored_as_json(redis_client: redis.Redis, app: str):
+    sink = RedisPredictionSink(redis_client, app)
+    row = PredictionRow("ev-1", "u1", 0.25, "mlp-3", 1_000, 1_002, "mlp", (0.75, 0.25))
+
+    sink.write([row])
+
+    assert json.loads(_hash(redis_client, f"pred:{app}:u1")["scores"]) == [0.75, 0.25]
+
+
+def test_ttl_is_set_only_when_asked(redis_client: redis.Redis, app: str):
+    RedisPredictionSink(redis_client, app, ttl_s=120).write([_row("ttl", 1_000)])
+    RedisPredictionSink(redis_client, app).write([_row("forever", 1_000)])
+
+    assert 0 < redis_client.ttl(f"pred:{app}:ttl") <= 120
+    assert redis_client.ttl(f"pred:{app}:forever") == -1
+
+
+def test_write_survives_script_cache_flush(redis_client: redis.Redis, app: str):
+    sink = RedisPredictionSink(redis_client, app)
+    sink.write([_row("u1", 1_000)])
+    redis_client.script_flush()  # what a Redis restart or failover does to EVALSHA
+
+    assert sink.write([_row("u1", 2_000)]) == WriteResult(applied=1, stale=0)
+    assert _hash(redis_client, f"pred:{app}:u1")["event_ts"] == "2000"
+
+
+def test_accepts_a_redis_url(services: Any, settings: Any, app: str):
+    sink = RedisPredictionSink(settings.redis_url, app)
+
+    sink.write([_row("u1", 1_000)])
+
+    assert sink.client.hget(sink.key_for("u1"), "event_id") in (b"ev-1000", "ev-1000")
+
+
+def _recs(user: str, event_ts: int, items: dict[str, float], event_id: str | None = None):
+    return RecommendationRow(
+        user=user,
+        items=tuple(items),
+        scores=tuple(items.values()),
+        event_id=event_id or f"ev-{event_ts}",
+        event_ts=event_ts,
+        processed_ts=event_ts + 3,
+        model_version="mf-9",
+    )
+
+
+def _top(client: redis.Redis, user: str) -> list[tuple[str, float]]:
+    return [(_text(m), s) for m, s in client.zrevrange(f"recs:{user}", 0, -1, withscores=True)]
+
+
+def test_recommendations_replace_the_whole_top_n(redis_client: redis.Redis, app: str):
+    user = f"{app}-u1"
+    sink = RedisRecommendationSink(redis_client)
+    sink.write([_recs(user, 1_000, {"i1": 0.9, "i2": 0.5, "i3": 0.1})])
+
+    assert sink.write([_recs(user, 2_000, {"i4": 0.8, "i2": 0.6})]) == WriteResult(1, 0)
+
+    assert _top(redis_client, user) == [("i4", 0.8), ("i2", 0.6)]
+    meta = _hash(redis_client, f"recs_meta:{user}")
+    assert meta == {
+        "event_id": "ev-2000",
+        "event_ts": "2000",
+        "processed_ts": "2003",
+        "model_version": "mf-9",
+    }
+
+
+def test_older_recommendations_are_ignored(redis_client: redis.Redis, app: str):
+    user, other = f"{app}-u1", f"{app}-u2"
+    sink = RedisRecommendationSink(redis_client)
+    sink.write([_recs(user, 2_000, {"new": 1.0})])
+
+    result = sink.write(
+        [
+            _recs(user, 1_000, {"old": 1.0}),
+            _recs(other, 1_500, {"x": 0.3}),
+            _recs(other, 1_200, {"y": 0.9}),
+        ]
+    )
+
+    assert result == WriteResult(applied=1, stale=2)
+    assert _top(redis_client, user) == [("new", 1.0)]
+    assert _top(redis_client, other) == [("x", 0.3)]
+
+
+def test_recommendations_ttl_and_replay(redis_client: redis.Redis, app: str):
+    user = f"{app}-u1"
+    sink = RedisRecommendationSink(redis_client, ttl_s=60)
+    batch = [_recs(user, 1_000, {"a": 0.2, "b": 0.4})]
+    sink.write(batch)
+
+    sink.write(batch)
+
+    assert _top(redis_client, user) == [("b", 0.4), ("a", 0.2)]
+    assert 0 < redis_client.ttl(f"recs:{user}") <= 60
+    assert 0 < redis_client.ttl(f"recs_meta:{user}") <= 60
+
+
+def test_recommendation_needs_one_score_per_item():
+    with pytest.raises(ValueError, match="2 items but 1 scores"):
+        RecommendationRow("u", ("a", "b"), (0.1,), "ev", 1, 2)
