@@ -180,7 +180,7 @@ class RecordCodec:
             return self._decode_single_object(data)
         if first == CONFLUENT_MAGIC:
             return self._decode_confluent(data)
-        if first in b"{ \t\r\n":
+        if first in b"{[ \t\r\n":
             return self._decode_json(data)
         raise DecodeError(
             f"unknown wire format: first byte 0x{first:02x} is not Avro single-object (C3 01), "

@@ -15,11 +15,16 @@ Key layout (``{app}`` is the settings' app name, ``{key}``/``{user}`` the entity
 Ordering rule: a row wins when ``(event_ts, event_id)`` is >= the stored pair, comparing
 ``event_id`` byte-wise (UTF-8). So a replay of the same event is an idempotent overwrite, and
 of two different events with equal timestamps the larger ``event_id`` wins, whatever the
-arrival order. Within one batch the same rule picks one row per key before anything is sent.
+arrival order (byte-wise means "ev-10" < "ev-9": fixed-width or UUID ids compare as expected).
+Within one batch the same rule picks one row per key before anything is sent (Python's str
+order equals UTF-8 byte order, so both sides agree).
 With ``ttl_s > 0`` every applied key gets ``EXPIRE ttl_s``; stale rows do not refresh it.
 
 The write returns only after Redis has executed the script and replied, so the caller may
-commit input offsets afterwards. All keys of a batch go into one script call, which needs a
+commit input offsets afterwards (how durable that reply is depends on the server's AOF/replica
+settings, not on this module). Batches over ``MAX_ROWS_PER_CALL`` rows take one call per
+chunk; each chunk is atomic on its own, and since a key occurs once per batch after
+de-duplication, the outcome is the same. All keys of a batch go into one script call, which needs a
 single Redis instance (not Redis Cluster, where keys of one call must share a hash slot).
 """
 

@@ -210,6 +210,7 @@ class MatrixFactorization(Model):
         user_row = self.users.row(user, grow=False)
         known = user_row is not None  # includes a hashed overflow row, which was trained
         seen = self._seen.get(user_row, set()) if known and exclude_seen else set()
+        seen = {i for i in seen if i < num_items}  # raw RowBatch rows may lie past the vocab
         k = min(n, num_items - len(seen))
         if k <= 0:
             return []

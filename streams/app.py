@@ -90,7 +90,6 @@ def build_hot_path(settings: Settings, handler: Handler, metrics: PipelineMetric
         **{"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
            "max.poll.interval.ms": 60_000, "partition.assignment.strategy": "cooperative-sticky"},
     )
-    consumer.subscribe([input_topic(settings)])
     out_codec = make_codec("prediction", settings.effective_wire_format,
                            settings.schema_registry_url, settings.predictions_topic)
     client = redis.Redis.from_url(settings.redis_url)
@@ -104,7 +103,8 @@ def build_hot_path(settings: Settings, handler: Handler, metrics: PipelineMetric
     )
     limit = AdaptiveLimit(settings.latency_target_ms, settings.batch_max_records)
     batcher = Batcher(consumer, limit, settings.batch_max_wait_ms / 1000, settings.batch_max_bytes)
-    return HotPath(consumer, batcher, handler, sinks, metrics, model_lock=model_lock)
+    return HotPath(consumer, [input_topic(settings)], batcher, handler, sinks, metrics,
+                   model_lock=model_lock)
 
 
 def build_app(settings: Settings, options: WorkerOptions) -> faust.App:

@@ -67,6 +67,7 @@ class HotPath:
     def __init__(
         self,
         consumer: Consumer,
+        topics: Sequence[str],
         batcher: Batcher,
         handler: Handler,
         sinks: Sinks,
@@ -77,6 +78,8 @@ class HotPath:
         retry_delay_s: float = 0.5,
     ) -> None:
         self.consumer = consumer
+        self.topics = list(topics)
+        self._written: dict[tuple[str, int], int] = {}
         self.batcher = batcher
         self.handler = handler
         self.sinks = sinks
@@ -87,13 +90,37 @@ class HotPath:
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; then commit what was written and close."""
+        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not stop.is_set():
                 messages = self.batcher.next_batch()
                 if messages:
                     self._process_durably(messages, stop)
         finally:
+            self._commit_written(sync=True)
             self.consumer.close()  # leaves the group at once: partitions move without waiting
+
+    def _commit_written(self, sync: bool, only: set[tuple[str, int]] | None = None) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._written.items()
+                   if only is None or (t, p) in only]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=not sync)
+        except Exception as exc:  # e.g. no offsets changed, or we already lost the partitions
+            log.info("offset commit skipped: %s", exc)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Hand partitions over with their written offsets committed, so the next owner
+        does not redo (and re-publish) batches this worker already wrote."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._commit_written(sync=True, only=revoked)
+        for tp in revoked:
+            self._written.pop(tp, None)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:  # another member owns them now: its commits win
+            self._written.pop((tp.topic, tp.partition), None)
 
     def _process_durably(self, messages: list[Message], stop: threading.Event) -> None:
         """Retry a batch whose sinks failed (they are idempotent) rather than drop or skip it."""
@@ -123,7 +150,10 @@ class HotPath:
             self._dead_letter(bad)
         self.sinks.dead_letters.flush()
         written = now_ms()
-        self.consumer.commit(offsets=commit_offsets(messages), asynchronous=True)
+        offsets = commit_offsets(messages)
+        for tp in offsets:
+            self._written[(tp.topic, tp.partition)] = tp.offset
+        self.consumer.commit(offsets=offsets, asynchronous=True)
         service_ms = (time.perf_counter() - started) * 1000
         self.batcher.limit.observe(len(messages), service_ms)
         self.metrics.record_batch(len(batch), len(rejected), written - batch.ts,

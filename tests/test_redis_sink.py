@@ -137,6 +137,22 @@ def test_write_survives_script_cache_flush(redis_client: redis.Redis, app: str):
     assert _hash(redis_client, f"pred:{app}:u1")["event_ts"] == "2000"
 
 
+def test_large_batch_split_into_calls_counts_every_row(
+    redis_client: redis.Redis, app: str, monkeypatch: pytest.MonkeyPatch
+):
+    sink = RedisPredictionSink(redis_client, app)
+    sink.write([_row("k0", 5_000)])
+    monkeypatch.setattr("connectors.redis_sink.MAX_ROWS_PER_CALL", 2)
+
+    result = sink.write([_row(f"k{i}", 1_000 + i) for i in range(7)])
+
+    assert result == WriteResult(applied=6, stale=1)
+    assert [_hash(redis_client, f"pred:{app}:k{i}")["event_ts"] for i in (0, 6)] == [
+        "5000",
+        "1006",
+    ]
+
+
 def test_accepts_a_redis_url(services: Any, settings: Any, app: str):
     sink = RedisPredictionSink(settings.redis_url, app)
 

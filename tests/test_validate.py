@@ -1,0 +1,72 @@
+"""Decoding a batch: good records become columns, bad ones are rejected with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from confluent_kafka import Message
+
+from connectors.avro import RecordCodec
+from connectors.records import now_ms
+from streams.pipeline import commit_offsets
+from streams.validate import decode_events, decode_ratings
+
+CODEC = RecordCodec("event")
+
+
+def _msg(value: bytes, offset: int = 0, partition: int = 0) -> Message:
+    return Message(topic="events", partition=partition, offset=offset, key=b"k", value=value)
+
+
+def _event(**overrides: object) -> dict[str, object]:
+    return {"event_id": "e", "key": "k", "ts": now_ms(), "features": [1.0, 2.0], **overrides}
+
+
+def test_good_events_become_columns_in_order() -> None:
+    msgs = [_msg(CODEC.encode(_event(event_id=f"e{i}")), i) for i in range(3)]
+    batch, rejected = decode_events(msgs, CODEC, num_features=2)
+    assert rejected == []
+    assert batch.event_ids == ["e0", "e1", "e2"]
+    assert batch.features.dtype == np.float32 and batch.features.shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "error_type", "reason"),
+    [
+        (b"\x01\x02 raw", "decode", "unknown wire format"),
+        (json.dumps(_event(features=[1.0])).encode(), "validation", "expected 2 numbers, got 1"),
+        (json.dumps(_event(features=[1.0, "x"])).encode(), "validation", "expected numbers"),
+        (json.dumps(_event(ts=5)).encode(), "validation", "before 2000"),
+        (json.dumps(_event(ts=now_ms() + 10 * 86_400_000)).encode(), "validation", "a day ahead"),
+        (json.dumps(_event(event_id="")).encode(), "validation", "'event_id'"),
+        (b'{"event_id":"e","key":"k","ts":1764120000000,"features":[NaN,1]}', "validation",
+         "NaN"),
+    ],
+)
+def test_bad_records_are_rejected_and_the_rest_kept(value: bytes, error_type: str,
+                                                    reason: str) -> None:
+    good = _msg(CODEC.encode(_event(event_id="good")), 0)
+    bad = _msg(value, 1)
+    batch, rejected = decode_events([good, bad], CODEC, num_features=2)
+    assert batch.event_ids == ["good"]
+    assert len(rejected) == 1
+    assert rejected[0].msg.offset() == 1
+    assert rejected[0].error_type == error_type
+    assert reason in rejected[0].reason
+
+
+def test_ratings_reject_non_numbers() -> None:
+    codec = RecordCodec("rating", "json")
+    ok = {"event_id": "r1", "user": "u", "item": "i", "rating": 4.0, "ts": now_ms()}
+    bad = dict(ok, event_id="r2", rating="five")
+    batch, rejected = decode_ratings([_msg(codec.encode(ok)), _msg(codec.encode(bad), 1)], codec)
+    assert batch.event_ids == ["r1"] and batch.ratings.tolist() == [4.0]
+    assert "'rating'" in rejected[0].reason
+
+
+def test_commit_offsets_are_one_past_the_highest_per_partition() -> None:
+    msgs = [_msg(b"x", 7, 0), _msg(b"x", 3, 1), _msg(b"x", 9, 0), _msg(b"x", 4, 1)]
+    got = {(tp.partition, tp.offset) for tp in commit_offsets(msgs)}
+    assert got == {(0, 10), (1, 5)}

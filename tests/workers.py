@@ -1,0 +1,142 @@
+"""Run real ``streaminfer worker`` processes for end-to-end tests, and read their output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from connectors.avro import RecordCodec
+
+
+@dataclass
+class Deployment:
+    """One app deployment under test: its topics, group, env and worker processes."""
+
+    bootstrap: str
+    redis_url: str
+    events_topic: str
+    predictions_topic: str
+    log_dir: Path
+    app: str = "classifier"
+    group: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    extra_env: dict[str, str] = field(default_factory=dict)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        topic_var = "STREAMINFER_EVENTS_TOPIC" if self.app == "classifier" else (
+            "STREAMINFER_RATINGS_TOPIC")
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": self.bootstrap,
+            "REDIS_URL": self.redis_url,
+            "STREAMINFER_APP": self.app,
+            topic_var: self.events_topic,
+            "STREAMINFER_PREDICTIONS_TOPIC": self.predictions_topic,
+            "STREAMINFER_CONSUMER_GROUP": self.group,
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+
+    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"worker-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from streams.cli import main; main()", "worker", *args],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def log_tail(self, lines: int = 30) -> str:
+        out = []
+        for path in sorted(self.log_dir.glob("worker-*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@contextmanager
+def deployment(services: Any, new_topic: Callable[..., str], tmp_path: Path,
+               partitions: int = 4, app: str = "classifier") -> Iterator[Deployment]:
+    events = new_topic(partitions=partitions, prefix="events")
+    predictions = new_topic(partitions=partitions, prefix="predictions")
+    new_topic(partitions=1, prefix="unused")  # warm the admin client
+    dep = Deployment(services.bootstrap, services.redis_url, events, predictions, tmp_path,
+                     app=app)
+    try:
+        yield dep
+    finally:
+        dep.stop_all()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             on_timeout: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_timeout()}")
+
+
+def workers_ready(client: redis.Redis, app: str, pids: list[int]) -> bool:
+    """Every worker published metrics, i.e. its Faust app and hot path started."""
+    keys = {k.decode() for k in client.scan_iter(f"metrics:{app}:*")}
+    return all(any(k.endswith(f"-{pid}") for k in keys) for pid in pids)
+
+
+def read_topic(bootstrap: str, topic: str, schema: str = "prediction",
+               idle_s: float = 3.0) -> list[dict[str, Any]]:
+    """Every record currently in ``topic``, decoded, read until ``idle_s`` of silence."""
+    codec = RecordCodec(schema) if schema else None
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    out: list[dict[str, Any]] = []
+    last = time.monotonic()
+    while time.monotonic() - last < idle_s:
+        for msg in consumer.consume(2000, 0.5):
+            if msg.error():
+                continue
+            last = time.monotonic()
+            record = codec.decode(msg.value()) if codec else {}
+            out.append({**record, "_key": msg.key(), "_ts": msg.timestamp()[1],
+                        "_headers": dict(msg.headers() or []), "_value": msg.value()})
+    consumer.close()
+    return out
+
+
+def redis_predictions(client: redis.Redis, app: str, keys: list[str]) -> dict[str, dict[str, str]]:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(f"pred:{app}:{key}")
+    return {key: {k.decode(): v.decode() for k, v in h.items()}
+            for key, h in zip(keys, pipe.execute(), strict=True) if h}
+
+
+def dumps(record: dict[str, Any]) -> bytes:
+    return json.dumps(record).encode()
