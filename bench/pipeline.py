@@ -1,0 +1,369 @@
+"""End-to-end throughput and latency of the classifier hot path, against a naive Faust agent.
+
+All in one run, side by side, on fresh pre-filled topics (the local broker and Redis):
+
+(a) ``identity``: streaminfer's hot path (decode, validate, Redis Lua sink, predictions topic,
+    commit) with the identity model: what the I/O path alone costs.
+(b) ``streaminfer``: the same with the real classifier model.
+(c) ``naive``: ``bench/naive_faust.py``, a Faust agent scoring one event at a time (batch of
+    1) and writing one Redis HSET per event, run as a worker subprocess, stopped by PID.
+(d) ``latency``: (b) running live while another process produces at half of (b)'s rate.
+
+(a) and (b) run ``HotPath.run`` in a thread of this process, built by
+``streams.app.build_hot_path`` for a fresh consumer group; throughput counts the events after the
+first batch over the time from the first to the last batch, so start-up is excluded. Latency is
+event time (stamped when produced) -> batch written to Redis and Kafka, from
+``PipelineMetrics``; on a pre-filled topic it measures the backlog, hence (d).
+
+Usage: ``python bench/pipeline.py --count 200000 --naive-count 20000 --write-docs``
+(``--profile`` adds a cProfile of the hot-path thread running (b)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import multiprocessing as mp
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from _common import (
+    ROOT,
+    command_line,
+    create_topics,
+    delete_topics,
+    docs_footer,
+    machine,
+    markdown_table,
+    publish_synthetic,
+    unique_name,
+    write_docs_section,
+)
+
+from streams.app import WorkerOptions, build_handler, build_hot_path, load_or_create_model
+from streams.metrics import PipelineMetrics
+from streams.pipeline import HotPath
+from streams.settings import Settings, load_settings
+
+TARGET_RATE = 40_000
+TARGET_VS_IO = 0.70
+TARGET_VS_NAIVE = 10.0
+TARGET_P99_MS = 100.0
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    batch_avg: float = 0.0
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Classifier pipeline throughput/latency: I/O path, streaminfer, naive Faust.",
+        epilog="Example: python bench/pipeline.py --count 200000 --naive-count 20000 --write-docs",
+    )
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers.")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14",
+                        help="Redis database for the bench's pred:* keys (cleared of them after).")
+    parser.add_argument("--count", type=int, default=200_000,
+                        help="Events pre-filled for (a) and (b).")
+    parser.add_argument("--naive-count", type=int, default=20_000,
+                        help="Events pre-filled for (c), the slow naive agent.")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="Alternating rounds of (a) and (b); the best round of each counts.")
+    parser.add_argument("--latency-seconds", type=float, default=15.0,
+                        help="How long (d) produces at half of (b)'s rate.")
+    parser.add_argument("--num-features", type=int, default=8, help="Feature vector length.")
+    parser.add_argument("--keys", type=int, default=100_000, help="Distinct entity keys.")
+    parser.add_argument("--partitions", type=int, default=4, help="Partitions of each topic.")
+    parser.add_argument("--skip-naive", action="store_true", help="Leave out (c).")
+    parser.add_argument("--profile", action="store_true",
+                        help="Also cProfile the hot-path thread running (b) once more.")
+    parser.add_argument("--keep-topics", action="store_true", help="Do not delete bench topics.")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="Rewrite the 'pipeline' section of docs/benchmarks.md.")
+    return parser.parse_args(argv)
+
+
+def _settings(args: argparse.Namespace, topic: str, predictions: str) -> Settings:
+    return load_settings(bootstrap_servers=args.bootstrap, redis_url=args.redis_url,
+                         app="classifier", events_topic=topic, predictions_topic=predictions,
+                         consumer_group=unique_name("bench-pipeline"),
+                         num_features=args.num_features, device="cpu")
+
+
+class _Clock:
+    """``on_batch`` hook: when the first and the last batch finished, and their sizes."""
+
+    def __init__(self) -> None:
+        self.first_at = 0.0
+        self.last_at = 0.0
+        self.first_size = 0
+
+    def __call__(self, batch: object) -> None:
+        now = time.perf_counter()
+        if not self.first_at:
+            self.first_at, self.first_size = now, len(batch)  # type: ignore[arg-type]
+        self.last_at = now
+
+
+def _hot_path(args: argparse.Namespace, topic: str, predictions: str, identity: bool,
+              window: int) -> tuple[HotPath, PipelineMetrics]:
+    settings = _settings(args, topic, predictions)
+    options = WorkerOptions(identity_model=identity)
+    handler = build_handler(settings, load_or_create_model(settings, options), options)
+    metrics = PipelineMetrics(window=window)
+    return build_hot_path(settings, handler, metrics, threading.Lock()), metrics
+
+
+def _wait_for(metrics: PipelineMetrics, count: int, timeout: float, thread: threading.Thread,
+              ) -> bool:
+    deadline = time.monotonic() + timeout
+    while metrics.events + metrics.rejected < count:
+        if time.monotonic() > deadline or not thread.is_alive():
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def drain(args: argparse.Namespace, name: str, topic: str, predictions: str, count: int,
+          identity: bool, profile: cProfile.Profile | None = None) -> Result:
+    """Run one hot path over a pre-filled topic until all ``count`` events are processed."""
+    hot, metrics = _hot_path(args, topic, predictions, identity, window=count)
+    clock = _Clock()
+    hot.on_batch = clock
+    stop = threading.Event()
+    run = hot.run if profile is None else (lambda s: profile.runcall(hot.run, s))
+    thread = threading.Thread(target=run, args=(stop,), name=f"bench-{name}", daemon=True)
+    thread.start()
+    done = _wait_for(metrics, count, 300, thread)
+    stop.set()
+    thread.join(60)
+    snap = metrics.snapshot()
+    note = "" if done else f"stopped after {metrics.events:,} of {count:,} events"
+    if metrics.rejected:
+        note += f" {metrics.rejected} rejected"
+    return Result(name, metrics.events - clock.first_size, clock.last_at - clock.first_at,
+                  snap["p50_ms"], snap["p99_ms"], snap["batch_avg"], note.strip())
+
+
+def _live_producer(bootstrap: str, topic: str, count: int, rate: float, seed: int,
+                   num_features: int, keys: int) -> None:
+    publish_synthetic(bootstrap, topic, count, seed=seed, num_features=num_features, keys=keys,
+                      rate=rate)
+
+
+def latency_run(args: argparse.Namespace, topic: str, predictions: str, rate: float) -> Result:
+    """(b) live while a separate process produces at ``rate`` for ``--latency-seconds``."""
+    count = int(rate * args.latency_seconds)
+    hot, _warm_metrics = _hot_path(args, topic, predictions, False, window=1000)
+    stop = threading.Event()
+    thread = threading.Thread(target=hot.run, args=(stop,), name="bench-latency", daemon=True)
+    thread.start()
+    # Warm-up: join the group and score a first batch before the measured traffic starts.
+    publish_synthetic(args.bootstrap, topic, 500, seed=98, num_features=args.num_features,
+                      keys=args.keys)
+    _wait_for(hot.metrics, 500, 60, thread)
+    metrics = hot.metrics = PipelineMetrics(window=count + 1000)
+    clock = _Clock()
+    hot.on_batch = clock
+    producer = mp.get_context("spawn").Process(
+        target=_live_producer,
+        args=(args.bootstrap, topic, count, rate, 99, args.num_features, args.keys))
+    producer.start()
+    done = _wait_for(metrics, count, args.latency_seconds + 60, thread)
+    producer.join(30)
+    stop.set()
+    thread.join(60)
+    snap = metrics.snapshot()
+    note = f"offered {rate:,.0f} ev/s" + ("" if done else f"; got {metrics.events:,}/{count:,}")
+    return Result("(d) streaminfer, live at half of (b)'s rate",
+                  metrics.events - clock.first_size, clock.last_at - clock.first_at,
+                  snap["p50_ms"], snap["p99_ms"], snap["batch_avg"], note)
+
+
+def naive_run(args: argparse.Namespace, topic: str, count: int, log_path: Path) -> Result:
+    """(c): the Faust agent as a worker subprocess; read its progress from Redis."""
+    client = redis.Redis.from_url(args.redis_url)
+    key = f"bench:naive:{unique_name('progress')}"
+    env = {
+        **os.environ,
+        "NAIVE_TOPIC": topic, "NAIVE_COUNT": str(count), "NAIVE_BOOTSTRAP": args.bootstrap,
+        "NAIVE_REDIS_URL": args.redis_url, "NAIVE_PROGRESS_KEY": key,
+        "NAIVE_APP_ID": unique_name("bench-naive"), "NAIVE_NUM_FEATURES": str(args.num_features),
+        "NAIVE_DATADIR": tempfile.mkdtemp(prefix="naive-faust-"),
+    }
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "naive_faust.py"), "worker", "-l", "warn"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=env["NAIVE_DATADIR"])
+    report: dict[str, float] = {}
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            raw = client.get(key)
+            report = json.loads(raw) if raw else {}
+            if "rate" in report:
+                break
+            time.sleep(0.5)
+    finally:
+        proc.terminate()  # SIGTERM: Faust shuts down cleanly
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        client.delete(key)
+    if "rate" not in report:
+        raise RuntimeError(f"naive worker stopped at {report.get('count', 0)} of {count} events; "
+                           f"see {log_path}")
+    events = int(report["count"]) - 1
+    return Result("(c) naive Faust agent, 1 event at a time", events,
+                  events / report["rate"], report["p50_ms"], report["p99_ms"], 1.0)
+
+
+def profile_drain(args: argparse.Namespace, topic: str, predictions: str, count: int) -> str:
+    profile = cProfile.Profile()
+    result = drain(args, "profile", topic, predictions, count, False, profile)
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out).strip_dirs()
+    stats.sort_stats("tottime").print_stats(18)
+    stats.sort_stats("cumulative").print_stats(25)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip() and "Ordered by" not in ln]
+    return (f"--- cProfile of the hot-path thread, (b) over {result.events:,} events "
+            f"({result.rate:,.0f} ev/s under the profiler) ---\n" + "\n".join(lines))
+
+
+def _clear_redis(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    for pattern in ("pred:classifier:*", "pred:naivebench:*"):
+        batch = []
+        for k in client.scan_iter(pattern, count=5000):
+            batch.append(k)
+            if len(batch) >= 5000:
+                client.unlink(*batch)
+                batch = []
+        if batch:
+            client.unlink(*batch)
+
+
+def _line(r: Result) -> str:
+    extra = f"  batch avg {r.batch_avg:,.0f}" if r.batch_avg else ""
+    note = f"  [{r.note}]" if r.note else ""
+    return (f"{r.name:<44} {r.events:>8,} ev in {r.seconds:6.2f}s = {r.rate:>9,.0f} ev/s"
+            f"  p50 {r.p50_ms:8.1f} ms  p99 {r.p99_ms:8.1f} ms{extra}{note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    print(f"$ {command_line()}\n{machine()}")
+    main_topic, naive_topic = unique_name("bench-pipe-events"), unique_name("bench-pipe-naive")
+    live_topic, predictions = unique_name("bench-pipe-live"), unique_name("bench-pipe-pred")
+    topics = [main_topic, naive_topic, live_topic, predictions]
+    create_topics(args.bootstrap, topics, args.partitions)
+    _clear_redis(args.redis_url)
+    log_path = Path(tempfile.gettempdir()) / "bench-naive-faust.log"
+    rounds: dict[str, list[Result]] = {"identity": [], "streaminfer": []}
+    naive: Result | None = None
+    profile_text = ""
+    try:
+        publish_synthetic(args.bootstrap, main_topic, args.count, seed=1,
+                          num_features=args.num_features, keys=args.keys)
+        if not args.skip_naive:
+            publish_synthetic(args.bootstrap, naive_topic, args.naive_count, seed=2,
+                              num_features=args.num_features, keys=args.keys)
+        print(f"pre-filled {args.count:,} events (+{args.naive_count:,} for naive), "
+              f"{args.partitions} partitions")
+        for i in range(args.rounds):
+            for name, identity in (("identity", True), ("streaminfer", False)):
+                r = drain(args, name, main_topic, predictions, args.count, identity)
+                rounds[name].append(r)
+                print(f"round {i + 1} {_line(r)}")
+        a = max(rounds["identity"], key=lambda r: r.rate)
+        b = max(rounds["streaminfer"], key=lambda r: r.rate)
+        a.name, b.name = "(a) I/O path (identity model)", "(b) streaminfer (classifier model)"
+        if not args.skip_naive:
+            naive = naive_run(args, naive_topic, args.naive_count, log_path)
+            print(_line(naive))
+        d = latency_run(args, live_topic, predictions, b.rate / 2)
+        print(_line(d))
+        if args.profile:
+            profile_text = profile_drain(args, main_topic, predictions, args.count)
+    finally:
+        if not args.keep_topics:
+            delete_topics(args.bootstrap, topics)
+        _clear_redis(args.redis_url)
+
+    results = [a, b] + ([naive] if naive else []) + [d]
+    checks = [
+        (f"(b) rate {b.rate:,.0f} ev/s", b.rate >= TARGET_RATE, f">= {TARGET_RATE:,}"),
+        (f"(b)/(a) = {b.rate / a.rate:.2f}", b.rate >= TARGET_VS_IO * a.rate,
+         f">= {TARGET_VS_IO:.2f}"),
+    ]
+    if naive:
+        checks.append((f"(b)/(c) = {b.rate / naive.rate:.1f}x",
+                       b.rate >= TARGET_VS_NAIVE * naive.rate, f">= {TARGET_VS_NAIVE:.0f}x"))
+    checks.append((f"(d) p99 {d.p99_ms:.1f} ms", d.p99_ms <= TARGET_P99_MS,
+                   f"<= {TARGET_P99_MS:.0f} ms"))
+    print("\nbest rounds of (a)/(b):")
+    for r in results:
+        print(_line(r))
+    print()
+    for text, ok, target in checks:
+        print(f"{'ok  ' if ok else 'MISS'} {text} (target {target})")
+    if profile_text:
+        print("\n" + profile_text)
+    if args.write_docs:
+        write_docs_section("pipeline", _docs(args, results, checks))
+        print("wrote the 'pipeline' section of docs/benchmarks.md")
+    return 0
+
+
+def _docs(args: argparse.Namespace, results: list[Result],
+          checks: list[tuple[str, bool, str]]) -> str:
+    rows = [[r.name, f"{r.rate:,.0f}", f"{r.p50_ms:,.1f}", f"{r.p99_ms:,.1f}",
+             f"{r.batch_avg:,.0f}", r.note] for r in results]
+    table = markdown_table(["run", "events/s", "p50 ms", "p99 ms", "avg batch", "note"], rows)
+    verdicts = "\n".join(f"- {'met' if ok else '**missed**'}: {text} (target {target})"
+                         for text, ok, target in checks)
+    return f"""## Classifier pipeline (`bench/pipeline.py`)
+
+Pre-filled {args.partitions}-partition topics of Avro single-object events
+({args.num_features} features, {args.keys:,} keys): {args.count:,} events for (a) and (b),
+{args.naive_count:,} for (c). (a) and (b) run `HotPath` (decode, validate, score, guarded Lua
+write to Redis, predictions topic, commit) in a thread built by `streams.app.build_hot_path`,
+best of {args.rounds} alternating rounds; (c) is `bench/naive_faust.py`, a Faust agent that scores
+one event at a time and writes one Redis `HSET` per event. Rates count the events after the first
+batch over first -> last batch, so start-up is excluded. Latency is event time -> batch written
+(Redis and the predictions topic); for (a)-(c) it is dominated by the pre-filled backlog, so (d)
+runs (b) live for {args.latency_seconds:.0f} s while another process produces at half of (b)'s
+rate. Kafka, Redis and the producer share the same cores.
+
+{table}
+
+{verdicts}
+
+{docs_footer()}"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
