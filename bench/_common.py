@@ -7,6 +7,7 @@ own section of ``docs/benchmarks.md``, between ``<!-- bench:NAME -->`` markers.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -82,10 +83,11 @@ def publish_synthetic(
     num_features: int = 8,
     keys: int = 1000,
     rate: float = 0.0,
+    **producer_overrides: Any,
 ) -> PublishReport:
     """The project's own producer path: generator -> ``encode_many`` -> ``publish_chunks``."""
     codec = RecordCodec("event", "single-object", topic=topic)
-    producer = make_producer({"bootstrap.servers": bootstrap})
+    producer = make_producer({"bootstrap.servers": bootstrap}, **producer_overrides)
     return publish_chunks(producer, topic, codec,
                           synthetic_chunks(count, seed, num_features, keys),
                           key_field="key", rate=rate)
@@ -110,13 +112,16 @@ def machine() -> str:
     return f"{cores} cores (nproc), {model}, Python {platform.python_version()}"
 
 
+def load_note() -> str:
+    """The 1-minute load average: how busy the shared machine was during the run."""
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+
+
 def command_line() -> str:
     """The exact command that produced the figures, for the output and the docs."""
     script = Path(sys.argv[0])
-    try:
+    with contextlib.suppress(ValueError):
         script = script.resolve().relative_to(ROOT)
-    except ValueError:
-        pass
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
@@ -144,7 +149,8 @@ def write_docs_section(name: str, body: str, path: Path = DOCS) -> None:
     path.write_text(text)
 
 
-def docs_footer() -> str:
-    """Machine, date and command lines shared by every section."""
-    return (f"Machine: {machine()}. Date: {dt.date.today().isoformat()}.\n\n"
+def docs_footer(load: str = "") -> str:
+    """Machine, date and command lines shared by every section (``load``: see load_note)."""
+    during = f" ({load} at the start of the run)" if load else ""
+    return (f"Machine: {machine()}{during}. Date: {dt.date.today().isoformat()}.\n\n"
             f"Command:\n\n```\n{command_line()}\n```")

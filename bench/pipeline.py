@@ -43,6 +43,7 @@ from _common import (
     create_topics,
     delete_topics,
     docs_footer,
+    load_note,
     machine,
     markdown_table,
     publish_synthetic,
@@ -70,6 +71,12 @@ class Result:
     p99_ms: float
     batch_avg: float = 0.0
     note: str = ""
+    thread_cpu_s: float = 0.0  # the hot-path thread's CPU time over the measured window
+
+    @property
+    def cpu_us(self) -> float:
+        """Hot-path thread CPU per event: what caps one lane, and steadier than rates here."""
+        return self.thread_cpu_s / self.events * 1e6 if self.events and self.thread_cpu_s else 0.0
 
     @property
     def rate(self) -> float:
@@ -92,12 +99,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Alternating rounds of (a) and (b); the best round of each counts.")
     parser.add_argument("--latency-seconds", type=float, default=15.0,
                         help="How long (d) produces at half of (b)'s rate.")
+    parser.add_argument("--latency-rate", type=float, default=0.0,
+                        help="Offered rate for (d) in events/s [default: half of (b)'s rate].")
     parser.add_argument("--num-features", type=int, default=8, help="Feature vector length.")
     parser.add_argument("--keys", type=int, default=100_000, help="Distinct entity keys.")
     parser.add_argument("--partitions", type=int, default=4, help="Partitions of each topic.")
     parser.add_argument("--skip-naive", action="store_true", help="Leave out (c).")
     parser.add_argument("--profile", action="store_true",
                         help="Also cProfile the hot-path thread running (b) once more.")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="Also time each hot-path stage on batches of 1000 (us/event).")
     parser.add_argument("--keep-topics", action="store_true", help="Do not delete bench topics.")
     parser.add_argument("--write-docs", action="store_true",
                         help="Rewrite the 'pipeline' section of docs/benchmarks.md.")
@@ -112,18 +123,24 @@ def _settings(args: argparse.Namespace, topic: str, predictions: str) -> Setting
 
 
 class _Clock:
-    """``on_batch`` hook: when the first and the last batch finished, and their sizes."""
+    """``on_batch`` hook: when the first and the last batch finished (wall clock and the
+    hot-path thread's CPU clock, as it runs in that thread), and the first batch's size."""
 
     def __init__(self) -> None:
-        self.first_at = 0.0
-        self.last_at = 0.0
+        self.first_at = self.last_at = 0.0
+        self.first_cpu = self.last_cpu = 0.0
         self.first_size = 0
 
     def __call__(self, batch: object) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         if not self.first_at:
-            self.first_at, self.first_size = now, len(batch)  # type: ignore[arg-type]
-        self.last_at = now
+            self.first_at, self.first_cpu = now, cpu
+            self.first_size = len(batch)  # type: ignore[arg-type]
+        self.last_at, self.last_cpu = now, cpu
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.last_cpu - self.first_cpu
 
 
 def _hot_path(args: argparse.Namespace, topic: str, predictions: str, identity: bool,
@@ -163,7 +180,8 @@ def drain(args: argparse.Namespace, name: str, topic: str, predictions: str, cou
     if metrics.rejected:
         note += f" {metrics.rejected} rejected"
     return Result(name, metrics.events - clock.first_size, clock.last_at - clock.first_at,
-                  snap["p50_ms"], snap["p99_ms"], snap["batch_avg"], note.strip())
+                  snap["p50_ms"], snap["p99_ms"], snap["batch_avg"], note.strip(),
+                  clock.cpu_seconds)
 
 
 def _live_producer(bootstrap: str, topic: str, count: int, rate: float, seed: int,
@@ -196,9 +214,9 @@ def latency_run(args: argparse.Namespace, topic: str, predictions: str, rate: fl
     thread.join(60)
     snap = metrics.snapshot()
     note = f"offered {rate:,.0f} ev/s" + ("" if done else f"; got {metrics.events:,}/{count:,}")
-    return Result("(d) streaminfer, live at half of (b)'s rate",
+    return Result("(d) streaminfer, live (paced producer)",
                   metrics.events - clock.first_size, clock.last_at - clock.first_at,
-                  snap["p50_ms"], snap["p99_ms"], snap["batch_avg"], note)
+                  snap["p50_ms"], snap["p99_ms"], snap["batch_avg"], note, clock.cpu_seconds)
 
 
 def naive_run(args: argparse.Namespace, topic: str, count: int, log_path: Path) -> Result:
@@ -253,6 +271,44 @@ def profile_drain(args: argparse.Namespace, topic: str, predictions: str, count:
             f"({result.rate:,.0f} ev/s under the profiler) ---\n" + "\n".join(lines))
 
 
+def stage_breakdown(args: argparse.Namespace, topic: str, predictions: str,
+                    batch_size: int = 1000, batches: int = 20) -> list[tuple[str, float]]:
+    """Wall microseconds per event of each hot-path stage, on batches of real messages.
+
+    Runs the hot path's own handler and sinks stage by stage (no overlap, nothing committed),
+    so the shares add up to one lane's cost per event.
+    """
+    hot, _metrics = _hot_path(args, topic, predictions, False, window=10)
+    hot.consumer.subscribe([topic])
+    messages: list = []
+    deadline = time.monotonic() + 60
+    while len(messages) < batch_size * batches and time.monotonic() < deadline:
+        messages += [m for m in hot.consumer.consume(2000, 1.0) if m.error() is None]
+    hot.consumer.close()
+    handler, sinks = hot.handler, hot.sinks
+    totals = dict.fromkeys(("decode + validate", "score (model)", "build prediction rows",
+                            "Redis Lua sink", "predictions topic (encode, produce, flush)"), 0.0)
+    names = list(totals)
+    for lo in range(0, len(messages) - batch_size + 1, batch_size):
+        chunk = messages[lo : lo + batch_size]
+        t0 = time.perf_counter()
+        batch, _rejected = handler.decode(chunk)
+        t1 = time.perf_counter()
+        scores = handler.score(batch)
+        t2 = time.perf_counter()
+        outputs = handler.outputs(batch, scores, int(time.time() * 1000))
+        t3 = time.perf_counter()
+        sinks.redis.write(outputs.predictions)
+        t4 = time.perf_counter()
+        if sinks.topic is not None:
+            sinks.topic.write_batch(outputs.predictions)
+        t5 = time.perf_counter()
+        for name, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            totals[name] += dt
+    n = (len(messages) // batch_size) * batch_size
+    return [(name, total / n * 1e6) for name, total in totals.items()] if n else []
+
+
 def _clear_redis(url: str) -> None:
     client = redis.Redis.from_url(url)
     for pattern in ("pred:classifier:*", "pred:naivebench:*"):
@@ -268,6 +324,7 @@ def _clear_redis(url: str) -> None:
 
 def _line(r: Result) -> str:
     extra = f"  batch avg {r.batch_avg:,.0f}" if r.batch_avg else ""
+    extra += f"  thread CPU {r.cpu_us:.1f} us/ev" if r.cpu_us else ""
     note = f"  [{r.note}]" if r.note else ""
     return (f"{r.name:<44} {r.events:>8,} ev in {r.seconds:6.2f}s = {r.rate:>9,.0f} ev/s"
             f"  p50 {r.p50_ms:8.1f} ms  p99 {r.p99_ms:8.1f} ms{extra}{note}")
@@ -275,7 +332,8 @@ def _line(r: Result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    print(f"$ {command_line()}\n{machine()}")
+    load = load_note()
+    print(f"$ {command_line()}\n{machine()}, {load}")
     main_topic, naive_topic = unique_name("bench-pipe-events"), unique_name("bench-pipe-naive")
     live_topic, predictions = unique_name("bench-pipe-live"), unique_name("bench-pipe-pred")
     topics = [main_topic, naive_topic, live_topic, predictions]
@@ -284,13 +342,16 @@ def main(argv: list[str] | None = None) -> int:
     log_path = Path(tempfile.gettempdir()) / "bench-naive-faust.log"
     rounds: dict[str, list[Result]] = {"identity": [], "streaminfer": []}
     naive: Result | None = None
-    profile_text = ""
+    profile_text = breakdown_text = ""
+    stages: list[tuple[str, float]] = []
     try:
         publish_synthetic(args.bootstrap, main_topic, args.count, seed=1,
                           num_features=args.num_features, keys=args.keys)
         if not args.skip_naive:
+            # Uncompressed: Faust's aiokafka needs the extra ``lz4`` package for lz4 batches.
             publish_synthetic(args.bootstrap, naive_topic, args.naive_count, seed=2,
-                              num_features=args.num_features, keys=args.keys)
+                              num_features=args.num_features, keys=args.keys,
+                              **{"compression.type": "none"})
         print(f"pre-filled {args.count:,} events (+{args.naive_count:,} for naive), "
               f"{args.partitions} partitions")
         for i in range(args.rounds):
@@ -304,8 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_naive:
             naive = naive_run(args, naive_topic, args.naive_count, log_path)
             print(_line(naive))
-        d = latency_run(args, live_topic, predictions, b.rate / 2)
+        d = latency_run(args, live_topic, predictions, args.latency_rate or b.rate / 2)
         print(_line(d))
+        if args.breakdown:
+            stages = stage_breakdown(args, main_topic, predictions)
+            breakdown_text = "--- hot-path stages, batches of 1000, wall us/event ---\n"
+            breakdown_text += "\n".join(f"{name:<44} {us:7.1f}" for name, us in stages)
+            breakdown_text += f"\n{'total':<44} {sum(us for _n, us in stages):7.1f}"
         if args.profile:
             profile_text = profile_drain(args, main_topic, predictions, args.count)
     finally:
@@ -330,19 +396,29 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for text, ok, target in checks:
         print(f"{'ok  ' if ok else 'MISS'} {text} (target {target})")
-    if profile_text:
-        print("\n" + profile_text)
+    for text in (breakdown_text, profile_text):
+        if text:
+            print("\n" + text)
     if args.write_docs:
-        write_docs_section("pipeline", _docs(args, results, checks))
+        write_docs_section("pipeline", _docs(args, results, checks, stages, load))
         print("wrote the 'pipeline' section of docs/benchmarks.md")
     return 0
 
 
-def _docs(args: argparse.Namespace, results: list[Result],
-          checks: list[tuple[str, bool, str]]) -> str:
+def _docs(args: argparse.Namespace, results: list[Result], checks: list[tuple[str, bool, str]],
+          stages: list[tuple[str, float]], load: str) -> str:
     rows = [[r.name, f"{r.rate:,.0f}", f"{r.p50_ms:,.1f}", f"{r.p99_ms:,.1f}",
-             f"{r.batch_avg:,.0f}", r.note] for r in results]
-    table = markdown_table(["run", "events/s", "p50 ms", "p99 ms", "avg batch", "note"], rows)
+             f"{r.batch_avg:,.0f}", f"{r.cpu_us:.1f}" if r.cpu_us else "", r.note]
+            for r in results]
+    table = markdown_table(["run", "events/s", "p50 ms", "p99 ms", "avg batch",
+                            "hot-path thread CPU us/event", "note"], rows)
+    if stages:
+        total = sum(us for _n, us in stages)
+        table += "\n\nWhere one lane's time goes (`--breakdown`: stages run one after another on " \
+                 "batches of 1000 real messages, wall us/event):\n\n" + markdown_table(
+                     ["stage", "us/event", "share"],
+                     [[n, f"{us:.1f}", f"{us / total:.0%}"] for n, us in stages]
+                     + [["total", f"{total:.1f}", "100%"]])
     verdicts = "\n".join(f"- {'met' if ok else '**missed**'}: {text} (target {target})"
                          for text, ok, target in checks)
     return f"""## Classifier pipeline (`bench/pipeline.py`)
@@ -362,7 +438,7 @@ rate. Kafka, Redis and the producer share the same cores.
 
 {verdicts}
 
-{docs_footer()}"""
+{docs_footer(load)}"""
 
 
 if __name__ == "__main__":

@@ -24,12 +24,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_save
 
 from models.base import Model, ModelVersion
 from models.factory import create_model
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "latest", "load", "prune", "read_manifest", "save"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "build_manifest",
+    "checkpoints",
+    "latest",
+    "load",
+    "load_bytes",
+    "prune",
+    "read_manifest",
+    "save",
+    "save_bytes",
+]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -44,11 +58,15 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def save(model: Model, root: str | Path, extra_manifest: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint of ``model`` under ``root``; returns the checkpoint directory."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    now = time.time()
+def build_manifest(
+    model: Model, extra_manifest: dict[str, Any] | None = None, *, now: float | None = None
+) -> dict[str, Any]:
+    """The manifest :func:`save` writes, as a dict; raises ``ValueError`` if it is not JSON-able.
+
+    Shared with the byte-level helpers so a checkpoint kept elsewhere (e.g. in Redis) describes
+    the model exactly as a checkpoint directory does.
+    """
+    now = time.time() if now is None else now
     stamp = datetime.fromtimestamp(now, UTC)
     manifest: dict[str, Any] = {
         "format": FORMAT_VERSION,
@@ -63,12 +81,29 @@ def save(model: Model, root: str | Path, extra_manifest: dict[str, Any] | None =
         **model.manifest_extra(),
         "extra": dict(extra_manifest or {}),
     }
+    _manifest_text(manifest)
+    return manifest
+
+
+def _manifest_text(manifest: dict[str, Any]) -> str:
     try:
-        manifest_text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
-    except TypeError as exc:
+        return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"extra_manifest must be JSON-serialisable: {exc}") from None
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+def _tensors(model: Model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save(model: Model, root: str | Path, extra_manifest: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint of ``model`` under ``root``; returns the checkpoint directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(model, extra_manifest)
+    manifest_text = _manifest_text(manifest)
+    stamp = datetime.fromtimestamp(manifest["created_unix"], UTC)
+    tensors = _tensors(model)
     final = root / f"{model.name}-{stamp:%Y%m%dT%H%M%S%fZ}-u{model.version.updates}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}-", suffix=".tmp", dir=root))
     try:
@@ -115,13 +150,48 @@ def load(
     """
     ckpt = _checkpoint_dir(Path(path))
     manifest = read_manifest(ckpt)
+    tensors = load_file(str(ckpt / manifest["tensors"]), device="cpu")
+    return _rebuild(manifest, tensors, device=device, amp=amp), manifest
+
+
+def _rebuild(
+    manifest: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    *,
+    device: str | torch.device,
+    amp: str | None,
+) -> Model:
     config = dict(manifest["config"])
     if amp is not None:
         config["amp"] = amp
     model = create_model(manifest["name"], device=device, **config)
-    model.load_state_dict(load_file(str(ckpt / manifest["tensors"]), device="cpu"))
+    model.load_state_dict(tensors)
     model.version = ModelVersion.parse(manifest["version"])
-    return model, manifest
+    return model
+
+
+def save_bytes(
+    model: Model, extra_manifest: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """``(manifest, safetensors bytes)`` of ``model``: a checkpoint for a store without files."""
+    manifest = build_manifest(model, extra_manifest)
+    return manifest, safetensors_save(_tensors(model), metadata={"name": model.name})
+
+
+def load_bytes(
+    manifest: dict[str, Any],
+    data: bytes,
+    *,
+    device: str | torch.device = "auto",
+    amp: str | None = None,
+) -> Model:
+    """Inverse of :func:`save_bytes`: rebuild the model from its manifest and tensor bytes."""
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint format {manifest.get('format')!r} is not supported "
+            f"(expected {FORMAT_VERSION})"
+        )
+    return _rebuild(manifest, safetensors_load(data), device=device, amp=amp)
 
 
 def _checkpoints(root: Path, name: str | None) -> list[tuple[float, str, Path]]:
@@ -138,6 +208,11 @@ def _checkpoints(root: Path, name: str | None) -> list[tuple[float, str, Path]]:
         if name is None or manifest.get("name") == name:
             found.append((float(manifest.get("created_unix", 0.0)), child.name, child))
     return sorted(found)
+
+
+def checkpoints(root: str | Path, name: str | None = None) -> list[Path]:
+    """Complete checkpoint directories under ``root`` (optionally of ``name``), oldest first."""
+    return [path for _, _, path in _checkpoints(Path(root), name)]
 
 
 def latest(root: str | Path, name: str | None = None) -> Path | None:

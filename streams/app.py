@@ -1,9 +1,11 @@
-"""The Faust application around the hot path: lifecycle, metrics timer, signals.
+"""The Faust application around the hot path: membership, tables, lifecycle, metrics.
 
-Faust runs the worker (``faust.Worker``: logging, SIGTERM handling, a clean shutdown) and the
-lower-rate housekeeping on its event loop; the event hot path runs in ``HotPath`` threads with
-confluent-kafka consumers in the group ``{consumer_group}-{app}``, so more worker processes
-split the partitions between them (see docs/design.md for why not a Faust agent per event).
+Faust's worker owns group membership (group ``{consumer_group}-{app}``), through a small
+*owners* topic with as many partitions as the input topic: the partitions of it that Faust
+assigns to this worker are the input partitions this worker's hot-path lanes read (manual
+assignment, see ``streams.assignment``), and Faust moves the join table's changelog partitions
+with them. Faust also runs the metrics timer and handles signals and shutdown; the events
+themselves never pass through Faust's per-message dispatch (see docs/design.md).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faust
 import mode
 import redis
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.avro import make_codec
 from connectors.dead_letter import DeadLetterWriter
@@ -30,15 +34,22 @@ from models import checkpoint
 from models.base import Model
 from models.factory import create_model
 from models.recommender import MatrixFactorization
+from streams.assignment import Assignment, FollowedAssignment, GroupAssignment
 from streams.batcher import AdaptiveLimit, Batcher
 from streams.handlers import ClassifierHandler, Handler, RecommenderHandler
+from streams.join import JoinState
+from streams.learning import FeedbackLearner, Learner, LearnerHooks, RatingLearner
 from streams.metrics import PipelineMetrics
 from streams.pipeline import HotPath, Sinks
 from streams.settings import Settings
+from streams.table_store import FaustTableStore
 
 __all__ = ["WorkerOptions", "build_app", "build_hot_path", "load_or_create_model"]
 
 log = logging.getLogger(__name__)
+
+_LANE_CONSUMER = {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+                  "max.poll.interval.ms": 60_000}
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,10 @@ def group_id(settings: Settings) -> str:
     return f"{settings.consumer_group}-{settings.app}"
 
 
+def learns_from_feedback(settings: Settings) -> bool:
+    return settings.learn and settings.app == "classifier"
+
+
 def load_or_create_model(settings: Settings, options: WorkerOptions) -> Model:
     """A model from ``--model`` (safetensors checkpoint) or a fresh seeded one."""
     if options.model_path is not None:
@@ -71,7 +86,9 @@ def load_or_create_model(settings: Settings, options: WorkerOptions) -> Model:
         return model
     app = "identity" if options.identity_model else settings.app
     return create_model(app, num_features=settings.num_features, seed=settings.seed,
-                        device=settings.device, amp=settings.amp)
+                        device=settings.device, amp=settings.amp, lr=settings.lr,
+                        optimizer=settings.optimizer, l2=settings.l2,
+                        **({"hidden": settings.hidden} if app == "classifier" else {}))
 
 
 def build_handler(settings: Settings, model: Model, options: WorkerOptions) -> Handler:
@@ -82,18 +99,12 @@ def build_handler(settings: Settings, model: Model, options: WorkerOptions) -> H
     return ClassifierHandler(model, codec, settings.num_features)
 
 
-def build_hot_path(settings: Settings, handler: Handler, metrics: PipelineMetrics,
-                   model_lock: threading.Lock) -> HotPath:
-    """One lane: its own consumer and producers (they are not shared between threads)."""
-    consumer = make_consumer(
-        settings.kafka_config(), group_id(settings),
-        **{"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
-           "max.poll.interval.ms": 60_000, "partition.assignment.strategy": "cooperative-sticky"},
-    )
+def build_sinks(settings: Settings) -> Sinks:
+    """A lane's own sinks: producers are not shared between threads."""
     out_codec = make_codec("prediction", settings.effective_wire_format,
                            settings.schema_registry_url, settings.predictions_topic)
     client = redis.Redis.from_url(settings.redis_url)
-    sinks = Sinks(
+    return Sinks(
         redis=RedisPredictionSink(client, settings.app, settings.redis_ttl_s),
         topic=PredictionsTopicSink(settings.kafka_config(), settings.predictions_topic,
                                    out_codec.encode, encode_many=out_codec.encode_many),
@@ -101,28 +112,130 @@ def build_hot_path(settings: Settings, handler: Handler, metrics: PipelineMetric
         recommendations=RedisRecommendationSink(client, settings.redis_ttl_s)
         if settings.app == "recommender" else None,
     )
+
+
+def build_lane(settings: Settings, handler: Handler, metrics: PipelineMetrics,
+               model_lock: threading.Lock, assignment: Assignment, group: str,
+               learner: Learner | None = None) -> HotPath:
+    consumer = make_consumer(settings.kafka_config(), group, **_LANE_CONSUMER)
     limit = AdaptiveLimit(settings.latency_target_ms, settings.batch_max_records)
     batcher = Batcher(consumer, limit, settings.batch_max_wait_ms / 1000, settings.batch_max_bytes)
-    return HotPath(consumer, [input_topic(settings)], batcher, handler, sinks, metrics,
-                   model_lock=model_lock)
+    return HotPath(consumer, assignment, batcher, handler, build_sinks(settings), metrics,
+                   model_lock=model_lock, learner=learner)
 
 
-def build_app(settings: Settings, options: WorkerOptions) -> faust.App:
+def build_hot_path(settings: Settings, handler: Handler, metrics: PipelineMetrics,
+                   model_lock: threading.Lock) -> HotPath:
+    """A standalone lane that joins the consumer group itself (benchmarks, simple uses)."""
+    assignment = GroupAssignment([input_topic(settings)])
+    return build_lane(settings, handler, metrics, model_lock, assignment, group_id(settings))
+
+
+def ensure_topics(settings: Settings, partitions: int, *compacted: str) -> int:
+    """Create what the worker reads and writes, with the input topic's partition count
+    (``partitions`` if it does not exist yet); returns that count."""
+    admin = AdminClient(settings.kafka_config())
+    topic = input_topic(settings)
+    existing = admin.list_topics(timeout=15).topics
+    if topic in existing:
+        partitions = len(existing[topic].partitions)
+    wanted = [topic, settings.predictions_topic, settings.dlq_topic(topic)]
+    if learns_from_feedback(settings):
+        wanted += [settings.feedback_topic, settings.dlq_topic(settings.feedback_topic)]
+    new = [NewTopic(name, partitions, 1) for name in wanted if name not in existing]
+    new += [NewTopic(name, partitions, 1, config={"cleanup.policy": "compact"})
+            for name in compacted if name not in existing]
+    for name, future in admin.create_topics(new).items() if new else ():
+        try:
+            future.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"cannot create topic {name!r}: {exc}") from None
+    if learns_from_feedback(settings):
+        fb = admin.list_topics(settings.feedback_topic, timeout=15).topics[settings.feedback_topic]
+        if len(fb.partitions) != partitions:
+            raise RuntimeError(
+                f"{settings.feedback_topic!r} has {len(fb.partitions)} partitions but "
+                f"{topic!r} has {partitions}: feedback must be co-partitioned with its events "
+                "(same partition count, same key) to join them")
+    return partitions
+
+
+def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -> faust.App:
     """A Faust app whose worker runs ``options.lanes`` hot-path threads."""
+    app_id = group_id(settings)
+    owners_name, join_name = f"{app_id}-owners", f"{app_id}-join-changelog"
+    n = ensure_topics(settings, partitions, owners_name, join_name)
     brokers = [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")]
     app = faust.App(
-        f"{group_id(settings)}-control",
-        broker=brokers,
-        store="memory://",
-        web_enabled=options.web_port is not None,
-        web_port=options.web_port or 6066,
-        topic_replication_factor=1,
-        producer_acks=-1,
+        app_id, broker=brokers, store="memory://", topic_partitions=n,
+        web_enabled=options.web_port is not None, web_port=options.web_port or 6066,
+        topic_replication_factor=1, producer_acks=-1, broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0, stream_recovery_delay=0.0,
     )
+    owners = app.topic(owners_name, partitions=n, value_serializer="raw")
+
+    @app.agent(owners)
+    async def _owners(stream: Any) -> None:
+        """Never receives anything: subscribing makes Faust assign the owners' partitions."""
+        async for _ in stream:
+            pass
+
     model = load_or_create_model(settings, options)
     handler = build_handler(settings, model, options)
     metrics = PipelineMetrics()
     model_lock = threading.Lock()
+    learner: Learner | None = None
+    topics = [input_topic(settings)]
+    if learns_from_feedback(settings):
+        table = app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
+        join = JoinState(FaustTableStore(table, app), int(settings.join_window_s * 1000))
+        codec = make_codec("feedback", "json", settings.schema_registry_url,
+                           settings.feedback_topic)
+        learner = FeedbackLearner(model, settings.learn_batch_size, LearnerHooks(),
+                                  feedback_topic=settings.feedback_topic, join=join, codec=codec)
+        topics.append(settings.feedback_topic)
+    elif settings.learn and settings.app == "recommender":
+        learner = RatingLearner(model, settings.learn_batch_size, LearnerHooks())
+
+    lanes: list[HotPath] = []
+    for _ in range(options.lanes):
+        assignment = FollowedAssignment(topics)
+        if isinstance(learner, FeedbackLearner) and learner.join is not None:
+            join_state = learner.join
+
+            def loaded(parts: frozenset[int], join_state: JoinState = join_state) -> None:
+                with model_lock:
+                    join_state.load(set(parts))
+
+            def dropped(parts: frozenset[int], join_state: JoinState = join_state) -> None:
+                with model_lock:
+                    join_state.drop(set(parts))
+
+            assignment.on_assigned, assignment.on_revoked = loaded, dropped
+        lanes.append(build_lane(settings, handler, metrics, model_lock, assignment,
+                                f"{app_id}-offsets", learner))
+
+    def share(parts: set[int], lane: int) -> frozenset[int]:
+        return frozenset(p for p in parts if p % len(lanes) == lane)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+        parts = {tp.partition for tp in revoked if tp.topic == owners_name}
+        if not parts:
+            return
+        done = [lane.assignment.post("revoke", share(parts, i))  # type: ignore[attr-defined]
+                for i, lane in enumerate(lanes)]
+        loop = asyncio.get_running_loop()
+        for event in done:  # each lane commits what it wrote before the partitions move
+            await loop.run_in_executor(None, event.wait, 30.0)
+
+    @app.on_rebalance_complete.connect
+    async def _assigned(sender: Any, **_: Any) -> None:
+        parts = {tp.partition for tp in app.consumer.assignment() if tp.topic == owners_name}
+        for i, lane in enumerate(lanes):
+            lane.assignment.post("assign", share(parts, i))  # type: ignore[attr-defined]
+
     metrics_key = f"metrics:{settings.app}:{options.worker_id}"
     redis_client = redis.Redis.from_url(settings.redis_url)
 
@@ -133,15 +246,14 @@ def build_app(settings: Settings, options: WorkerOptions) -> faust.App:
         async def on_start(self) -> None:
             self._stop = threading.Event()
             self._threads = []
-            for lane in range(options.lanes):
-                hot_path = build_hot_path(settings, handler, metrics, model_lock)
-                thread = threading.Thread(target=self._run_lane, args=(hot_path,),
-                                          name=f"hot-path-{lane}", daemon=True)
+            for i, lane in enumerate(lanes):
+                thread = threading.Thread(target=self._run_lane, args=(lane,),
+                                          name=f"hot-path-{i}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
             log.info("streaminfer %s worker %s: %d lane(s) on %s, model %s %s",
-                     settings.app, options.worker_id, options.lanes, input_topic(settings),
-                     model.name, model.version)
+                     settings.app, options.worker_id, len(lanes), topics, model.name,
+                     model.version)
 
         def _run_lane(self, hot_path: HotPath) -> None:
             try:
@@ -159,7 +271,11 @@ def build_app(settings: Settings, options: WorkerOptions) -> faust.App:
     @app.timer(1.0)
     async def publish_metrics() -> None:
         snapshot = {**metrics.snapshot(), "model_version": str(model.version),
-                    "worker": options.worker_id}
+                    "worker": options.worker_id,
+                    "partitions": sorted({p for lane in lanes for _, p in lane.assignment.owned})}
+        if learner is not None:
+            with model_lock:
+                snapshot["learning"] = learner.snapshot()
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: redis_client.set(metrics_key, json.dumps(snapshot), ex=10))
 

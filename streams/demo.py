@@ -25,11 +25,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from connectors.avro import make_codec
-from connectors.kafka import make_producer
+from connectors.kafka import DeliveryFailures, make_producer, produce_batch
 from connectors.publish import PublishReport, publish_chunks
 from connectors.sources import SyntheticClassifier, SyntheticRatings
 from streams.settings import Settings
@@ -40,12 +40,10 @@ __all__ = [
     "LocalServices",
     "Publisher",
     "WorkerFleet",
-    "end_offsets",
-    "ensure_topics",
-    "group_assigned",
-    "group_lag",
     "input_topic",
+    "learns_from_feedback",
     "read_predictions",
+    "unpredicted",
     "worker_args",
 ]
 
@@ -99,6 +97,10 @@ class LocalServices:
 
     script: Path = SERVICES_SCRIPT
     started: list[str] = field(default_factory=list)
+    #: a first ``up`` may fetch the Kafka jars with Maven; ``down`` waits 30 s per service.
+    up_timeout_s: float = 900.0
+    down_timeout_s: float = 120.0
+    _env: dict[str, str] | None = field(default=None, repr=False)
 
     def ensure(self, settings: Settings) -> dict[str, str]:
         """Overrides for the settings when a started service got another address."""
@@ -119,8 +121,14 @@ class LocalServices:
             raise DemoError(f"{' and '.join(missing)} do not answer and {self.script} is "
                             "missing: start them yourself and pass --bootstrap/--redis-url")
         self.started.extend(missing)
-        result = subprocess.run(["bash", str(self.script), "up", *missing], env=env,
-                                capture_output=True, text=True, check=False)
+        self._env = env  # `down` must see the same ports and state directory
+        try:
+            result = subprocess.run(["bash", str(self.script), "up", *missing], env=env,
+                                    capture_output=True, text=True, check=False,
+                                    timeout=self.up_timeout_s)
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"`{self.script} up {' '.join(missing)}` did not finish within "
+                            f"{self.up_timeout_s:.0f}s") from None
         if result.returncode != 0:
             raise DemoError(f"`{self.script} up {' '.join(missing)}` failed:\n"
                             + _tail(result.stderr, 15))
@@ -137,9 +145,14 @@ class LocalServices:
         """Stop what :meth:`ensure` started; returns the script's report (empty if nothing)."""
         if not self.started:
             return ""
-        result = subprocess.run(["bash", str(self.script), "down", *self.started],
-                                capture_output=True, text=True, check=False)
+        argv = ["bash", str(self.script), "down", *self.started]
+        command = " ".join(argv[1:])
         self.started.clear()
+        try:
+            result = subprocess.run(argv, env=self._env, capture_output=True, text=True,
+                                    check=False, timeout=self.down_timeout_s)
+        except subprocess.TimeoutExpired:
+            return f"`{command}` did not finish within {self.down_timeout_s:.0f}s: run it again"
         return (result.stderr + result.stdout).strip()
 
 
@@ -149,43 +162,6 @@ def _local_port(name: str, url: str, default: int) -> int:
         raise DemoError(f"{name} at {url.lstrip('/')} does not answer; the demo starts local "
                         "services only on 127.0.0.1")
     return parts.port or default
-
-
-def ensure_topics(settings: Settings, topics: Sequence[str], partitions: int,
-                  timeout: float = 30.0) -> dict[str, int]:
-    """Create missing topics, grow ones with fewer partitions; returns each one's count."""
-    admin = _admin(settings)
-    existing = admin.list_topics(timeout=timeout).topics
-    missing = [t for t in topics if t not in existing]
-    if missing:
-        futures = admin.create_topics([NewTopic(t, num_partitions=partitions) for t in missing],
-                                      operation_timeout=timeout)
-        for topic, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                    raise DemoError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
-    small = [t for t in topics if t in existing and len(existing[t].partitions) < partitions]
-    if small:
-        futures = admin.create_partitions([NewPartitions(t, partitions) for t in small],
-                                          operation_timeout=timeout)
-        for topic, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                raise DemoError(f"cannot grow topic {topic!r} to {partitions} partitions: "
-                                f"{exc.args[0].str()}") from None
-    deadline = time.monotonic() + timeout
-    while True:  # the controller knows new topics a moment before every broker does
-        meta = admin.list_topics(timeout=timeout).topics
-        counts = {t: len(meta[t].partitions) for t in topics if t in meta}
-        if len(counts) == len(topics) and min(counts.values()) >= partitions:
-            return counts
-        if time.monotonic() > deadline:
-            raise DemoError(f"topics {sorted(set(topics) - set(counts))} did not appear within "
-                            f"{timeout:.0f}s")
-        time.sleep(0.2)
 
 
 def worker_args(settings: Settings, given: dict[str, Any], app: str) -> list[str]:
@@ -323,6 +299,9 @@ class FleetStats:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     model_version: str = ""
+    learned: int = 0
+    #: input partitions the workers read; ``None`` until every live worker reports them
+    partitions: frozenset[int] | None = None
 
     @classmethod
     def of(cls, snapshots: Sequence[dict[str, Any] | None]) -> FleetStats:
@@ -341,12 +320,23 @@ class FleetStats:
             p50_ms=max(s["p50_ms"] for s in live),
             p99_ms=max(s["p99_ms"] for s in live),
             model_version=str(live[0].get("model_version", "")),
+            learned=sum(int((s.get("learning") or {}).get("learned", 0)) for s in live),
+            partitions=frozenset(p for s in live for p in s["partitions"])
+            if all("partitions" in s for s in live) else None,
         )
+
+
+def learns_from_feedback(settings: Settings) -> bool:
+    """Whether the workers join a feedback topic (``streams.app.learns_from_feedback``; not
+    imported from there because that module loads Faust and torch)."""
+    return settings.learn and settings.app == "classifier"
 
 
 class Publisher(threading.Thread):
     """Publishes ``rate * duration`` synthetic events at ``rate``, in the background.
 
+    For a learning classifier it also sends each event's label to the feedback topic, one
+    chunk (~0.2 s) after the event, so the workers learn online while they serve.
     Chunks are a fifth of a second of events, so :meth:`stop` takes effect within ~0.2 s.
     ``last_keys`` are the keys of the last events sent: the ones to read back from Redis.
     """
@@ -358,7 +348,11 @@ class Publisher(threading.Thread):
         self.total = max(1, round(rate * duration))
         self.seed = seed
         self.sent = 0
+        self.feedback_sent = 0
+        self.feedback_failures = DeliveryFailures()
         self.last_keys: list[str] = []
+        #: newest (event_ts, event_id) sent per key: what Redis must hold when all is predicted
+        self.latest: dict[str, tuple[int, str]] = {}
         self.report: PublishReport | None = None
         self.error: BaseException | None = None
         self._stop_event = threading.Event()
@@ -375,17 +369,39 @@ class Publisher(threading.Thread):
             schema, key_field = "rating", "user"
             gen = SyntheticRatings(self.seed)
         topic = input_topic(settings)
-        codec = make_codec(schema, settings.effective_wire_format, settings.schema_registry_url,
-                           topic)
+        wire, registry = settings.effective_wire_format, settings.schema_registry_url
+        codec = make_codec(schema, wire, registry, topic)
         producer = make_producer(settings.kafka_config(logger=_quiet_logger()))
         chunk = max(50, int(self.rate / 5))
+        feedback = learns_from_feedback(settings)
+        fb_codec = make_codec("feedback", wire, registry, settings.feedback_topic)
+        sent_events: list[tuple[list[dict[str, Any]], Any]] = []
+
+        def send_feedback() -> None:
+            for events, labels in sent_events:  # stamped with their event time by now
+                records = [{"event_id": e["event_id"], "key": e["key"], "label": float(y),
+                            "ts": e["ts"]} for e, y in zip(events, labels.tolist(), strict=True)]
+                items = ((r["key"].encode(), v, r["ts"])
+                         for r, v in zip(records, fb_codec.encode_many(records), strict=True))
+                self.feedback_sent += produce_batch(producer, settings.feedback_topic, items,
+                                                    self.feedback_failures)
+            sent_events.clear()
 
         def chunks() -> Iterator[list[dict[str, Any]]]:
-            for events, _labels in gen.chunks(self.total, chunk):
+            for events, labels in gen.chunks(self.total, chunk):
                 if self._stop_event.is_set():
                     return
+                send_feedback()
                 self.last_keys = list(dict.fromkeys(str(e[key_field]) for e in events[-20:]))
                 yield events
+                latest = self.latest  # the events carry their send time now
+                for e in events:
+                    mark = (e["ts"], e["event_id"])
+                    if mark > latest.get(e[key_field], (0, "")):
+                        latest[e[key_field]] = mark
+                if feedback:
+                    sent_events.append((events, labels))
+            send_feedback()
 
         def progress(count: int) -> None:
             self.sent += count
@@ -398,56 +414,22 @@ class Publisher(threading.Thread):
             self.error = exc
 
 
-def group_assigned(settings: Settings, topic: str, members: int, timeout: float = 5.0) -> bool:
-    """Is the workers' group stable, with ``members`` or more, and every partition owned?
+def unpredicted(client: redis.Redis, app: str, latest: dict[str, tuple[int, str]]) -> int:
+    """Keys whose newest published event has no prediction in Redis yet.
 
-    Events sent before that wait in Kafka and show up as a latency spike, so the demo waits.
+    A key's events share a partition and are written in order, so once its newest event's
+    row is stored (or a newer one, by the sink's (event_ts, event_id) rule), every earlier
+    event of that key has been handled too.
     """
-    admin = _admin(settings)
-    group = f"{settings.consumer_group}-{settings.app}"
-    try:
-        desc = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result()
-        partitions = len(admin.list_topics(topic, timeout=timeout).topics[topic].partitions)
-    except KafkaException:
-        return False
-    owned = {tp.partition for m in desc.members if m.assignment
-             for tp in m.assignment.topic_partitions if tp.topic == topic}
-    return (desc.state == ConsumerGroupState.STABLE and len(desc.members) >= members
-            and len(owned) == partitions)
-
-
-def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> list[TopicPartition]:
-    """High watermarks of every partition: where the group must have committed when done."""
-    consumer = Consumer(settings.kafka_config(**{"group.id": f"{settings.consumer_group}-probe",
-                                                 "logger": _quiet_logger()}))
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        ends = []
-        for partition in sorted(meta.partitions):
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                        timeout=timeout)
-            ends.append(TopicPartition(topic, partition, high))
-        return ends
-    finally:
-        consumer.close()
-
-
-def group_lag(settings: Settings, ends: Sequence[TopicPartition],
-              timeout: float = 10.0) -> int:
-    """Records up to ``ends`` that the workers' group has not committed yet.
-
-    Workers commit only after Redis and the predictions topic confirmed a batch, so a lag of
-    0 means every published event has its prediction in Redis.
-    """
-    group = f"{settings.consumer_group}-{settings.app}"
-    consumer = Consumer(settings.kafka_config(**{"group.id": group, "logger": _quiet_logger()}))
-    try:
-        committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in ends],
-                                       timeout=timeout)
-    finally:
-        consumer.close()
-    done = {tp.partition: max(tp.offset, 0) for tp in committed}
-    return sum(max(0, tp.offset - done.get(tp.partition, 0)) for tp in ends)
+    keys = list(latest)
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hmget(f"pred:{app}:{key}", "event_ts", "event_id")
+    missing = 0
+    for key, (ts, eid) in zip(keys, pipe.execute(), strict=True):
+        if ts is None or (int(ts), eid.decode()) < latest[key]:
+            missing += 1
+    return missing
 
 
 def read_predictions(client: redis.Redis, app: str, keys: Sequence[str]) -> list[dict[str, str]]:

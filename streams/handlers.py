@@ -44,7 +44,6 @@ class Handler(Protocol):
     def decode(self, messages: Sequence[Message]) -> tuple[Any, list[Rejected]]: ...
     def score(self, batch: Any) -> np.ndarray: ...
     def outputs(self, batch: Any, scores: np.ndarray, processed_ts: int) -> Outputs: ...
-    def after_batch(self, batch: Any) -> None: ...
 
 
 def _rows(batch: Any, keys: Sequence[str], scores: np.ndarray, model: Model,
@@ -76,21 +75,17 @@ class ClassifierHandler:
     def outputs(self, batch: EventBatch, scores: np.ndarray, processed_ts: int) -> Outputs:
         return Outputs(_rows(batch, batch.keys, scores, self.model, processed_ts))
 
-    def after_batch(self, batch: EventBatch) -> None:
-        """Nothing: the classifier learns from feedback events, not from its inputs."""
-
 
 @dataclass
 class RecommenderHandler:
-    """Ratings -> predicted rating (test), then one learning step on them (train).
+    """Ratings -> predicted rating; the top-N items of every user in the batch refreshed.
 
-    After each batch the top-N items of every user in it are refreshed in Redis.
+    Learning from the same ratings (test-then-train) is ``streams.learning.RatingLearner``'s.
     """
 
     model: MatrixFactorization
     codec: RecordCodec
     top_n: int = 10
-    learn: bool = True
 
     def decode(self, messages: Sequence[Message]) -> tuple[RatingBatch, list[Rejected]]:
         return decode_ratings(messages, self.codec)
@@ -114,7 +109,3 @@ class RecommenderHandler:
                     scores=tuple(s for _, s in best), event_id=eid, event_ts=ts,
                     processed_ts=processed_ts, model_version=version))
         return out
-
-    def after_batch(self, batch: RatingBatch) -> None:
-        if self.learn and len(batch):
-            self.model.learn(Interactions(batch.users, batch.items), batch.ratings)

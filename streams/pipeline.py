@@ -22,8 +22,10 @@ from connectors.dead_letter import DeadLetterWriter
 from connectors.predictions_sink import PredictionsTopicSink
 from connectors.records import now_ms
 from connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
+from streams.assignment import Assignment, GroupAssignment
 from streams.batcher import Batcher
 from streams.handlers import Handler, Outputs
+from streams.learning import Learner
 from streams.metrics import PipelineMetrics
 from streams.validate import Rejected
 
@@ -62,65 +64,75 @@ def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
 
 
 class HotPath:
-    """One consumer's loop. ``model_lock`` keeps learning steps out of a batch's inference."""
+    """One consumer's loop. ``model_lock`` keeps learning steps out of a batch's inference.
+
+    ``learner`` (optional) takes the batch's feedback records and learns from them after the
+    batch's inference, so the serving model changes between batches, never within one.
+    """
 
     def __init__(
         self,
         consumer: Consumer,
-        topics: Sequence[str],
+        assignment: Assignment,
         batcher: Batcher,
         handler: Handler,
         sinks: Sinks,
         metrics: PipelineMetrics,
         *,
         model_lock: threading.Lock | None = None,
+        learner: Learner | None = None,
         on_batch: Callable[[Any], None] | None = None,
         retry_delay_s: float = 0.5,
     ) -> None:
         self.consumer = consumer
-        self.topics = list(topics)
-        self._written: dict[tuple[str, int], int] = {}
+        self.assignment = assignment
         self.batcher = batcher
         self.handler = handler
         self.sinks = sinks
         self.metrics = metrics
         self.model_lock = model_lock or threading.Lock()
+        self.learner = learner
         self.on_batch = on_batch
         self.retry_delay_s = retry_delay_s
+        self._written: dict[tuple[str, int], int] = {}
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; then commit what was written and close."""
-        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.assignment.start(self.consumer, self._commit_written, self._forget)
         try:
             while not stop.is_set():
+                idle = not self.assignment.owned
+                self.assignment.apply_pending(self.consumer, block_s=0.1 if idle else 0.0)
+                if not self.assignment.owned and not isinstance(self.assignment,
+                                                                GroupAssignment):
+                    continue
                 messages = self.batcher.next_batch()
                 if messages:
                     self._process_durably(messages, stop)
+                elif self.learner is not None:
+                    with self.model_lock:
+                        self.learner.idle()
         finally:
-            self._commit_written(sync=True)
+            self._commit_written(None)
+            if self.learner is not None:
+                self.learner.close()
+            self.assignment.stop()
             self.consumer.close()  # leaves the group at once: partitions move without waiting
 
-    def _commit_written(self, sync: bool, only: set[tuple[str, int]] | None = None) -> None:
+    def _commit_written(self, only: set[tuple[str, int]] | None) -> None:
+        """Synchronously commit the offsets of everything written (for ``only`` partitions)."""
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._written.items()
                    if only is None or (t, p) in only]
         if not offsets:
             return
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=not sync)
-        except Exception as exc:  # e.g. no offsets changed, or we already lost the partitions
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:  # e.g. we already lost the partitions to another member
             log.info("offset commit skipped: %s", exc)
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Hand partitions over with their written offsets committed, so the next owner
-        does not redo (and re-publish) batches this worker already wrote."""
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
-        self._commit_written(sync=True, only=revoked)
-        for tp in revoked:
+    def _forget(self, partitions: set[tuple[str, int]]) -> None:
+        for tp in partitions:
             self._written.pop(tp, None)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:  # another member owns them now: its commits win
-            self._written.pop((tp.topic, tp.partition), None)
 
     def _process_durably(self, messages: list[Message], stop: threading.Event) -> None:
         """Retry a batch whose sinks failed (they are idempotent) rather than drop or skip it."""
@@ -140,11 +152,19 @@ class HotPath:
     def process(self, messages: list[Message]) -> None:
         """One batch, end to end. Raises if a sink failed; nothing is committed then."""
         started = time.perf_counter()
-        batch, rejected = self.handler.decode(messages)
+        feedback: list[Message] = []
+        if self.learner is not None:
+            topic = self.learner.feedback_topic
+            feedback = [m for m in messages if m.topic() == topic]
+            events = [m for m in messages if m.topic() != topic] if feedback else messages
+        else:
+            events = messages
+        batch, rejected = self.handler.decode(events)
         with self.model_lock:
             batch, scores = self._score_isolating(batch, rejected)
             outputs = self.handler.outputs(batch, scores, now_ms())
-            self.handler.after_batch(batch)
+            if self.learner is not None:
+                self.learner.process(batch, scores, feedback, rejected)
         self.sinks.write(outputs)
         for bad in rejected:
             self._dead_letter(bad)

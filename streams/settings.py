@@ -53,6 +53,26 @@ class Settings(BaseSettings):
     seed: int = 0
     redis_ttl_s: int = Field(0, ge=0)
 
+    learn: bool = True
+    optimizer: Literal["sgd", "adagrad", "adam"] | None = None
+    lr: float | None = Field(None, gt=0)
+    l2: float | None = Field(None, ge=0)
+    hidden: int = Field(0, ge=0)
+    learn_batch_size: int = Field(32, gt=0)
+    join_window_s: float = Field(600.0, gt=0)
+
+    sync_mode: Literal["off", "async", "sync"] = "off"
+    sync_every_updates: int = Field(50, gt=0)
+    sync_every_ms: float = Field(200.0, gt=0)
+    sync_round_timeout_ms: float = Field(2000.0, gt=0)
+    sync_shards: int = Field(4, gt=0)
+
+    checkpoint_url: str | None = None
+    checkpoint_every_s: float = Field(30.0, gt=0)
+    checkpoint_keep: int = Field(5, gt=0)
+    publish_params_every_s: float = Field(10.0, ge=0)
+    tensorboard_dir: str | None = None
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:

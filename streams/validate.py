@@ -17,7 +17,15 @@ from confluent_kafka import Message
 from connectors.avro import DecodeError, RecordCodec
 from connectors.records import InvalidRecord, now_ms
 
-__all__ = ["EventBatch", "RatingBatch", "Rejected", "decode_events", "decode_ratings"]
+__all__ = [
+    "EventBatch",
+    "FeedbackBatch",
+    "RatingBatch",
+    "Rejected",
+    "decode_events",
+    "decode_feedback",
+    "decode_ratings",
+]
 
 MIN_TS = 946_684_800_000  # 2000-01-01: older event times are treated as corrupt
 MAX_FUTURE_MS = 24 * 3600 * 1000  # event times more than a day ahead are treated as corrupt
@@ -203,5 +211,53 @@ def decode_ratings(
     return (
         RatingBatch(kept, ids, users, items, np.asarray(ts, np.int64),
                     np.asarray(ratings, np.float32)),
+        rejected,
+    )
+
+
+@dataclass
+class FeedbackBatch:
+    """Columns of valid feedback records (the observed label of an earlier event)."""
+
+    messages: list[Message]
+    event_ids: list[str]
+    labels: np.ndarray  # float32
+    ts: np.ndarray  # int64 ms
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+
+def decode_feedback(
+    messages: Sequence[Message], codec: RecordCodec
+) -> tuple[FeedbackBatch, list[Rejected]]:
+    """Valid feedback records as columns, and the rejected rest."""
+    now = now_ms()
+    rejected: list[Rejected] = []
+    kept: list[Message] = []
+    ids: list[str] = []
+    labels: list[float] = []
+    ts: list[int] = []
+    for msg in messages:
+        record = _decode(msg, codec, rejected)
+        if record is None:
+            continue
+        try:
+            event_id = _check_str(record, "event_id")
+            event_ts = _check_ts(record.get("ts"), now)
+            label = record.get("label")
+            if isinstance(label, bool):
+                label = float(label)
+            if not isinstance(label, int | float) or not 0.0 <= label <= 1.0:
+                raise InvalidRecord("label", f"expected a number in [0, 1], got {label!r}")
+        except InvalidRecord as exc:
+            rejected.append(Rejected(msg, str(exc), "validation"))
+            continue
+        kept.append(msg)
+        ids.append(event_id)
+        labels.append(float(label))
+        ts.append(event_ts)
+    return (
+        FeedbackBatch(kept, ids, np.asarray(labels, np.float32), np.asarray(ts, np.int64)),
         rejected,
     )

@@ -61,7 +61,6 @@ def _headers(msg: Message) -> dict[str, str]:
 # -- dead letters ---------------------------------------------------------------------------
 
 
-@pytest.mark.services
 def test_dead_letter_keeps_raw_bytes_and_says_where_and_why(
     services: Any, settings: Any, new_topic: Callable[..., str]
 ):
@@ -93,7 +92,6 @@ def test_dead_letter_keeps_raw_bytes_and_says_where_and_why(
     assert writer.sent == {"decode": 1, "validation": 1}
 
 
-@pytest.mark.services
 def test_consumed_message_can_be_dead_lettered_as_is(
     services: Any, settings: Any, new_topic: Callable[..., str]
 ):
@@ -151,7 +149,6 @@ def _prediction(i: int) -> PredictionRow:
     )
 
 
-@pytest.mark.services
 def test_predictions_arrive_keyed_and_stamped_with_event_time(
     services: Any, settings: Any, new_topic: Callable[..., str]
 ):
@@ -177,7 +174,6 @@ def test_predictions_arrive_keyed_and_stamped_with_event_time(
     assert all(len(p) == 1 for p in partitions_of_key.values())
 
 
-@pytest.mark.services
 def test_batch_encoder_is_used_when_given(
     services: Any, settings: Any, new_topic: Callable[..., str]
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,8 +18,6 @@ from connectors.redis_sink import (
     RedisRecommendationSink,
     WriteResult,
 )
-
-pytestmark = pytest.mark.services
 
 
 def _text(value: Any) -> str:
@@ -42,9 +41,14 @@ def _row(key: str, event_ts: int, event_id: str | None = None, score: float = 0.
 
 
 @pytest.fixture
-def app() -> str:
-    """A fresh app name per test, so tests never see each other's keys."""
-    return f"test-{uuid.uuid4().hex[:8]}"
+def app(redis_client: redis.Redis) -> Iterator[str]:
+    """A fresh app name per test (users are ``{app}-...``), so tests never see each other's
+    keys; its keys are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    yield name
+    for pattern in (f"pred:{name}:*", f"recs:{name}-*", f"recs_meta:{name}-*"):
+        for key in redis_client.scan_iter(pattern, count=10_000):
+            redis_client.delete(key)
 
 
 def test_older_event_in_a_later_batch_does_not_overwrite(redis_client: redis.Redis, app: str):
@@ -88,7 +92,7 @@ def test_replaying_a_batch_leaves_identical_state(redis_client: redis.Redis, app
     sink = RedisPredictionSink(redis_client, app)
     batch = [_row(f"u{i % 7}", 1_000 + (i * 37) % 101, event_id=f"ev-{i:03d}") for i in range(50)]
     sink.write(batch)
-    keys = sorted(_text(k) for k in redis_client.scan_iter(f"pred:{app}:*"))
+    keys = sorted(_text(k) for k in redis_client.scan_iter(f"pred:{app}:*", count=10_000))
     before = {k: _hash(redis_client, k) for k in keys}
 
     sink.write(batch)

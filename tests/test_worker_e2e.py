@@ -57,7 +57,7 @@ def test_every_event_predicted_once_with_two_workers(services: Any, new_topic: A
                                                      tmp_path: Path) -> None:
     with deployment(services, new_topic, tmp_path, partitions=4) as dep:
         workers = [dep.start_worker(), dep.start_worker()]
-        wait_for(lambda: workers_ready(redis_client, APP, [w.pid for w in workers]), 120,
+        wait_for(lambda: workers_ready(redis_client, APP, workers), 120,
                  "both workers to start", dep.log_tail)
         run = uuid.uuid4().hex[:8]
         events = _events(run, 20_000)
@@ -86,7 +86,7 @@ def test_out_of_order_events_keep_the_newest_prediction(services: Any, new_topic
                                                        tmp_path: Path) -> None:
     with deployment(services, new_topic, tmp_path, partitions=1) as dep:
         worker = dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, APP, [worker.pid]), 120,
+        wait_for(lambda: workers_ready(redis_client, APP, [worker]), 120,
                  "the worker to start", dep.log_tail)
         key = f"ooo-{uuid.uuid4().hex[:8]}"
         base = now_ms() - 60_000
@@ -112,7 +112,7 @@ def test_poison_records_go_to_the_dead_letter_topic(services: Any, new_topic: An
                                                     tmp_path: Path) -> None:
     with deployment(services, new_topic, tmp_path, partitions=2) as dep:
         worker = dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, APP, [worker.pid]), 120,
+        wait_for(lambda: workers_ready(redis_client, APP, [worker]), 120,
                  "the worker to start", dep.log_tail)
         run = uuid.uuid4().hex[:8]
         poison = [
@@ -152,7 +152,7 @@ def test_killed_worker_partitions_move_and_nothing_is_lost(services: Any, new_to
                                                            tmp_path: Path) -> None:
     with deployment(services, new_topic, tmp_path, partitions=4) as dep:
         victim, survivor = dep.start_worker(), dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, APP, [victim.pid, survivor.pid]), 120,
+        wait_for(lambda: workers_ready(redis_client, APP, [victim, survivor]), 120,
                  "both workers to start", dep.log_tail)
         events = _events(uuid.uuid4().hex[:8], 20_000)
         sender = threading.Thread(target=_publish,

@@ -45,6 +45,7 @@ class Deployment:
             "STREAMINFER_APP": self.app,
             topic_var: self.events_topic,
             "STREAMINFER_PREDICTIONS_TOPIC": self.predictions_topic,
+            "STREAMINFER_FEEDBACK_TOPIC": f"{self.events_topic}-feedback",
             "STREAMINFER_CONSUMER_GROUP": self.group,
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
@@ -96,16 +97,27 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
              on_timeout: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return
+        try:
+            if condition():
+                return
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{on_timeout()}") from None
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_timeout()}")
 
 
-def workers_ready(client: redis.Redis, app: str, pids: list[int]) -> bool:
-    """Every worker published metrics, i.e. its Faust app and hot path started."""
-    keys = {k.decode() for k in client.scan_iter(f"metrics:{app}:*")}
-    return all(any(k.endswith(f"-{pid}") for k in keys) for pid in pids)
+def workers_ready(client: redis.Redis, app: str, procs: list[subprocess.Popen[bytes]]) -> bool:
+    """Every worker published metrics with partitions assigned; fails fast if one exited."""
+    for proc in procs:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker {proc.pid} exited with {proc.returncode}")
+    found = 0
+    for proc in procs:
+        for key in client.scan_iter(f"metrics:{app}:*-{proc.pid}"):
+            raw = client.get(key)
+            if raw and json.loads(raw).get("partitions"):
+                found += 1
+    return found == len(procs)
 
 
 def read_topic(bootstrap: str, topic: str, schema: str = "prediction",

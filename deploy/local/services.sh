@@ -48,6 +48,10 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+alive() {  # pid -> true if the process exists and is not a zombie waiting to be reaped
+  [[ -r "/proc/$1/stat" ]] && [[ "$(sed 's/.*) //' "/proc/$1/stat" | cut -c1)" != Z ]]
+}
+
 read_pid() { [[ -s "$1" ]] && tr -dc '0-9' <"$1" || true; }
 
 # ---------------------------------------------------------------- Kafka
@@ -204,7 +208,11 @@ KAFKA_BOOTSTRAP to use that broker, or STREAMINFER_KAFKA_PORT for another port"
               -cp "$libs/*")
   if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
     local cluster_id format=(format -t)
-    cluster_id="$("${java[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+    # What `StorageTool random-uuid` prints (base64url UUID, never starting with '-'), minus a JVM.
+    cluster_id="$(python3 -c 'import base64, uuid
+while (u := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+    pass
+print(u)')"
     version_ge "$version" 3.9 && format=(format --standalone -t)
     "${java[@]}" kafka.tools.StorageTool "${format[@]}" "$cluster_id" \
       -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/format.log" 2>&1 \
@@ -214,12 +222,12 @@ KAFKA_BOOTSTRAP to use that broker, or STREAMINFER_KAFKA_PORT for another port"
   local t1
   t1="$(date +%s.%N)"
   setsid nohup "${java[@]}" kafka.Kafka "$KAFKA_DIR/server.properties" \
-    >"$KAFKA_DIR/stdout.log" 2>&1 </dev/null &
+    >"$KAFKA_DIR/stdout.log" 2>&1 </dev/null 9>&- &
   pid=$!
   echo "$pid" >"$KAFKA_DIR/kafka.pid"
   local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
   until kafka_answers "$BOOTSTRAP"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! alive "$pid"; then
       tail -n 30 "$KAFKA_DIR/stdout.log" "$KAFKA_DIR/kafka.log" >&2 2>/dev/null || true
       rm -f "$KAFKA_DIR/kafka.pid"
       die "kafka exited during start-up (logs above; state in $KAFKA_DIR)"
@@ -335,7 +343,7 @@ appendonly yes
 appendfsync everysec
 EOF
   REDIS_ADDR="redis://127.0.0.1:$port/0"
-  redis-server "$REDIS_DIR/redis.conf" >&2
+  redis-server "$REDIS_DIR/redis.conf" >&2 9>&-
   local deadline=$((SECONDS + 30))
   until redis_answers "$REDIS_ADDR"; do
     ((SECONDS > deadline)) && { tail -n 20 "$REDIS_DIR/redis.log" >&2; die "redis did not start"; }
@@ -373,7 +381,7 @@ stop_pid() {  # name pid: SIGTERM, wait, SIGKILL after STOP_TIMEOUT; never touch
   log "$name: stopping pid $pid ..."
   kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null; do
+  while alive "$pid"; do
     if ((SECONDS > deadline)); then
       log "$name: pid $pid ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true

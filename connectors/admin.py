@@ -1,0 +1,175 @@
+"""Topic administration with confluent-kafka's AdminClient: idempotent create, list.
+
+Faust workers only subscribe to topics that exist when they join the group, and a topic that the
+broker auto-creates on first produce gets the broker's default partition count; so streaminfer
+creates its topics up front, with the partition count the user chose, and says so when an
+existing topic disagrees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+__all__ = [
+    "AdminError",
+    "TopicInfo",
+    "TopicStatus",
+    "create_topic",
+    "ensure_topics",
+    "list_topics",
+]
+
+
+class AdminError(RuntimeError):
+    """The broker refused or did not answer an admin request; the message names the topic."""
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """A topic as the broker's metadata reports it."""
+
+    name: str
+    partitions: int
+
+
+@dataclass(frozen=True)
+class TopicStatus:
+    """Outcome of an idempotent create: created now, or already there (maybe with other counts)."""
+
+    name: str
+    partitions: int
+    requested_partitions: int
+    created: bool
+
+    @property
+    def mismatch(self) -> bool:
+        """The topic existed with a partition count other than the one asked for."""
+        return self.partitions != self.requested_partitions
+
+    def describe(self) -> str:
+        if self.created:
+            return f"{self.name}: created with {self.partitions} partition(s)"
+        if self.mismatch:
+            return (
+                f"{self.name}: exists with {self.partitions} partition(s), "
+                f"not the {self.requested_partitions} requested"
+            )
+        return f"{self.name}: exists with {self.partitions} partition(s)"
+
+
+def _admin(config: Mapping[str, Any]) -> AdminClient:
+    # librdkafka logs every reconnect attempt to stderr; our errors already say what failed.
+    return AdminClient({"log_level": 2, **config})
+
+
+def _where(config: Mapping[str, Any]) -> str:
+    return f"Kafka at {config.get('bootstrap.servers', '?')}"
+
+
+def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        raise AdminError(f"cannot read topic metadata: {error.str()}") from None
+    return {
+        name: len(topic.partitions)
+        for name, topic in metadata.topics.items()
+        if topic.error is None
+    }
+
+
+def ensure_topics(
+    config: Mapping[str, Any],
+    topics: Mapping[str, int],
+    replication: int = 1,
+    timeout: float = 30.0,
+) -> list[TopicStatus]:
+    """Create each ``name -> partitions`` topic that is missing; never alters an existing one.
+
+    Returns once every topic is visible in the broker's metadata with all its partitions, so a
+    producer or consumer started next sees it.
+    """
+    for name, partitions in topics.items():
+        if not name:
+            raise ValueError("topic name must not be empty")
+        if partitions < 1:
+            raise ValueError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
+    if replication < 1:
+        raise ValueError(f"replication must be >= 1, got {replication}")
+    if not topics:
+        return []
+    admin = _admin(config)
+    futures = admin.create_topics(
+        [NewTopic(name, partitions, replication) for name, partitions in topics.items()],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    created: set[str] = set()
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.add(name)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise AdminError(
+                    f"{_where(config)}: cannot create topic {name!r}: {error.str()}"
+                ) from None
+    counts = _wait_visible(admin, topics, created, timeout)
+    return [
+        TopicStatus(name, counts[name], partitions, name in created)
+        for name, partitions in topics.items()
+    ]
+
+
+def _wait_visible(
+    admin: AdminClient, topics: Mapping[str, int], created: set[str], timeout: float
+) -> dict[str, int]:
+    """Metadata lags creation briefly; poll until each topic (and all it was created with) shows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _partition_counts(admin, timeout=max(1.0, deadline - time.monotonic()))
+        pending = [
+            name
+            for name, partitions in topics.items()
+            if name not in counts or (name in created and counts[name] < partitions)
+        ]
+        if not pending:
+            return counts
+        if time.monotonic() >= deadline:
+            raise AdminError(f"topics {pending} not visible in metadata after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def create_topic(
+    config: Mapping[str, Any],
+    name: str,
+    partitions: int,
+    replication: int = 1,
+    timeout: float = 30.0,
+) -> TopicStatus:
+    """Create one topic if missing (see :func:`ensure_topics`)."""
+    return ensure_topics(config, {name: partitions}, replication, timeout)[0]
+
+
+def list_topics(
+    config: Mapping[str, Any], include_internal: bool = False, timeout: float = 10.0
+) -> list[TopicInfo]:
+    """Topics and their partition counts, sorted by name; ``__*`` internals only if asked."""
+    try:
+        counts = _partition_counts(_admin(config), timeout)
+    except AdminError as exc:
+        raise AdminError(f"{_where(config)}: {exc}") from None
+    return [
+        TopicInfo(name, counts[name])
+        for name in sorted(counts)
+        if include_internal or not name.startswith("__")
+    ]
+

@@ -1,0 +1,139 @@
+"""Who decides which partitions a hot path reads: the Kafka group, or the Faust worker.
+
+* ``GroupAssignment``: the hot path's consumer subscribes as a member of a consumer group
+  (standalone use, benchmarks). Revoked partitions are handed over with their written offsets
+  committed.
+* ``FollowedAssignment``: Faust's consumer group owns membership (its tables' changelog
+  partitions move with it); the Faust side posts ``assign``/``revoke`` commands and the hot path
+  applies them between batches with manual assignment, committing offsets under a group that
+  has no members. So the partitions a lane reads and the table partitions its worker holds
+  always agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_STORED, Consumer, TopicPartition
+
+__all__ = ["Assignment", "FollowedAssignment", "GroupAssignment"]
+
+log = logging.getLogger(__name__)
+
+CommitWritten = Callable[[set[tuple[str, int]] | None], None]
+Forget = Callable[[set[tuple[str, int]]], None]
+
+
+class Assignment:
+    """Strategy interface; ``owned`` is the set of (topic, partition) currently read."""
+
+    owned: set[tuple[str, int]]
+
+    def start(self, consumer: Consumer, commit_written: CommitWritten, forget: Forget) -> None:
+        raise NotImplementedError
+
+    def apply_pending(self, consumer: Consumer, block_s: float = 0.0) -> None:
+        """Apply ownership changes that arrived since the last batch (between batches only)."""
+
+    def stop(self) -> None:
+        """Nothing to release by default."""
+
+
+@dataclass
+class GroupAssignment(Assignment):
+    topics: Sequence[str]
+    owned: set[tuple[str, int]] = field(default_factory=set)
+
+    def start(self, consumer: Consumer, commit_written: CommitWritten, forget: Forget) -> None:
+        def on_assign(_c: Consumer, partitions: list[TopicPartition]) -> None:
+            self.owned |= {(tp.topic, tp.partition) for tp in partitions}
+
+        def on_revoke(_c: Consumer, partitions: list[TopicPartition]) -> None:
+            revoked = {(tp.topic, tp.partition) for tp in partitions}
+            commit_written(revoked)
+            forget(revoked)
+            self.owned -= revoked
+
+        def on_lost(_c: Consumer, partitions: list[TopicPartition]) -> None:
+            lost = {(tp.topic, tp.partition) for tp in partitions}
+            forget(lost)  # another member owns them now: its commits win
+            self.owned -= lost
+
+        consumer.subscribe(list(self.topics), on_assign=on_assign, on_revoke=on_revoke,
+                           on_lost=on_lost)
+
+    def apply_pending(self, consumer: Consumer, block_s: float = 0.0) -> None:
+        """Membership changes arrive inside ``consume()``; nothing to do here."""
+
+
+@dataclass
+class _Command:
+    kind: str  # "assign" | "revoke"
+    partitions: frozenset[int]
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class FollowedAssignment(Assignment):
+    """Reads partition numbers ``p`` of every topic in ``topics`` that Faust assigned us."""
+
+    topics: Sequence[str]
+    owned: set[tuple[str, int]] = field(default_factory=set)
+    _commands: queue.SimpleQueue[_Command] = field(default_factory=queue.SimpleQueue)
+    _commit_written: CommitWritten | None = None
+    _forget: Forget | None = None
+    on_assigned: Callable[[frozenset[int]], None] | None = None
+    on_revoked: Callable[[frozenset[int]], None] | None = None
+
+    # -- called from Faust's event loop thread ------------------------------------------
+    def post(self, kind: str, partitions: frozenset[int]) -> threading.Event:
+        command = _Command(kind, partitions)
+        self._commands.put(command)
+        return command.done
+
+    # -- called from the hot path thread ---------------------------------------------------
+    def start(self, consumer: Consumer, commit_written: CommitWritten, forget: Forget) -> None:
+        self._commit_written, self._forget = commit_written, forget
+
+    def apply_pending(self, consumer: Consumer, block_s: float = 0.0) -> None:
+        try:
+            command = self._commands.get(timeout=block_s) if block_s else (
+                self._commands.get_nowait())
+        except queue.Empty:
+            return
+        while True:
+            self._apply(consumer, command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, consumer: Consumer, command: _Command) -> None:
+        tps = {(t, p) for t in self.topics for p in command.partitions}
+        try:
+            if command.kind == "revoke":
+                mine = tps & self.owned
+                if mine:
+                    assert self._commit_written is not None and self._forget is not None
+                    self._commit_written(mine)
+                    self._forget(mine)
+                    consumer.incremental_unassign([TopicPartition(t, p) for t, p in mine])
+                    self.owned -= mine
+                if self.on_revoked is not None:
+                    self.on_revoked(command.partitions)
+            else:
+                new = tps - self.owned
+                if new:
+                    consumer.incremental_assign(
+                        [TopicPartition(t, p, OFFSET_STORED) for t, p in sorted(new)])
+                    self.owned |= new
+                if self.on_assigned is not None:
+                    self.on_assigned(command.partitions)
+            log.info("%s partitions %s; now reading %s", command.kind,
+                     sorted(command.partitions), sorted(self.owned))
+        finally:
+            command.done.set()

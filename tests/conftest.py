@@ -1,0 +1,172 @@
+"""Shared fixtures: the real Kafka broker and Redis server, and fresh topics on them.
+
+Tests that need the servers request ``services`` (directly or through ``settings``,
+``new_topic`` or ``redis_client``), or carry ``@pytest.mark.services``; nothing else starts them.
+The servers are found, in order, at ``KAFKA_BOOTSTRAP`` / ``REDIS_URL``, at the addresses the
+last ``deploy/local/services.sh up`` wrote to its env file, or at the defaults; whatever does not
+answer is started with ``services.sh up`` and stopped at the end of the session (set
+``STREAMINFER_KEEP_SERVICES=1`` to leave it running).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient
+
+from connectors.admin import create_topic
+from streams.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+SERVICES_SCRIPT = REPO / "deploy/local/services.sh"
+# Where services.sh puts them unless told otherwise (same env vars as the script).
+DEFAULT_BOOTSTRAP = f"127.0.0.1:{os.environ.get('STREAMINFER_KAFKA_PORT', '9092')}"
+DEFAULT_REDIS_URL = f"redis://127.0.0.1:{os.environ.get('STREAMINFER_REDIS_PORT', '6379')}/0"
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the session's Kafka broker and Redis server answer."""
+
+    bootstrap: str
+    redis_url: str
+
+
+def state_dir() -> Path:
+    """The services script's state directory, by the same rules as the script."""
+    cache = Path(os.environ.get("STREAMINFER_CACHE", Path.home() / ".cache/streaminfer"))
+    return Path(os.environ.get("STREAMINFER_STATE", cache / "state"))
+
+
+def _env_file() -> dict[str, str]:
+    path = state_dir() / "env"
+    if not path.is_file():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def kafka_answers(bootstrap: str, timeout: float = 3.0) -> bool:
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        return bool(admin.list_topics(timeout=timeout).brokers)
+    except Exception:
+        return False
+
+
+def redis_answers(url: str, timeout: float = 2.0) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def run_services(command: str, *names: str, env: dict[str, str] | None = None) -> str:
+    """Run ``services.sh COMMAND [NAMES]``; fail the test with its output if it fails."""
+    proc = subprocess.run(
+        ["bash", str(SERVICES_SCRIPT), command, *names],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0 and not (command == "status" and proc.returncode == 3):
+        pytest.fail(
+            f"services.sh {command} {' '.join(names)} exited {proc.returncode}:\n"
+            f"{proc.stdout}\n{proc.stderr}",
+            pytrace=False,
+        )
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """Kafka and Redis, reachable; started here (and stopped at the end) only if they were not."""
+    recorded = _env_file()
+    external_kafka = os.environ.get("KAFKA_BOOTSTRAP") or os.environ.get(
+        "STREAMINFER_BOOTSTRAP_SERVERS"
+    )
+    external_redis = os.environ.get("REDIS_URL") or os.environ.get("STREAMINFER_REDIS_URL")
+    bootstrap = external_kafka or recorded.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    redis_url = external_redis or recorded.get("REDIS_URL", DEFAULT_REDIS_URL)
+
+    missing: list[str] = []
+    if not kafka_answers(bootstrap):
+        if external_kafka:
+            pytest.fail(f"Kafka at {bootstrap} (from the environment) does not answer")
+        missing.append("kafka")
+    if not redis_answers(redis_url):
+        if external_redis:
+            pytest.fail(f"Redis at {redis_url} (from the environment) does not answer")
+        missing.append("redis")
+
+    if missing:
+        run_services("up", *missing)
+        started = _env_file()
+        bootstrap = started.get("KAFKA_BOOTSTRAP", bootstrap)
+        redis_url = started.get("REDIS_URL", redis_url)
+    try:
+        yield Services(bootstrap=bootstrap, redis_url=redis_url)
+    finally:
+        if missing and os.environ.get("STREAMINFER_KEEP_SERVICES") != "1":
+            run_services("down", *missing)
+
+
+@pytest.fixture(autouse=True)
+def _services_for_marked_tests(request: pytest.FixtureRequest) -> None:
+    """``@pytest.mark.services`` alone is enough to get the servers up."""
+    if request.node.get_closest_marker("services") is not None:
+        request.getfixturevalue("services")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the servers, so ``-m 'not services'`` runs only pure tests."""
+    for item in items:
+        if "services" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture
+def settings(services: Services) -> Settings:
+    return load_settings(bootstrap_servers=services.bootstrap, redis_url=services.redis_url)
+
+
+@pytest.fixture
+def new_topic(services: Services) -> Iterator[Callable[..., str]]:
+    """Factory for fresh, uniquely named topics; they are deleted after the test."""
+    config = {"bootstrap.servers": services.bootstrap}
+    made: list[str] = []
+
+    def make(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        status = create_topic(config, name, partitions)
+        assert status.created and status.partitions == partitions, status.describe()
+        made.append(name)
+        return name
+
+    yield make
+    if made:
+        admin = AdminClient({**config, "log_level": 0})
+        for future in admin.delete_topics(made, operation_timeout=10).values():
+            try:
+                future.result()
+            except Exception as exc:  # a leftover topic is harmless; say so and go on
+                print(f"new_topic: could not delete a test topic: {exc}")
+
+
+@pytest.fixture
+def redis_client(services: Services) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(services.redis_url)
+    yield client
+    client.close()
