@@ -38,7 +38,8 @@ from streams.assignment import Assignment, FollowedAssignment, GroupAssignment
 from streams.batcher import AdaptiveLimit, Batcher
 from streams.handlers import ClassifierHandler, Handler, RecommenderHandler
 from streams.join import JoinState
-from streams.learning import FeedbackLearner, Learner, LearnerHooks, RatingLearner
+from streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
+from streams.learning import FeedbackLearner, Learner, RatingLearner
 from streams.metrics import PipelineMetrics
 from streams.pipeline import HotPath, Sinks
 from streams.settings import Settings
@@ -181,26 +182,43 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
         async for _ in stream:
             pass
 
-    model = load_or_create_model(settings, options)
+    store = checkpoint_store(settings)
+    restored = restore(settings, store) if settings.learn else Restored()
+    model = restored.model or load_or_create_model(settings, options)
     handler = build_handler(settings, model, options)
     metrics = PipelineMetrics()
     model_lock = threading.Lock()
-    learner: Learner | None = None
-    topics = [input_topic(settings)]
-    if learns_from_feedback(settings):
-        table = app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
-        join = JoinState(FaustTableStore(table, app), int(settings.join_window_s * 1000))
-        codec = make_codec("feedback", "json", settings.schema_registry_url,
-                           settings.feedback_topic)
-        learner = FeedbackLearner(model, settings.learn_batch_size, LearnerHooks(),
-                                  feedback_topic=settings.feedback_topic, join=join, codec=codec)
-        topics.append(settings.feedback_topic)
-    elif settings.learn and settings.app == "recommender":
-        learner = RatingLearner(model, settings.learn_batch_size, LearnerHooks())
-
     lanes: list[HotPath] = []
+    topics = [input_topic(settings)]
+
+    def written_offsets() -> dict[tuple[str, int], int]:
+        merged: dict[tuple[str, int], int] = {}
+        for lane in lanes:
+            merged.update(lane.written_offsets())
+        return merged
+
+    learner: Learner | None = None
+    if settings.learn:
+        sync = None  # parameter sync between workers: see models.sync
+        hooks = build_hooks(settings, model, restored, options.worker_id, written_offsets,
+                            sync, store)
+        if learns_from_feedback(settings):
+            table = app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
+            join = JoinState(FaustTableStore(table, app), int(settings.join_window_s * 1000))
+            codec = make_codec("feedback", "json", settings.schema_registry_url,
+                               settings.feedback_topic)
+            learner = FeedbackLearner(model, settings.learn_batch_size, hooks,
+                                      feedback_topic=settings.feedback_topic, join=join,
+                                      codec=codec)
+            topics.append(settings.feedback_topic)
+        else:
+            learner = RatingLearner(model, settings.learn_batch_size, hooks)
+    # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's own
+    # state; with parameter sync the shared state comes from the sync log instead).
+    start_offsets = restored.start_offsets if settings.sync_mode == "off" else {}
+
     for _ in range(options.lanes):
-        assignment = FollowedAssignment(topics)
+        assignment = FollowedAssignment(topics, start_offsets=start_offsets)
         if isinstance(learner, FeedbackLearner) and learner.join is not None:
             join_state = learner.join
 

@@ -88,6 +88,9 @@ class FollowedAssignment(Assignment):
     _forget: Forget | None = None
     on_assigned: Callable[[frozenset[int]], None] | None = None
     on_revoked: Callable[[frozenset[int]], None] | None = None
+    #: Where to start a partition the first time it is assigned (a restored checkpoint's
+    #: offsets, to replay the tail the checkpoint does not reflect); else the committed offset.
+    start_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
     # -- called from Faust's event loop thread ------------------------------------------
     def post(self, kind: str, partitions: frozenset[int]) -> threading.Event:
@@ -129,7 +132,8 @@ class FollowedAssignment(Assignment):
                 new = tps - self.owned
                 if new:
                     consumer.incremental_assign(
-                        [TopicPartition(t, p, OFFSET_STORED) for t, p in sorted(new)])
+                        [TopicPartition(t, p, self.start_offsets.pop((t, p), OFFSET_STORED))
+                         for t, p in sorted(new)])
                     self.owned |= new
                 if self.on_assigned is not None:
                     self.on_assigned(command.partitions)

@@ -92,7 +92,8 @@ class Learner:
         self.learned += len(y)
 
     def idle(self) -> None:
-        """Between batches (also when no data came): apply peers' updates, side work."""
+        """Between batches, once their offsets are recorded (so a checkpoint taken here is
+        consistent), and when no data came: apply peers' updates, then side work."""
         if self.hooks.sync is not None:
             self.hooks.sync.poll()
         now = time.monotonic()
@@ -100,11 +101,15 @@ class Learner:
             return
         self._last_side_work = now
         if self.hooks.scalars is not None and self.hooks.progressive is not None:
-            self.hooks.scalars(self.model.version.updates, self.hooks.progressive.snapshot())
+            self.hooks.scalars(self.model.version.updates,
+                               {**self.hooks.progressive.snapshot(), **self._side_scalars()})
         if self.hooks.publish_params is not None:
             self.hooks.publish_params(self.model)
         if self.hooks.checkpoint is not None:
             self.hooks.checkpoint(False)
+
+    def _side_scalars(self) -> dict[str, float]:
+        return {}
 
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {"learned": self.learned, "steps": self.steps}
@@ -149,7 +154,6 @@ class FeedbackLearner(Learner):
         if len(joined):
             x, y, served = joined.arrays()
             self._learn(x, y, served)
-        self.idle()
 
     def _remember(self, batch: EventBatch, scores: np.ndarray, joined: Joined) -> None:
         assert self.join is not None
@@ -178,7 +182,6 @@ class RatingLearner(Learner):
                 rejected: list[Rejected]) -> None:
         if len(batch):
             self._learn(Interactions(batch.users, batch.items), batch.ratings, scores)
-        self.idle()
 
 
 def _extend(joined: Joined, part: Joined) -> None:

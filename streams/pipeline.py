@@ -130,6 +130,10 @@ class HotPath:
         except Exception as exc:  # e.g. we already lost the partitions to another member
             log.info("offset commit skipped: %s", exc)
 
+    def written_offsets(self) -> dict[tuple[str, int], int]:
+        """Next offset per partition whose batches are durably written (for checkpoints)."""
+        return dict(self._written)
+
     def _forget(self, partitions: set[tuple[str, int]]) -> None:
         for tp in partitions:
             self._written.pop(tp, None)
@@ -178,6 +182,9 @@ class HotPath:
         self.batcher.limit.observe(len(messages), service_ms)
         self.metrics.record_batch(len(batch), len(rejected), written - batch.ts,
                                   self.batcher.limit.current)
+        if self.learner is not None:
+            with self.model_lock:
+                self.learner.idle()
         if self.on_batch is not None:
             self.on_batch(batch)
 

@@ -158,9 +158,9 @@ def test_demo_predicts_every_event_reads_them_back_and_stops_its_workers(demo: D
     assert "started local" not in out, "services were up: the demo must not start (or stop) them"
 
 
-def test_ctrl_c_stops_every_worker_it_started(demo: Demo) -> None:
+def test_ctrl_c_while_workers_start_stops_every_worker_it_started(demo: Demo) -> None:
     demo.start("--duration", "60", "--rate", "200", "--workers", "2")
-    demo.wait_for_line("publishing ", timeout=120)
+    demo.wait_for_line("started worker 2 ", timeout=60)
     pids = demo.worker_pids()
     assert len(pids) == 2 and all(running_worker(pid) for pid in pids), demo.output
     assert demo.proc is not None

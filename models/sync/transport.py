@@ -10,6 +10,7 @@ unit tests of the protocol logic.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -105,7 +106,11 @@ def ensure_topic(config: dict[str, Any], topic: str, partitions: int) -> None:
     except KafkaException as exc:
         if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS
             raise
+    deadline = time.monotonic() + 15.0
     meta = admin.list_topics(topic, timeout=10).topics[topic]
+    while meta.error is not None and time.monotonic() < deadline:
+        time.sleep(0.1)  # a new topic's metadata reaches the broker's cache a moment later
+        meta = admin.list_topics(topic, timeout=10).topics[topic]
     if meta.error is not None or len(meta.partitions) != partitions:
         found = "an error" if meta.error is not None else f"{len(meta.partitions)} partitions"
         raise ValueError(

@@ -326,7 +326,7 @@ class _DemoRun:
 
     def cleanup(self) -> None:
         """Stop the publisher, the workers, and the services this run started."""
-        if self.publisher is not None:
+        if self.publisher is not None and self.publisher.ident is not None:  # started
             self.publisher.stop()
             self.publisher.join(timeout=5)
         if self.fleet is not None:
