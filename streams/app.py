@@ -34,6 +34,7 @@ from models import checkpoint
 from models.base import Model
 from models.factory import create_model
 from models.recommender import MatrixFactorization
+from models.sync import create_sync
 from streams.assignment import Assignment, FollowedAssignment, GroupAssignment
 from streams.batcher import AdaptiveLimit, Batcher
 from streams.handlers import ClassifierHandler, Handler, RecommenderHandler
@@ -199,7 +200,14 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
 
     learner: Learner | None = None
     if settings.learn:
-        sync = None  # parameter sync between workers: see models.sync
+        sync = None
+        if settings.sync_mode != "off":
+            sync = create_sync(
+                settings.sync_mode, model, kafka_config=settings.kafka_config(),
+                topic=f"{app_id}-sync", worker_id=options.worker_id,
+                every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
+                round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards,
+                start_position=restored.manifest.get("sync") or None)
         hooks = build_hooks(settings, model, restored, options.worker_id, written_offsets,
                             sync, store)
         if learns_from_feedback(settings):

@@ -298,7 +298,7 @@ class FleetStats:
     batch_avg: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
-    model_version: str = ""
+    model_version: str = ""  # each distinct version served, comma separated
     learned: int = 0
     #: input partitions the workers read; ``None`` until every live worker reports them
     partitions: frozenset[int] | None = None
@@ -319,7 +319,7 @@ class FleetStats:
             batch_avg=events / batches if batches else 0.0,
             p50_ms=max(s["p50_ms"] for s in live),
             p99_ms=max(s["p99_ms"] for s in live),
-            model_version=str(live[0].get("model_version", "")),
+            model_version=", ".join(sorted({str(s.get("model_version", "")) for s in live})),
             learned=sum(int((s.get("learning") or {}).get("learned", 0)) for s in live),
             partitions=frozenset(p for s in live for p in s["partitions"])
             if all("partitions" in s for s in live) else None,

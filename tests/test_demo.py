@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from conftest import Services
 
-from streams.demo import FleetStats
+from streams.demo import FleetStats, unpredicted, worker_args
+from streams.settings import load_settings
 
 PID_LINE = re.compile(r"^started worker (\d+) \(pid (\d+)\)", re.MULTILINE)
 PREDICTION_ROW = re.compile(r"(user-\d+)\s*\S\s*(c0-\d+)\s*\S\s*([01]\.\d{4})\s*\S\s*(\S+)")
@@ -179,9 +181,43 @@ def test_fleet_stats_weights_batches_and_reports_the_worst_latency() -> None:
          "p50_ms": 10.0, "p99_ms": 40.0, "model_version": "v1"},
         None,  # a worker that has not reported yet
         {"events": 100, "batches": 10, "rejected": 2, "rate": 100.0, "batch_avg": 10.0,
-         "p50_ms": 30.0, "p99_ms": 35.0, "model_version": "v1"},
+         "p50_ms": 30.0, "p99_ms": 35.0, "model_version": "v1+u3"},
     ])
     assert (stats.alive, stats.events, stats.rejected, stats.rate) == (2, 1000, 3, 400.0)
     assert stats.batch_avg == 50.0  # 1000 events / 20 batches, not the mean of 90 and 10
     assert (stats.p50_ms, stats.p99_ms) == (30.0, 40.0)
+    assert stats.model_version == "v1, v1+u3"  # workers learn apart: show every version
     assert FleetStats.of([None, None]).alive == 0
+
+
+def test_fleet_stats_knows_the_partitions_only_when_every_worker_reports_them() -> None:
+    base = {"events": 0, "rejected": 0, "rate": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
+    both = FleetStats.of([{**base, "partitions": [0, 2]}, {**base, "partitions": [1, 3]}])
+    assert both.partitions == frozenset({0, 1, 2, 3})
+    assert FleetStats.of([{**base, "partitions": [0]}, base]).partitions is None
+
+
+def test_a_key_counts_as_predicted_once_redis_holds_its_newest_event(
+        redis_client: redis.Redis) -> None:
+    app = f"demo-test-{uuid.uuid4().hex[:8]}"
+    latest = {"a": (2000, "e-2"), "b": (2000, "e-5"), "c": (3000, "e-9")}
+    redis_client.hset(f"pred:{app}:a", mapping={"event_ts": 2000, "event_id": "e-2"})
+    redis_client.hset(f"pred:{app}:b", mapping={"event_ts": 1000, "event_id": "e-4"})  # older
+    try:
+        assert unpredicted(redis_client, app, latest) == 2  # b is behind, c has nothing
+        redis_client.hset(f"pred:{app}:b", mapping={"event_ts": 2500, "event_id": "e-7"})
+        redis_client.hset(f"pred:{app}:c", mapping={"event_ts": 3000, "event_id": "e-9"})
+        assert unpredicted(redis_client, app, latest) == 0  # newer rows count as predicted
+    finally:
+        redis_client.delete(*(f"pred:{app}:{key}" for key in latest))
+
+
+def test_workers_get_the_demos_global_options() -> None:
+    settings = load_settings(bootstrap_servers="127.0.0.1:19092",
+                             redis_url="redis://127.0.0.1:6399/0")
+    args = worker_args(settings, {"wire_format": "json",
+                                  "kafka_properties": {"client.rack": "r1"}}, "recommender")
+    assert args[:2] == ["-m", "streams.cli"]
+    flags = " ".join(args)
+    assert "--bootstrap 127.0.0.1:19092 --redis-url redis://127.0.0.1:6399/0" in flags
+    assert "--wire-format json -X client.rack=r1 worker --app recommender" in flags

@@ -8,7 +8,6 @@ in-process online logistic regression fed the same data in the same order.
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,8 @@ import numpy as np
 import pytest
 import redis
 from sklearn.metrics import roc_auc_score
-from workers import deployment, read_topic, wait_for, workers_ready
+from workers import deployment, publish_interleaved, read_topic, wait_for, workers_ready
 
-from connectors.avro import RecordCodec
-from connectors.kafka import make_producer
-from connectors.records import now_ms
 from models.base import ModelVersion
 from models.factory import create_model
 
@@ -46,29 +42,6 @@ def reference_model() -> Any:
                         device="cpu")
 
 
-def publish_interleaved(bootstrap: str, events_topic: str, feedback_topic: str,
-                        x: np.ndarray, y: np.ndarray, run: str, rate: float) -> list[str]:
-    """Event i, then its label, at ``rate`` pairs per second: one key, so one partition."""
-    producer = make_producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-    events, feedback = RecordCodec("event"), RecordCodec("feedback")
-    ids = [f"{run}-{i}" for i in range(len(y))]
-    start = time.perf_counter()
-    for i, (features, label) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
-        ts = now_ms()
-        producer.produce(events_topic, events.encode(
-            {"event_id": ids[i], "key": run, "ts": ts, "features": features}), run.encode(),
-            timestamp=ts)
-        producer.produce(feedback_topic, feedback.encode(
-            {"event_id": ids[i], "key": run, "label": label, "ts": ts}), run.encode(),
-            timestamp=ts)
-        producer.poll(0)
-        ahead = (i + 1) / rate - (time.perf_counter() - start)
-        if ahead > 0:
-            time.sleep(ahead)
-    assert producer.flush(30) == 0
-    return ids
-
-
 def test_progressive_auc_matches_in_process_learner(services: Any, new_topic: Any,
                                                     redis_client: redis.Redis,
                                                     tmp_path: Path) -> None:
@@ -79,8 +52,8 @@ def test_progressive_auc_matches_in_process_learner(services: Any, new_topic: An
         wait_for(lambda: workers_ready(redis_client, "classifier", [worker]), 120,
                  "the worker to start", dep.log_tail)
         run = uuid.uuid4().hex[:8]
-        ids = publish_interleaved(dep.bootstrap, dep.events_topic,
-                                  f"{dep.events_topic}-feedback", x, y, run, rate=150)
+        ids = publish_interleaved(dep.bootstrap, dep.events_topic, dep.feedback_topic, x, y,
+                                  run, rate=150)
         predictions: dict[str, dict[str, Any]] = {}
 
         def all_predicted() -> bool:

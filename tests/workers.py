@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from connectors.avro import RecordCodec
+from connectors.kafka import make_producer
+from connectors.records import now_ms
 
 
 @dataclass
@@ -35,6 +38,10 @@ class Deployment:
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    @property
+    def feedback_topic(self) -> str:
+        return f"{self.events_topic}-feedback"
+
     def env(self) -> dict[str, str]:
         topic_var = "STREAMINFER_EVENTS_TOPIC" if self.app == "classifier" else (
             "STREAMINFER_RATINGS_TOPIC")
@@ -45,7 +52,7 @@ class Deployment:
             "STREAMINFER_APP": self.app,
             topic_var: self.events_topic,
             "STREAMINFER_PREDICTIONS_TOPIC": self.predictions_topic,
-            "STREAMINFER_FEEDBACK_TOPIC": f"{self.events_topic}-feedback",
+            "STREAMINFER_FEEDBACK_TOPIC": self.feedback_topic,
             "STREAMINFER_CONSUMER_GROUP": self.group,
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
@@ -150,5 +157,26 @@ def redis_predictions(client: redis.Redis, app: str, keys: list[str]) -> dict[st
             for key, h in zip(keys, pipe.execute(), strict=True) if h}
 
 
-def dumps(record: dict[str, Any]) -> bytes:
-    return json.dumps(record).encode()
+def publish_interleaved(bootstrap: str, events_topic: str, feedback_topic: str,
+                        x: np.ndarray, y: np.ndarray, run: str, rate: float,
+                        keys: int = 1) -> list[str]:
+    """Event i, then its label, at ``rate`` pairs per second, over ``keys`` entity keys
+    (one key = one partition = the order is exactly the publish order)."""
+    producer = make_producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    events, feedback = RecordCodec("event"), RecordCodec("feedback")
+    ids = [f"{run}-{i}" for i in range(len(y))]
+    start = time.perf_counter()
+    for i, (features, label) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
+        ts, key = now_ms(), f"{run}-k{i % keys}"
+        producer.produce(events_topic, events.encode(
+            {"event_id": ids[i], "key": key, "ts": ts, "features": features}), key.encode(),
+            timestamp=ts)
+        producer.produce(feedback_topic, feedback.encode(
+            {"event_id": ids[i], "key": key, "label": label, "ts": ts}), key.encode(),
+            timestamp=ts)
+        producer.poll(0)
+        ahead = (i + 1) / rate - (time.perf_counter() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    assert producer.flush(30) == 0
+    return ids

@@ -101,7 +101,7 @@ kafka_libs() {  # -> directory holding the broker jars
     rm -rf "$dest"
     mkdir -p "$dest"
     cp "$HERE/kafka-pom.xml" "$dest/pom.xml"
-    if ! (cd "$dest" && mvn -q -B -Dkafka.version="$KAFKA_VERSION" \
+    if ! (cd "$dest" && mvn -q -B -Dstyle.color=never -Dkafka.version="$KAFKA_VERSION" \
           dependency:copy-dependencies -DincludeScope=runtime \
           -DoutputDirectory="$dest/libs") >"$dest/mvn.log" 2>&1; then
       cat "$dest/mvn.log" >&2

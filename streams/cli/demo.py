@@ -317,12 +317,13 @@ class _DemoRun:
             table.add_row(row["key"], row["event_id"], f"{float(row['score']):.4f}",
                           row["model_version"], f"{latency:,}")
         self.say(table)
-        learned = f", learned from {stats.learned:,} labels" if stats.learned else ""
+        what = "labels" if self.app == "classifier" else "ratings"
+        learned = f", learned from {stats.learned:,} {what}" if stats.learned else ""
         self.say(f"done: {self.publisher.report.sent:,} events published and predicted in "
                  f"{elapsed:.1f}s by {self.workers} workers ({stats.events:,} scored, "
                  f"{stats.rejected:,} rejected{learned}); mean batch {stats.batch_avg:.1f}, "
                  f"latency p50 {stats.p50_ms:.1f} ms, p99 {stats.p99_ms:.1f} ms; "
-                 f"model {stats.model_version}")
+                 f"model {stats.model_version or '-'}")
 
     def cleanup(self) -> None:
         """Stop the publisher, the workers, and the services this run started."""
@@ -333,7 +334,8 @@ class _DemoRun:
             for line in self.fleet.stop():
                 self.say(line)
         if self.services.started and self.keep_services:
-            self.say(f"left {' and '.join(self.services.started)} running (--keep-services); "
-                     "stop them with: streaminfer dev down")
+            names = " ".join(self.services.started)
+            self.say(f"left {names} running (--keep-services); stop with: "
+                     f"streaminfer dev down {names}")
         elif self.services.started:
             self.say(self.services.stop())

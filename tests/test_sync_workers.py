@@ -1,0 +1,135 @@
+"""Several workers learning one model: parameters in sync, accuracy of one (issue: sync).
+
+Each scenario streams the same labelled events (each followed by its label) through real
+worker processes and compares the progressive ROC AUC of the scores they served.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import torch
+from sklearn.metrics import roc_auc_score
+from workers import deployment, publish_interleaved, read_topic, wait_for, workers_ready
+
+from connectors.sources import SyntheticClassifier
+from models.checkpoint_store import LocalCheckpointStore
+
+pytestmark = pytest.mark.services
+COUNT, RATE = 9000, 1500.0
+LEARNING = {"STREAMINFER_LEARN_BATCH_SIZE": "8", "STREAMINFER_OPTIMIZER": "sgd",
+            "STREAMINFER_LR": "0.05", "STREAMINFER_SYNC_EVERY_MS": "100",
+            "STREAMINFER_SYNC_EVERY_UPDATES": "20", "STREAMINFER_SYNC_ROUND_TIMEOUT_MS": "3000",
+            "STREAMINFER_CHECKPOINT_EVERY_S": "3600"}
+
+
+def stream() -> tuple[np.ndarray, np.ndarray]:
+    events, labels = next(SyntheticClassifier(seed=11).chunks(COUNT, chunk=COUNT))
+    return np.array([e["features"] for e in events], np.float32), labels
+
+
+def metrics(client: redis.Redis, procs: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for proc in procs:
+        for key in client.scan_iter(f"metrics:classifier:*-{proc.pid}"):
+            raw = client.get(key)
+            if raw:
+                out.append(json.loads(raw))
+    return out
+
+
+def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, workers: int,
+        mode: str, kill_after_s: float | None = None) -> dict[str, Any]:
+    """Stream the data through ``workers`` processes; returns served AUC and final params."""
+    x, y = stream()
+    with deployment(services, new_topic, tmp_path, partitions=6) as dep:
+        dep.extra_env.update(LEARNING, STREAMINFER_SYNC_MODE=mode,
+                             STREAMINFER_CHECKPOINT_URL=str(tmp_path / "ckpt"))
+        procs = [dep.start_worker() for _ in range(workers)]
+        wait_for(lambda: workers_ready(client, "classifier", procs), 120, "workers to start",
+                 dep.log_tail)
+        tag = uuid.uuid4().hex[:8]
+        sender = threading.Thread(target=publish_interleaved, args=(
+            dep.bootstrap, dep.events_topic, dep.feedback_topic, x, y, tag, RATE, 60))
+        sender.start()
+        if kill_after_s is not None:
+            time.sleep(kill_after_s)
+            victim = procs.pop(0)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+        sender.join()
+        served: dict[str, float] = {}
+
+        def all_served() -> bool:
+            served.update({r["event_id"]: r["score"] for r in read_topic(
+                dep.bootstrap, dep.predictions_topic, idle_s=1.0)})
+            return len(served) >= COUNT
+
+        wait_for(all_served, 120, "every event predicted", dep.log_tail)
+        if mode == "sync":
+            wait_for(lambda: all(m.get("learning", {}).get("sync", {}).get("settled")
+                                 for m in metrics(client, procs)), 60,
+                     "every worker to settle on the shared parameters", dep.log_tail)
+        dep.stop_all()
+        assert all(p.returncode == 0 for p in procs), dep.log_tail()
+    ids = [f"{tag}-{i}" for i in range(COUNT)]
+    store = LocalCheckpointStore(tmp_path / "ckpt")
+    finals: dict[str, dict[str, torch.Tensor]] = {}
+    for ref in reversed(store.refs("classifier")):  # oldest first: newest per worker wins
+        model, manifest = store.load(ref, device="cpu")
+        finals[manifest["worker"]] = model.state_dict()
+    return {"auc": roc_auc_score(y, [served[i] for i in ids]), "params": finals}
+
+
+def shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith("net.")}
+
+
+_ONE_WORKER: dict[str, float] = {}
+
+
+@pytest.fixture
+def one_worker_auc(services: Any, new_topic: Any, redis_client: redis.Redis,
+                   tmp_path_factory: pytest.TempPathFactory) -> float:
+    """AUC of the same stream through one worker (computed once per module)."""
+    if "auc" not in _ONE_WORKER:
+        result = run(services, new_topic, redis_client, tmp_path_factory.mktemp("one"),
+                     workers=1, mode="off")
+        _ONE_WORKER["auc"] = float(result["auc"])
+    return _ONE_WORKER["auc"]
+
+
+def test_three_workers_in_sync_mode_hold_equal_parameters(
+        services: Any, new_topic: Any, redis_client: redis.Redis, tmp_path: Path,
+        one_worker_auc: float) -> None:
+    result = run(services, new_topic, redis_client, tmp_path, workers=3, mode="sync")
+    finals = [shared(p) for p in result["params"].values()]
+    assert len(finals) == 3
+    for other in finals[1:]:
+        for name, tensor in finals[0].items():
+            assert torch.equal(tensor, other[name]), name
+    assert abs(result["auc"] - one_worker_auc) <= 0.005, (result["auc"], one_worker_auc)
+
+
+def test_three_workers_in_async_mode_learn_as_well_as_one(
+        services: Any, new_topic: Any, redis_client: redis.Redis, tmp_path: Path,
+        one_worker_auc: float) -> None:
+    result = run(services, new_topic, redis_client, tmp_path, workers=3, mode="async")
+    assert abs(result["auc"] - one_worker_auc) <= 0.01, (result["auc"], one_worker_auc)
+
+
+def test_killed_worker_in_sync_mode_loses_nothing(
+        services: Any, new_topic: Any, redis_client: redis.Redis, tmp_path: Path,
+        one_worker_auc: float) -> None:
+    result = run(services, new_topic, redis_client, tmp_path, workers=3, mode="sync",
+                 kill_after_s=2.0)
+    assert abs(result["auc"] - one_worker_auc) <= 0.005, (result["auc"], one_worker_auc)
