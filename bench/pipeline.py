@@ -221,7 +221,8 @@ def latency_run(args: argparse.Namespace, topic: str, predictions: str, rate: fl
                   snap["p50_ms"], snap["p99_ms"], snap["batch_avg"], note, clock.cpu_seconds)
 
 
-def naive_run(args: argparse.Namespace, topic: str, count: int, log_path: Path) -> Result:
+def naive_run(args: argparse.Namespace, topic: str, count: int, log_path: Path,
+              app_id: str) -> Result:
     """(c): the Faust agent as a worker subprocess; read its progress from Redis."""
     client = redis.Redis.from_url(args.redis_url)
     key = f"bench:naive:{unique_name('progress')}"
@@ -229,7 +230,7 @@ def naive_run(args: argparse.Namespace, topic: str, count: int, log_path: Path) 
         **os.environ,
         "NAIVE_TOPIC": topic, "NAIVE_COUNT": str(count), "NAIVE_BOOTSTRAP": args.bootstrap,
         "NAIVE_REDIS_URL": args.redis_url, "NAIVE_PROGRESS_KEY": key,
-        "NAIVE_APP_ID": unique_name("bench-naive"), "NAIVE_NUM_FEATURES": str(args.num_features),
+        "NAIVE_APP_ID": app_id, "NAIVE_NUM_FEATURES": str(args.num_features),
         "NAIVE_DATADIR": tempfile.mkdtemp(prefix="naive-faust-"),
     }
     with log_path.open("w") as log:
@@ -366,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         b = max(rounds["streaminfer"], key=lambda r: r.rate)
         a.name, b.name = "(a) I/O path (identity model)", "(b) streaminfer (classifier model)"
         if not args.skip_naive:
-            naive = naive_run(args, naive_topic, args.naive_count, log_path)
+            app_id = unique_name("bench-naive")
+            topics.append(f"{app_id}-__assignor-__leader")  # Faust's own topic, deleted after
+            naive = naive_run(args, naive_topic, args.naive_count, log_path, app_id)
             print(_line(naive))
         d = latency_run(args, live_topic, predictions, args.latency_rate or b.rate / 2)
         print(_line(d))
