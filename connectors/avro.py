@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import struct
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any, Literal
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from connectors.avro_fast import compile_decoder, compile_encoder
 
 __all__ = [
     "SCHEMA_DIR",
@@ -73,11 +76,15 @@ def load_schema(name_or_path: str | Path) -> dict[str, Any]:
 
 
 class _Schema:
-    """A schema with what the codecs need precomputed: parsed form and fingerprint."""
+    """A schema with what the codecs need precomputed: parsed form, fingerprint, and the
+    compiled fast paths (``None`` when the schema has types they do not cover)."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
         self.raw = raw
-        self.parsed = fastavro.parse_schema(_strip_logical_types(raw))
+        plain = _strip_logical_types(raw)
+        self.parsed = fastavro.parse_schema(plain)
+        self.fast_decode = compile_decoder(plain)
+        self.fast_encode = compile_encoder(plain)
         canonical = to_parsing_canonical_form(fastavro.parse_schema(raw))
         self.fingerprint = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
         self.header = SINGLE_OBJECT_MAGIC + self.fingerprint
@@ -100,6 +107,14 @@ def _to_millis(value: Any) -> Any:
             value = value.replace(tzinfo=dt.UTC)
         return int(value.timestamp() * 1000)
     return value
+
+
+def _fast_call(encode: Callable[[dict[str, Any]], bytes], record: dict[str, Any],
+               name: str) -> bytes:
+    try:
+        return encode(record)
+    except (KeyError, TypeError, ValueError, AttributeError, struct.error) as exc:
+        raise ValueError(f"record does not fit {name}: {exc!r}") from None
 
 
 class RecordCodec:
@@ -138,6 +153,9 @@ class RecordCodec:
 
     # -- encoding --------------------------------------------------------------------------
     def _encode_single_object(self, record: dict[str, Any]) -> bytes:
+        fast = self.schema.fast_encode
+        if fast is not None:
+            return self.schema.header + _fast_call(fast, record, self.schema.full_name)
         out = io.BytesIO()
         out.write(self.schema.header)
         fastavro.schemaless_writer(out, self.schema.parsed, record)
@@ -152,9 +170,15 @@ class RecordCodec:
         return json.dumps(record, separators=(",", ":")).encode()
 
     def encode_many(self, records: Iterable[dict[str, Any]]) -> list[bytes]:
-        """Encode a batch; single-object reuses one buffer (about 1.6x faster than ``encode``)."""
+        """Encode a batch (single-object without a fast path reuses one fastavro buffer)."""
         if self.wire_format != "single-object":
             return [self.encode(record) for record in records]
+        fast, header = self.schema.fast_encode, self.schema.header
+        if fast is not None:
+            try:
+                return [header + fast(record) for record in records]
+            except Exception:  # find and name the bad record the slow way
+                return [self._encode_single_object(record) for record in records]
         out = io.BytesIO()
         header, parsed, write = self.schema.header, self.schema.parsed, fastavro.schemaless_writer
         ends = []
@@ -193,6 +217,11 @@ class RecordCodec:
         writer = self._writers.get(data[2:10])
         if writer is None:
             raise DecodeError(f"unknown writer schema fingerprint {data[2:10].hex()}")
+        if writer is self.schema and writer.fast_decode is not None:
+            try:
+                return writer.fast_decode(data[10:])
+            except (IndexError, ValueError, struct.error) as exc:  # UnicodeError is a ValueError
+                raise DecodeError(f"Avro body does not match {writer.full_name}: {exc}") from None
         try:
             return fastavro.schemaless_reader(
                 io.BytesIO(data[10:]), writer.parsed, self.schema.parsed

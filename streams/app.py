@@ -45,6 +45,7 @@ from streams.metrics import PipelineMetrics
 from streams.pipeline import HotPath, Sinks
 from streams.settings import Settings
 from streams.table_store import FaustTableStore
+from streams.user_state import UserState
 
 __all__ = ["WorkerOptions", "build_app", "build_hot_path", "load_or_create_model"]
 
@@ -220,7 +221,11 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
                                       codec=codec)
             topics.append(settings.feedback_topic)
         else:
-            learner = RatingLearner(model, settings.learn_batch_size, hooks)
+            users = None
+            if isinstance(model, MatrixFactorization):
+                table = app.Table("users", partitions=n, key_type=bytes, value_type=bytes)
+                users = UserState(FaustTableStore(table, app), model)
+            learner = RatingLearner(model, settings.learn_batch_size, hooks, users=users)
     # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's own
     # state; with parameter sync the shared state comes from the sync log instead).
     start_offsets = restored.start_offsets if settings.sync_mode == "off" else {}
@@ -239,6 +244,8 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
                     join_state.drop(set(parts))
 
             assignment.on_assigned, assignment.on_revoked = loaded, dropped
+        elif isinstance(learner, RatingLearner) and learner.users is not None:
+            assignment.on_assigned, assignment.on_revoked = learner.users.callbacks(model_lock)
         lanes.append(build_lane(settings, handler, metrics, model_lock, assignment,
                                 f"{app_id}-offsets", learner))
 

@@ -27,6 +27,7 @@ from connectors.avro import RecordCodec
 from models.base import Model
 from models.recommender import Interactions
 from streams.join import Joined, JoinState
+from streams.user_state import UserState
 from streams.validate import EventBatch, RatingBatch, Rejected, decode_feedback
 
 __all__ = ["FeedbackLearner", "Learner", "LearnerHooks", "RatingLearner"]
@@ -176,12 +177,26 @@ class FeedbackLearner(Learner):
 
 @dataclass
 class RatingLearner(Learner):
-    """Recommender: test-then-train on the ratings themselves."""
+    """Recommender: test-then-train on the ratings themselves.
+
+    ``users`` (optional) keeps each touched user's rows in the partition's table after the
+    step, so they move with the partition (``streams.user_state``).
+    """
+
+    users: UserState | None = None
 
     def process(self, batch: RatingBatch, scores: np.ndarray, feedback: list[Message],
                 rejected: list[Rejected]) -> None:
         if len(batch):
             self._learn(Interactions(batch.users, batch.items), batch.ratings, scores)
+            if self.users is not None:
+                self.users.save(batch.users, [m.partition() for m in batch.messages])
+
+    def snapshot(self) -> dict[str, Any]:
+        out = super().snapshot()
+        if self.users is not None:
+            out.update(self.users.stats())
+        return out
 
 
 def _extend(joined: Joined, part: Joined) -> None:
