@@ -156,8 +156,8 @@ def through_kafka(timeout_s: float) -> list[Result]:
         Result("streaminfer worker through Kafka (events + feedback topics, join, learn)",
                float(match["pipeline"]), None,
                "served scores read from the predictions topic"),
-        Result("  same learner in-process, predicting after as many updates as the worker had",
-               float(match["same"]), None, "from the same test"),
+        Result("streaminfer OnlineClassifier in-process, scoring each row after as many updates "
+               "as the worker had made", float(match["same"]), None, "from the same test"),
     ]
 
 
@@ -173,7 +173,10 @@ def render(results: list[Result], pipeline: bool) -> str:
              f"`{PIPELINE_COMMAND}`).")
     return (f"River's bundled Phishing stream (1250 rows, 9 features, labels in order), "
             f"test-then-train: each row is scored, then learned, before the next. ROC AUC over "
-            f"all served scores (scikit-learn `roc_auc_score`). {where}\n\n{table}")
+            f"all served scores (scikit-learn `roc_auc_score`). {where} The time column is one "
+            f"row per call on a small shared machine: it shows per-call overhead (torch's is "
+            f"large), not what a worker pays, since a worker scores whole batches and learns "
+            f"`STREAMINFER_LEARN_BATCH_SIZE` rows per step.\n\n{table}")
 
 
 def write_learning_doc(table_body: str) -> None:

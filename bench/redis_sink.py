@@ -67,7 +67,7 @@ def _make_rows(n: int, keys: int) -> list[PredictionRow]:
             score=(i % 997) / 997,
             model_version="logreg-1.42",
             event_ts=now + i,
-            processed_ts=now + i + 3,
+            processed_ts=now + (i // 1000) * 1000 + 3,  # one processing time per batch
             model_name="logreg",
         )
         for i in range(n)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from connectors.avro_fast import compile_decoder, compile_encoder
+from connectors.avro_fast import compile_columns_encoder, compile_decoder, compile_encoder
 
 __all__ = [
     "SCHEMA_DIR",
@@ -143,6 +143,7 @@ class RecordCodec:
             self._writers[writer.fingerprint] = writer
         self._writers[self.schema.fingerprint] = self.schema
         self._registry = _RegistryFraming(registry_url, raw, self.topic) if registry_url else None
+        self._columns_encoders: dict[tuple[str, ...], Callable[..., list[bytes]] | None] = {}
         if wire_format == "confluent" and self._registry is None:
             raise ValueError("wire format 'confluent' needs a schema registry URL")
         self.encode: Callable[[dict[str, Any]], bytes] = {
@@ -194,7 +195,41 @@ class RecordCodec:
         del view
         return values
 
+    def encode_columns(self, columns: dict[str, list[Any]], constants: dict[str, Any]
+                       ) -> list[bytes]:
+        """Encode a batch held as columns plus per-batch constants (the hot path's output):
+        constants are encoded once per batch, and no per-row dict is built."""
+        varying = tuple(columns)
+        fast = None
+        if self.wire_format == "single-object":
+            fast = self._columns_encoders.get(varying)
+            if fast is None and varying not in self._columns_encoders:
+                fast = self._columns_encoders[varying] = compile_columns_encoder(
+                    _strip_logical_types(self.schema.raw), varying)
+        if fast is not None:
+            try:
+                return fast(columns, constants, self.schema.header)
+            except Exception:  # find and name the bad record the slow way
+                pass
+        order = [f["name"] for f in self.schema.raw["fields"]]
+        records = []
+        for values in zip(*columns.values(), strict=True):
+            merged = {**constants, **dict(zip(varying, values, strict=True))}
+            records.append({name: merged[name] for name in order if name in merged})
+        return self.encode_many(records)
+
     # -- decoding --------------------------------------------------------------------------
+    def decode_typed(self, data: bytes | None) -> tuple[dict[str, Any], bool]:
+        """``(record, typed)``: ``typed`` is true when the record was read with exactly the
+        reader schema, so every field already has its schema type (no checks needed)."""
+        if data and data[:10] == self.schema.header and self.schema.fast_decode is not None:
+            try:
+                return self.schema.fast_decode(data[10:]), True
+            except (IndexError, ValueError, struct.error) as exc:
+                raise DecodeError(f"Avro body does not match {self.schema.full_name}: {exc}"
+                                  ) from None
+        return self.decode(data), False
+
     def decode(self, data: bytes | None) -> dict[str, Any]:
         """One record as a dict (timestamps as int ms); raises ``DecodeError`` saying why."""
         if not data:

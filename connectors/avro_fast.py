@@ -172,15 +172,22 @@ def _varint(value: int) -> bytes:
     n = (value << 1) ^ (value >> 63)
     if n < 0x80:
         return _SMALL[n]
+    found = _MEMO.get(value)
+    if found is not None:  # timestamps of one batch repeat: most long varints are hits
+        return found
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
-    return bytes(out)
+    if len(_MEMO) >= 4096:
+        _MEMO.clear()
+    found = _MEMO[value] = bytes(out)
+    return found
 
 
 _SMALL = [bytes([i]) for i in range(0x80)]
+_MEMO: dict[int, bytes] = {}
 
 
 def _float_array(values: Any, code: str) -> bytes:
@@ -253,6 +260,52 @@ def compile_encoder(schema: dict[str, Any]) -> Encoder | None:
             return None
         parts.append(expr)
     source = "def encode(record):\n    return b''.join((" + ", ".join(parts) + ",))"
+    scope: dict[str, Any] = {"_varint": _varint, "_string": _string,
+                             "_float_array": _float_array, "_int_array": _int_array,
+                             "_pack_f": struct.Struct("<f").pack,
+                             "_pack_d": struct.Struct("<d").pack, "_defaults": defaults}
+    exec(source, scope)  # source built above from the schema alone
+    return scope["encode"]  # type: ignore[no-any-return]
+
+
+def compile_columns_encoder(schema: dict[str, Any], varying: tuple[str, ...]
+                            ) -> Callable[..., list[bytes]] | None:
+    """``encode(columns, constants, header) -> [header + body, ...]`` for a batch held as
+    columns: fields in ``varying`` come from ``columns[name]`` (lists of equal length), the
+    others from ``constants`` (or the schema default) and are encoded once per batch."""
+    if _type_name(schema) != "record":
+        return None
+    names = [f["name"] for f in schema["fields"]]
+    if not set(varying) <= set(names):
+        return None
+    setup, parts, defaults = [], [], {}
+    loop_vars = {name: f"c{i}" for i, name in enumerate(varying)}
+    for i, field in enumerate(schema["fields"]):
+        name = field["name"]
+        if name in loop_vars:
+            expr = _encode_expr(field["type"], loop_vars[name])
+            if expr is None:
+                return None
+            parts.append(expr)
+            continue
+        if "default" in field:
+            defaults[name] = field["default"]
+            value = f"constants.get({name!r}, _defaults[{name!r}])"
+        else:
+            value = f"constants[{name!r}]"
+        expr = _encode_expr(field["type"], value)
+        if expr is None:
+            return None
+        setup.append(f"    k{i} = {expr}")
+        parts.append(f"k{i}")
+    columns = ", ".join(f"columns[{name!r}]" for name in varying)
+    targets = ", ".join(loop_vars[name] for name in varying)
+    source = "\n".join([
+        "def encode(columns, constants, header):",
+        *setup,
+        "    join = b''.join",
+        f"    return [join((header, {', '.join(parts)})) for {targets}, in zip({columns})]",
+    ])
     scope: dict[str, Any] = {"_varint": _varint, "_string": _string,
                              "_float_array": _float_array, "_int_array": _int_array,
                              "_pack_f": struct.Struct("<f").pack,

@@ -22,12 +22,13 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from connectors.kafka import make_producer
-from connectors.redis_sink import PredictionRow
+from connectors.prediction import PredictionRow, Predictions
 
 __all__ = ["DeliveryError", "FailedDelivery", "PredictionsTopicSink"]
 
 Encode = Callable[[dict[str, Any]], bytes]
 EncodeMany = Callable[[list[dict[str, Any]]], list[bytes]]
+EncodeColumns = Callable[[dict[str, list[Any]], dict[str, Any]], list[bytes]]
 
 
 #: On top of ``connectors.kafka.PRODUCER_DEFAULTS`` (linger 5 ms, lz4, failure-only reports).
@@ -93,13 +94,16 @@ class PredictionsTopicSink:
         encode: Encode,
         *,
         encode_many: EncodeMany | None = None,
+        encode_columns: EncodeColumns | None = None,
         flush_timeout_s: float = 30.0,
     ) -> None:
         self.topic = topic
         self.flush_timeout_s = flush_timeout_s
         self._encode = encode
         self._encode_many = encode_many
+        self._encode_columns = encode_columns
         self._failed: list[tuple[bytes | None, bytes | None, str]] = []
+        self._pending: tuple[Sequence[PredictionRow] | Predictions, list[bytes]] = ([], [])
         self._fatal: KafkaError | None = None
         overrides = {
             **_REQUIRED,
@@ -117,30 +121,51 @@ class PredictionsTopicSink:
         if err.fatal():
             self._fatal = err
 
-    def write_batch(self, rows: Sequence[PredictionRow]) -> None:
+    def write_batch(self, rows: Sequence[PredictionRow] | Predictions) -> None:
         """Produce all ``rows`` and wait for every acknowledgement; raise ``DeliveryError`` if any
         record failed or is still pending after ``flush_timeout_s``."""
+        self.send(rows)
+        self.confirm()
+
+    def send(self, rows: Sequence[PredictionRow] | Predictions) -> None:
+        """Queue the batch's records without waiting, so the caller can write Redis meanwhile;
+        ``confirm`` then waits for the acknowledgements."""
         if self._fatal is not None:
             # The idempotent producer cannot continue (e.g. fenced); the worker must restart.
             raise KafkaException(self._fatal)
         self._failed = []
-        records = [row.as_dict() for row in rows]
-        if self._encode_many is not None:
-            values = self._encode_many(records)
+        if isinstance(rows, Predictions) and self._encode_columns is not None:
+            values = self._encode_columns(*rows.columns())
+            keys, stamps = rows.keys, rows.event_ts
         else:
-            encode = self._encode
-            values = [encode(record) for record in records]
+            if isinstance(rows, Predictions):
+                records, keys, stamps = rows.records(), rows.keys, rows.event_ts
+            else:
+                records = [row.as_dict() for row in rows]
+                keys, stamps = [row.key for row in rows], [row.event_ts for row in rows]
+            if self._encode_many is not None:
+                values = self._encode_many(records)
+            else:
+                encode = self._encode
+                values = [encode(record) for record in records]
         produce, topic = self._producer.produce, self.topic
-        for row, value in zip(rows, values, strict=True):
-            key = row.key.encode()
+        for key_text, value, ts in zip(keys, values, stamps, strict=True):
+            key = key_text.encode()
             try:
-                produce(topic, value, key, timestamp=row.event_ts)
+                produce(topic, value, key, timestamp=ts)
             except BufferError:
-                self._produce_when_room(key, value, row.event_ts)
+                self._produce_when_room(key, value, ts)
+        self._pending = (rows, values)
+
+    def confirm(self) -> None:
+        """Wait until Kafka acknowledged everything ``send`` queued; raise naming failures."""
+        rows, values = self._pending
+        self._pending = ([], [])
         undelivered = self._producer.flush(self.flush_timeout_s)
         if self._failed or undelivered:
-            failed = _identify(self._failed, rows, values)
-            raise DeliveryError(self.topic, len(rows), failed, undelivered)
+            listed = rows.rows() if isinstance(rows, Predictions) else rows
+            failed = _identify(self._failed, listed, values)
+            raise DeliveryError(self.topic, len(listed), failed, undelivered)
 
     def _produce_when_room(self, key: bytes, value: bytes, timestamp: int) -> None:
         """Local queue full: serve the producer until librdkafka has room again."""

@@ -37,8 +37,11 @@ from typing import Any
 
 import redis
 
+from connectors.prediction import PredictionRow, Predictions
+
 __all__ = [
     "PredictionRow",
+    "Predictions",
     "RecommendationRow",
     "RedisPredictionSink",
     "RedisRecommendationSink",
@@ -68,26 +71,24 @@ local function newer(key, ts, id)
 end
 """
 
-# KEYS[i] = pred hash of row i; ARGV[1] = ttl, then 7 values per row (see _pack).
-_PREDICTION_LUA = (
-    _LUA_NEWER
-    + """
-local ttl = tonumber(ARGV[1])
+# KEYS[i] = pred hash of row i; ARGV[1..4] = ttl, processed_ts, model_name, model_version
+# (constant for a batch, sent once); then 4 values per row: event_id, event_ts, score, scores.
+_PREDICTION_LUA = _LUA_NEWER + """
+local ttl, pts, name, ver = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local applied = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local b = 2 + (i - 1) * 7
+  local b = 5 + (i - 1) * 4
   if newer(key, ARGV[b + 1], ARGV[b]) then
     redis.call('HSET', key, 'event_id', ARGV[b], 'event_ts', ARGV[b + 1],
-      'processed_ts', ARGV[b + 2], 'score', ARGV[b + 3], 'model_name', ARGV[b + 4],
-      'model_version', ARGV[b + 5], 'scores', ARGV[b + 6])
+      'processed_ts', pts, 'score', ARGV[b + 2], 'model_name', name,
+      'model_version', ver, 'scores', ARGV[b + 3])
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     applied = applied + 1
   end
 end
 return applied
 """
-)
 
 # KEYS[2i-1] = recs zset, KEYS[2i] = recs_meta hash of row i; ARGV[1] = ttl; then per row:
 # event_id, event_ts, processed_ts, model_version, n, item_1, score_1, ..., item_n, score_n.
@@ -125,37 +126,6 @@ end
 return applied
 """
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PredictionRow:
-    """One model output, shaped like ``schemas/prediction.avsc`` (timestamps in int ms).
-
-    Holds plain Python numbers (build it from ``tensor.tolist()``), so the sinks need no
-    per-field conversions on the hot path.
-    """
-
-    event_id: str
-    key: str
-    score: float
-    model_version: str
-    event_ts: int
-    processed_ts: int
-    model_name: str = ""
-    scores: tuple[float, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        """The record for the predictions topic's encoder (hot path: no conversions)."""
-        return {
-            "event_id": self.event_id,
-            "key": self.key,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "score": self.score,
-            "scores": list(self.scores),
-            "event_ts": self.event_ts,
-            "processed_ts": self.processed_ts,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,33 +200,63 @@ class RedisPredictionSink:
         return self._prefix + key
 
     def write(self, predictions: Sequence[PredictionRow]) -> WriteResult:
-        """Store each key's newest prediction; returns once Redis has replied."""
+        """Store each key's newest prediction; returns once Redis has replied.
+
+        The rows of one batch share processing time and model version, which are sent once
+        per script call; each other combination in ``predictions`` costs a round trip more.
+        """
         rows = _latest_per(predictions, "key")
         result = WriteResult(stale=len(predictions) - len(rows))
-        for chunk in _chunks(rows, MAX_ROWS_PER_CALL):
-            keys, args = self._pack(chunk)
-            applied = int(self._script(keys=keys, args=args))
-            result += WriteResult(applied, len(chunk) - applied)
+        groups: dict[tuple[int, str, str], list[PredictionRow]] = {}
+        for row in rows:
+            groups.setdefault((row.processed_ts, row.model_name, row.model_version),
+                              []).append(row)
+        for (processed_ts, name, version), group in groups.items():
+            scores = [json.dumps([float(s) for s in r.scores]) if r.scores else "[]"
+                      for r in group]
+            result += self._write(processed_ts, name, version, [r.key for r in group],
+                                  [r.event_id for r in group], [r.event_ts for r in group],
+                                  [r.score for r in group], scores)
         return result
 
-    def _pack(self, rows: list[PredictionRow]) -> tuple[list[str], list[Any]]:
+    def write_columns(self, batch: Predictions) -> WriteResult:
+        """The hot path's write: the same rule, packed straight from the batch's columns."""
+        keep = _latest_index(batch.keys, batch.event_ts, batch.event_ids)
+        if len(keep) == len(batch):
+            keys, ids, ts, scores = batch.keys, batch.event_ids, batch.event_ts, batch.scores
+        else:
+            keys = [batch.keys[i] for i in keep]
+            ids = [batch.event_ids[i] for i in keep]
+            ts = [batch.event_ts[i] for i in keep]
+            scores = [batch.scores[i] for i in keep]
+        result = self._write(batch.processed_ts, batch.model_name, batch.model_version, keys,
+                             ids, ts, scores, ["[]"] * len(keys))
+        return result + WriteResult(stale=len(batch) - len(keep))
+
+    def _write(self, processed_ts: int, name: str, version: str, keys: list[str],
+               ids: list[str], ts: list[int], scores: list[float],
+               extra: list[str]) -> WriteResult:
+        result = WriteResult()
         prefix = self._prefix
-        keys = [prefix + row.key for row in rows]
-        args: list[Any] = [self.ttl_s]
-        extend = args.extend
-        for row in rows:
-            extend(
-                (
-                    row.event_id,
-                    int(row.event_ts),
-                    int(row.processed_ts),
-                    repr(float(row.score)),
-                    row.model_name,
-                    row.model_version,
-                    json.dumps([float(s) for s in row.scores]) if row.scores else "[]",
-                )
-            )
-        return keys, args
+        for lo in range(0, len(keys), MAX_ROWS_PER_CALL):
+            hi = lo + MAX_ROWS_PER_CALL
+            args: list[Any] = [self.ttl_s, int(processed_ts), name, version]
+            for row in zip(ids[lo:hi], ts[lo:hi], scores[lo:hi], extra[lo:hi], strict=True):
+                args += row
+            chunk_keys = [prefix + k for k in keys[lo:hi]]
+            applied = int(self._script(keys=chunk_keys, args=args))
+            result += WriteResult(applied, len(chunk_keys) - applied)
+        return result
+
+
+def _latest_index(keys: list[str], ts: list[int], ids: list[str]) -> list[int]:
+    """Row indices of each key's newest row (the module's ordering rule), in input order."""
+    best: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        j = best.get(key)
+        if j is None or (ts[i], ids[i]) >= (ts[j], ids[j]):
+            best[key] = i
+    return sorted(best.values()) if len(best) != len(keys) else list(range(len(keys)))
 
 
 class RedisRecommendationSink:

@@ -9,7 +9,7 @@ part of the saved state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from models.device import Runner
 from models.optim import build_optimizer
 from models.vocab import Vocabulary
 
-__all__ = ["Interactions", "MatrixFactorization", "RowBatch", "UserRow"]
+__all__ = ["Interactions", "MatrixFactorization", "RowBatch", "UserRows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +56,23 @@ class RowBatch:
 
 
 @dataclass(frozen=True)
-class UserRow:
-    """One user's part of the model, which parameter sync does not share: it moves with the
-    partition that owns the user (``streams.user_state``), so it must hold all a worker needs
-    to serve and keep training that user: embedding, bias, the optimiser's per-row state
+class UserRows:
+    """Some users' part of the model, which parameter sync does not share: it moves with the
+    partition that owns the user (``streams.user_state``), so it holds all a worker needs to
+    serve and keep training those users: embeddings, biases, the optimiser's per-row state
     (e.g. Adagrad's sums, without which the next step would be a full-size first step) and
-    the items the user rated, by id (item rows differ between workers)."""
+    the items each user rated, by id (item rows differ between workers). Row ``k`` of every
+    tensor belongs to ``ids[k]``; columnar so that exporting a batch's users is one gather.
+    """
 
-    emb: torch.Tensor  # (num_factors,)
-    bias: torch.Tensor  # (1,)
-    seen: tuple[str, ...] = ()
-    optim: dict[str, torch.Tensor] = field(default_factory=dict)
+    ids: list[str]
+    emb: torch.Tensor  # (n, num_factors)
+    bias: torch.Tensor  # (n, 1)
+    seen: list[tuple[str, ...]] = field(default_factory=list)
+    optim: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (n, ...)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class MatrixFactorization(Model):
@@ -250,52 +256,44 @@ class MatrixFactorization(Model):
 
     # -- per-user state -----------------------------------------------------------------
 
-    def export_users(self, user_ids: Iterable[str]) -> dict[str, UserRow]:
-        """The rows of the known users among ``user_ids`` (unknown ids are left out)."""
+    def export_users(self, user_ids: Iterable[str]) -> UserRows:
+        """The rows of the known users among ``user_ids``, once each (unknown ids left out)."""
         found: dict[str, int] = {}
         for user in user_ids:
             row = self.users.row(user, grow=False)
             if row is not None:
                 found[user] = row
-        if not found:
-            return {}
         rows = torch.tensor(list(found.values()), dtype=torch.int64, device=self.runner.device)
         t = self.tables
-        emb = t["user_emb"].weight.detach()[rows].cpu()
-        bias = t["user_bias"].weight.detach()[rows].cpu()
-        optim = {name: live[rows].cpu() for name, live in self._user_optim_state()}
-        num_items = len(self.items)
-        out = {}
-        for k, (user, row) in enumerate(found.items()):
-            seen = tuple(self.items.id_of(i) for i in sorted(self._seen.get(row, ()))
-                         if i < num_items)
-            out[user] = UserRow(emb[k], bias[k], seen, {n: v[k] for n, v in optim.items()})
-        return out
+        num_items, id_of = len(self.items), self.items.id_of
+        return UserRows(
+            ids=list(found),
+            emb=t["user_emb"].weight.detach()[rows].cpu(),
+            bias=t["user_bias"].weight.detach()[rows].cpu(),
+            seen=[tuple(id_of(i) for i in sorted(self._seen.get(row, ())) if i < num_items)
+                  for row in found.values()],
+            optim={name: live[rows].cpu() for name, live in self._user_optim_state()},
+        )
 
-    def import_users(self, rows: Mapping[str, UserRow]) -> None:
+    def import_users(self, rows: UserRows) -> None:
         """Replace (or add) these users' rows, e.g. those of a partition this worker took over.
 
         Seen items this model has no row for are left out: ``top_n`` cannot rank them anyway.
-        Optimiser state is restored where the optimiser has per-row state of that name.
+        Optimiser state is restored where the optimiser keeps per-row state of that name.
         """
-        if not rows:
+        if not len(rows):
             return
         dev = self.runner.device
-        index = self.users.rows(list(rows)).to(dev)
-        values = list(rows.values())
+        index = self.users.rows(rows.ids).to(dev)
         t = self.tables
         with torch.no_grad():
-            for name, attr in (("user_emb", "emb"), ("user_bias", "bias")):
-                weight = t[name].weight
-                stacked = torch.stack([getattr(r, attr) for r in values])
-                weight[index] = stacked.to(dev, weight.dtype)
-            for name, live in self._user_optim_state():
-                have = [k for k, r in enumerate(values) if name in r.optim]
-                if have:
-                    live[index[have]] = torch.stack(
-                        [values[k].optim[name] for k in have]).to(dev, live.dtype)
-        for row, user in zip(index.tolist(), values, strict=True):
-            items = (self.items.row(i, grow=False) for i in user.seen)
+            for live, value in ((t["user_emb"].weight, rows.emb),
+                                (t["user_bias"].weight, rows.bias),
+                                *((live, rows.optim[name]) for name, live in
+                                  self._user_optim_state() if name in rows.optim)):
+                live[index] = value.to(dev, live.dtype)
+        for row, seen in zip(index.tolist(), rows.seen, strict=True):
+            items = (self.items.row(i, grow=False) for i in seen)
             self._seen[row] = {i for i in items if i is not None}
 
     def _user_optim_state(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -45,7 +45,7 @@ from streams.metrics import PipelineMetrics
 from streams.pipeline import HotPath, Sinks
 from streams.settings import Settings
 from streams.table_store import FaustTableStore
-from streams.user_state import UserState
+from streams.user_state import BatchedFaustStore, UserState
 
 __all__ = ["WorkerOptions", "build_app", "build_hot_path", "load_or_create_model"]
 
@@ -110,7 +110,8 @@ def build_sinks(settings: Settings) -> Sinks:
     return Sinks(
         redis=RedisPredictionSink(client, settings.app, settings.redis_ttl_s),
         topic=PredictionsTopicSink(settings.kafka_config(), settings.predictions_topic,
-                                   out_codec.encode, encode_many=out_codec.encode_many),
+                                   out_codec.encode, encode_many=out_codec.encode_many,
+                                   encode_columns=out_codec.encode_columns),
         dead_letters=DeadLetterWriter(settings.kafka_config(), settings.dlq_topic),
         recommendations=RedisRecommendationSink(client, settings.redis_ttl_s)
         if settings.app == "recommender" else None,
@@ -224,7 +225,7 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
             users = None
             if isinstance(model, MatrixFactorization):
                 table = app.Table("users", partitions=n, key_type=bytes, value_type=bytes)
-                users = UserState(FaustTableStore(table, app), model)
+                users = UserState(BatchedFaustStore(table, app), model)
             learner = RatingLearner(model, settings.learn_batch_size, hooks, users=users)
     # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's own
     # state; with parameter sync the shared state comes from the sync log instead).

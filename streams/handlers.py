@@ -13,7 +13,8 @@ import numpy as np
 from confluent_kafka import Message
 
 from connectors.avro import RecordCodec
-from connectors.redis_sink import PredictionRow, RecommendationRow
+from connectors.prediction import Predictions
+from connectors.redis_sink import RecommendationRow
 from models.base import Model
 from models.recommender import Interactions, MatrixFactorization
 from streams.validate import EventBatch, RatingBatch, Rejected, decode_events, decode_ratings
@@ -25,7 +26,7 @@ __all__ = ["ClassifierHandler", "Handler", "Outputs", "RecommenderHandler"]
 class Outputs:
     """What one batch writes: predictions for Redis and the topic, optional top-N lists."""
 
-    predictions: list[PredictionRow]
+    predictions: Predictions
     recommendations: list[RecommendationRow] = field(default_factory=list)
 
 
@@ -46,16 +47,10 @@ class Handler(Protocol):
     def outputs(self, batch: Any, scores: np.ndarray, processed_ts: int) -> Outputs: ...
 
 
-def _rows(batch: Any, keys: Sequence[str], scores: np.ndarray, model: Model,
-          processed_ts: int) -> list[PredictionRow]:
-    version, name = str(model.version), model.name
-    return [
-        PredictionRow(event_id=eid, key=key, score=score, model_version=version, event_ts=ts,
-                      processed_ts=processed_ts, model_name=name)
-        for eid, key, score, ts in zip(
-            batch.event_ids, keys, scores.tolist(), batch.ts.tolist(), strict=True
-        )
-    ]
+def _predictions(batch: Any, keys: list[str], scores: np.ndarray, model: Model,
+                 processed_ts: int) -> Predictions:
+    return Predictions(batch.event_ids, keys, scores.tolist(), batch.ts.tolist(), processed_ts,
+                       model.name, str(model.version))
 
 
 @dataclass
@@ -73,7 +68,7 @@ class ClassifierHandler:
         return self.model.predict(batch.features).numpy()
 
     def outputs(self, batch: EventBatch, scores: np.ndarray, processed_ts: int) -> Outputs:
-        return Outputs(_rows(batch, batch.keys, scores, self.model, processed_ts))
+        return Outputs(_predictions(batch, batch.keys, scores, self.model, processed_ts))
 
 
 @dataclass
@@ -94,7 +89,7 @@ class RecommenderHandler:
         return self.model.predict(Interactions(batch.users, batch.items)).numpy()
 
     def outputs(self, batch: RatingBatch, scores: np.ndarray, processed_ts: int) -> Outputs:
-        out = Outputs(_rows(batch, batch.users, scores, self.model, processed_ts))
+        out = Outputs(_predictions(batch, batch.users, scores, self.model, processed_ts))
         if self.top_n:
             newest: dict[str, tuple[int, str]] = {}
             for user, ts, eid in zip(batch.users, batch.ts.tolist(), batch.event_ids,

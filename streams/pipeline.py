@@ -28,10 +28,22 @@ from streams.handlers import Handler, Outputs
 from streams.learning import Learner
 from streams.metrics import PipelineMetrics
 from streams.validate import Rejected
+from streams.writer import BatchWriter
 
-__all__ = ["HotPath", "Sinks", "commit_offsets"]
+__all__ = ["HotPath", "Prepared", "Sinks", "commit_offsets"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A batch ready for the sinks: its messages, outputs and rejects."""
+
+    messages: list[Message]
+    batch: Any
+    outputs: Outputs
+    rejected: list[Rejected]
+    prepare_s: float
 
 
 @dataclass
@@ -44,10 +56,14 @@ class Sinks:
     recommendations: RedisRecommendationSink | None = None
 
     def write(self, outputs: Outputs) -> None:
-        if outputs.predictions:
-            self.redis.write(outputs.predictions)
+        """Redis and Kafka in parallel: queue the topic records, write Redis while Kafka
+        acknowledges them, then wait for those acknowledgements."""
+        if len(outputs.predictions):
             if self.topic is not None:
-                self.topic.write_batch(outputs.predictions)
+                self.topic.send(outputs.predictions)
+            self.redis.write_columns(outputs.predictions)
+            if self.topic is not None:
+                self.topic.confirm()
         if self.recommendations is not None and outputs.recommendations:
             self.recommendations.write(outputs.recommendations)
 
@@ -95,9 +111,13 @@ class HotPath:
         self.on_batch = on_batch
         self.retry_delay_s = retry_delay_s
         self._written: dict[tuple[str, int], int] = {}
+        self._writer: BatchWriter | None = None
+        self._to_commit: dict[tuple[str, int], int] = {}
+        self._offsets_lock = threading.Lock()
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; then commit what was written and close."""
+        self._writer = BatchWriter(self._write, stop, self.retry_delay_s)
         self.assignment.start(self.consumer, self._commit_written, self._forget)
         try:
             while not stop.is_set():
@@ -107,22 +127,39 @@ class HotPath:
                                                                 GroupAssignment):
                     continue
                 messages = self.batcher.next_batch()
+                self._commit_new_offsets()
                 if messages:
-                    self._process_durably(messages, stop)
-                elif self.learner is not None:
+                    self._writer.submit(self.prepare(messages))
+                if self.learner is not None:
                     with self.model_lock:
                         self.learner.idle()
         finally:
+            self._writer.close()
             self._commit_written(None)
             if self.learner is not None:
                 self.learner.close()
             self.assignment.stop()
             self.consumer.close()  # leaves the group at once: partitions move without waiting
 
+    def _commit_new_offsets(self) -> None:
+        """Commit (async) what the writer finished, from this thread: the consumer is used by
+        one thread only."""
+        if not self._to_commit:
+            return
+        with self._offsets_lock:
+            offsets, self._to_commit = self._to_commit, {}
+        self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                             asynchronous=True)
+
     def _commit_written(self, only: set[tuple[str, int]] | None) -> None:
         """Synchronously commit the offsets of everything written (for ``only`` partitions)."""
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._written.items()
-                   if only is None or (t, p) in only]
+        if self._writer is not None:
+            self._writer.drain()
+        with self._offsets_lock:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._written.items()
+                       if only is None or (t, p) in only]
+            for tp in offsets:
+                self._to_commit.pop((tp.topic, tp.partition), None)
         if not offsets:
             return
         try:
@@ -131,30 +168,26 @@ class HotPath:
             log.info("offset commit skipped: %s", exc)
 
     def written_offsets(self) -> dict[tuple[str, int], int]:
-        """Next offset per partition whose batches are durably written (for checkpoints)."""
-        return dict(self._written)
+        """Next offset per partition whose batches are durably written. Waits for the batch
+        being written, so the offsets match the model state (for consistent checkpoints)."""
+        if self._writer is not None:
+            self._writer.drain()
+        with self._offsets_lock:
+            return dict(self._written)
 
     def _forget(self, partitions: set[tuple[str, int]]) -> None:
-        for tp in partitions:
-            self._written.pop(tp, None)
-
-    def _process_durably(self, messages: list[Message], stop: threading.Event) -> None:
-        """Retry a batch whose sinks failed (they are idempotent) rather than drop or skip it."""
-        delay = self.retry_delay_s
-        while True:
-            try:
-                self.process(messages)
-                return
-            except Exception:
-                if stop.is_set():
-                    log.error("stopping with an unwritten batch; it will be re-delivered")
-                    return
-                log.exception("writing a batch failed; retrying in %.1fs", delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        with self._offsets_lock:
+            for tp in partitions:
+                self._written.pop(tp, None)
+                self._to_commit.pop(tp, None)
 
     def process(self, messages: list[Message]) -> None:
-        """One batch, end to end. Raises if a sink failed; nothing is committed then."""
+        """One batch, end to end, on the calling thread (tests, benchmarks)."""
+        self._write(self.prepare(messages))
+        self._commit_new_offsets()
+
+    def prepare(self, messages: list[Message]) -> Prepared:
+        """Decode, score, learn from feedback: everything before the sinks."""
         started = time.perf_counter()
         feedback: list[Message] = []
         if self.learner is not None:
@@ -169,22 +202,26 @@ class HotPath:
             outputs = self.handler.outputs(batch, scores, now_ms())
             if self.learner is not None:
                 self.learner.process(batch, scores, feedback, rejected)
-        self.sinks.write(outputs)
-        for bad in rejected:
+        return Prepared(messages, batch, outputs, rejected, time.perf_counter() - started)
+
+    def _write(self, prepared: Prepared) -> None:
+        """Sinks, dead letters, then the offsets: raises (nothing committed) if a sink failed."""
+        started = time.perf_counter()
+        self.sinks.write(prepared.outputs)
+        for bad in prepared.rejected:
             self._dead_letter(bad)
         self.sinks.dead_letters.flush()
         written = now_ms()
-        offsets = commit_offsets(messages)
-        for tp in offsets:
-            self._written[(tp.topic, tp.partition)] = tp.offset
-        self.consumer.commit(offsets=offsets, asynchronous=True)
-        service_ms = (time.perf_counter() - started) * 1000
-        self.batcher.limit.observe(len(messages), service_ms)
-        self.metrics.record_batch(len(batch), len(rejected), written - batch.ts,
+        with self._offsets_lock:
+            for tp in commit_offsets(prepared.messages):
+                self._written[(tp.topic, tp.partition)] = tp.offset
+                self._to_commit[(tp.topic, tp.partition)] = tp.offset
+        # service time of the batch itself, not its wait behind the previous one
+        service_ms = (time.perf_counter() - started + prepared.prepare_s) * 1000
+        self.batcher.limit.observe(len(prepared.messages), service_ms)
+        batch = prepared.batch
+        self.metrics.record_batch(len(batch), len(prepared.rejected), written - batch.ts,
                                   self.batcher.limit.current)
-        if self.learner is not None:
-            with self.model_lock:
-                self.learner.idle()
         if self.on_batch is not None:
             self.on_batch(batch)
 

@@ -112,6 +112,15 @@ def _decode(msg: Message, codec: RecordCodec, rejected: list[Rejected]) -> dict[
         return None
 
 
+def _decode_typed(msg: Message, codec: RecordCodec, rejected: list[Rejected]
+                  ) -> tuple[dict[str, Any] | None, bool]:
+    try:
+        return codec.decode_typed(msg.value())
+    except DecodeError as exc:
+        rejected.append(Rejected(msg, str(exc), "decode"))
+        return None, False
+
+
 def decode_events(
     messages: Sequence[Message], codec: RecordCodec, num_features: int
 ) -> tuple[EventBatch, list[Rejected]]:
@@ -123,18 +132,29 @@ def decode_events(
     keys: list[str] = []
     ts: list[int] = []
     rows: list[list[float]] = []
+    lowest, highest = MIN_TS, now + MAX_FUTURE_MS
     for msg in messages:
-        record = _decode(msg, codec, rejected)
+        record, typed = _decode_typed(msg, codec, rejected)
         if record is None:
             continue
         try:
             features = record.get("features")
-            if not isinstance(features, list) or len(features) != num_features:
-                got = len(features) if isinstance(features, list) else type(features).__name__
-                raise InvalidRecord("features", f"expected {num_features} numbers, got {got}")
-            event_id = _check_str(record, "event_id")
-            key = _check_str(record, "key")
-            event_ts = _check_ts(record.get("ts"), now)
+            if typed:  # read with exactly the event schema: only values need checking
+                event_id, key, event_ts = record["event_id"], record["key"], record["ts"]
+                if (len(features) != num_features or not event_id or not key
+                        or not lowest <= event_ts <= highest):
+                    _check_str(record, "event_id")
+                    _check_str(record, "key")
+                    _check_ts(event_ts, now)
+                    raise InvalidRecord(
+                        "features", f"expected {num_features} numbers, got {len(features)}")
+            else:
+                if not isinstance(features, list) or len(features) != num_features:
+                    got = len(features) if isinstance(features, list) else type(features).__name__
+                    raise InvalidRecord("features", f"expected {num_features} numbers, got {got}")
+                event_id = _check_str(record, "event_id")
+                key = _check_str(record, "key")
+                event_ts = _check_ts(record.get("ts"), now)
         except InvalidRecord as exc:
             rejected.append(Rejected(msg, str(exc), "validation"))
             continue

@@ -85,3 +85,17 @@ def test_truncated_avro_body_is_a_decode_error() -> None:
     data = RecordCodec("event").encode(EVENT)
     with pytest.raises(DecodeError):
         RecordCodec("event").decode(data[:14])
+
+
+@pytest.mark.parametrize("wire", ["single-object", "json"])
+def test_encode_columns_matches_per_record_encoding(wire: str) -> None:
+    codec = RecordCodec("prediction", wire)
+    columns = {"event_id": ["a", "b"], "key": ["k1", "k2"], "score": [0.25, 0.5],
+               "event_ts": [1_764_120_000_000, 1_764_120_000_001]}
+    constants = {"model_name": "classifier", "model_version": "v1+u7", "processed_ts": 5}
+    records = [{"event_id": e, "key": k, "score": s, "event_ts": t, **constants}
+               for e, k, s, t in zip(*columns.values(), strict=True)]
+    got = codec.encode_columns(columns, constants)
+    assert [codec.decode(v) for v in got] == [codec.decode(v) for v in codec.encode_many(records)]
+    if wire == "single-object":
+        assert got == codec.encode_many(records)

