@@ -90,8 +90,11 @@ def ensure_topics(
     topics: Mapping[str, int],
     replication: int = 1,
     timeout: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[TopicStatus]:
     """Create each ``name -> partitions`` topic that is missing; never alters an existing one.
+
+    ``configs`` gives topic configs by name (e.g. ``cleanup.policy=compact`` for changelogs).
 
     Returns once every topic is visible in the broker's metadata with all its partitions, so a
     producer or consumer started next sees it.
@@ -107,7 +110,8 @@ def ensure_topics(
         return []
     admin = _admin(config)
     futures = admin.create_topics(
-        [NewTopic(name, partitions, replication) for name, partitions in topics.items()],
+        [NewTopic(name, partitions, replication, config=dict((configs or {}).get(name, {})))
+         for name, partitions in topics.items()],
         operation_timeout=timeout,
         request_timeout=timeout,
     )

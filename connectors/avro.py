@@ -20,6 +20,7 @@ import datetime as dt
 import io
 import json
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
@@ -39,7 +40,16 @@ __all__ = [
     "registry_client",
 ]
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+def _schema_dir() -> Path:
+    """The repo's ``schemas/`` (source checkout, editable install) or the copy a regular
+    install puts under ``<prefix>/share/streaminfer/schemas``."""
+    beside = Path(__file__).resolve().parent.parent / "schemas"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "streaminfer" / "schemas"
+
+
+SCHEMA_DIR = _schema_dir()
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 

@@ -242,6 +242,24 @@ def _int_array(values: Any) -> bytes:
     return _varint(len(values)) + b"".join(_varint(int(v)) for v in values) + b"\x00"
 
 
+def _field_value(field: dict[str, Any], source: str, defaults: dict[str, Any]) -> str:
+    """Expression reading ``field`` from the mapping ``source`` (its default when absent)."""
+    name = field["name"]
+    if "default" in field:
+        defaults[name] = field["default"]
+        return f"{source}.get({name!r}, _defaults[{name!r}])"
+    return f"{source}[{name!r}]"
+
+
+def _compile(source: str, name: str, defaults: dict[str, Any]) -> Any:
+    scope: dict[str, Any] = {"_varint": _varint, "_string": _string,
+                             "_float_array": _float_array, "_int_array": _int_array,
+                             "_pack_f": struct.Struct("<f").pack,
+                             "_pack_d": struct.Struct("<d").pack, "_defaults": defaults}
+    exec(source, scope)  # source built by this module from a schema alone
+    return scope[name]
+
+
 def compile_encoder(schema: dict[str, Any]) -> Encoder | None:
     """``encode(record) -> body bytes`` (no header); fields with defaults may be absent."""
     if _type_name(schema) != "record":
@@ -249,23 +267,12 @@ def compile_encoder(schema: dict[str, Any]) -> Encoder | None:
     parts = []
     defaults: dict[str, Any] = {}
     for field in schema["fields"]:
-        name = field["name"]
-        if "default" in field:
-            defaults[name] = field["default"]
-            value = f"record.get({name!r}, _defaults[{name!r}])"
-        else:
-            value = f"record[{name!r}]"
-        expr = _encode_expr(field["type"], value)
+        expr = _encode_expr(field["type"], _field_value(field, "record", defaults))
         if expr is None:
             return None
         parts.append(expr)
     source = "def encode(record):\n    return b''.join((" + ", ".join(parts) + ",))"
-    scope: dict[str, Any] = {"_varint": _varint, "_string": _string,
-                             "_float_array": _float_array, "_int_array": _int_array,
-                             "_pack_f": struct.Struct("<f").pack,
-                             "_pack_d": struct.Struct("<d").pack, "_defaults": defaults}
-    exec(source, scope)  # source built above from the schema alone
-    return scope["encode"]  # type: ignore[no-any-return]
+    return _compile(source, "encode", defaults)  # type: ignore[no-any-return]
 
 
 def compile_columns_encoder(schema: dict[str, Any], varying: tuple[str, ...]
@@ -281,23 +288,16 @@ def compile_columns_encoder(schema: dict[str, Any], varying: tuple[str, ...]
     setup, parts, defaults = [], [], {}
     loop_vars = {name: f"c{i}" for i, name in enumerate(varying)}
     for i, field in enumerate(schema["fields"]):
-        name = field["name"]
-        if name in loop_vars:
-            expr = _encode_expr(field["type"], loop_vars[name])
-            if expr is None:
-                return None
-            parts.append(expr)
-            continue
-        if "default" in field:
-            defaults[name] = field["default"]
-            value = f"constants.get({name!r}, _defaults[{name!r}])"
-        else:
-            value = f"constants[{name!r}]"
+        varies = field["name"] in loop_vars
+        value = loop_vars[field["name"]] if varies else _field_value(field, "constants",
+                                                                       defaults)
         expr = _encode_expr(field["type"], value)
         if expr is None:
             return None
-        setup.append(f"    k{i} = {expr}")
-        parts.append(f"k{i}")
+        if not varies:  # encoded once per batch
+            setup.append(f"    k{i} = {expr}")
+            expr = f"k{i}"
+        parts.append(expr)
     columns = ", ".join(f"columns[{name!r}]" for name in varying)
     targets = ", ".join(loop_vars[name] for name in varying)
     source = "\n".join([
@@ -306,9 +306,4 @@ def compile_columns_encoder(schema: dict[str, Any], varying: tuple[str, ...]
         "    join = b''.join",
         f"    return [join((header, {', '.join(parts)})) for {targets}, in zip({columns})]",
     ])
-    scope: dict[str, Any] = {"_varint": _varint, "_string": _string,
-                             "_float_array": _float_array, "_int_array": _int_array,
-                             "_pack_f": struct.Struct("<f").pack,
-                             "_pack_d": struct.Struct("<d").pack, "_defaults": defaults}
-    exec(source, scope)  # source built above from the schema alone
-    return scope["encode"]  # type: ignore[no-any-return]
+    return _compile(source, "encode", defaults)  # type: ignore[no-any-return]

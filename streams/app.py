@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,9 @@ from typing import Any
 import faust
 import mode
 import redis
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from connectors.admin import ensure_topics as ensure_topics_on_broker
+from connectors.admin import list_topics
 from connectors.avro import make_codec
 from connectors.dead_letter import DeadLetterWriter
 from connectors.kafka import make_consumer
@@ -138,30 +140,22 @@ def build_hot_path(settings: Settings, handler: Handler, metrics: PipelineMetric
 def ensure_topics(settings: Settings, partitions: int, *compacted: str) -> int:
     """Create what the worker reads and writes, with the input topic's partition count
     (``partitions`` if it does not exist yet); returns that count."""
-    admin = AdminClient(settings.kafka_config())
+    config = settings.kafka_config()
     topic = input_topic(settings)
-    existing = admin.list_topics(timeout=15).topics
-    if topic in existing:
-        partitions = len(existing[topic].partitions)
-    wanted = [topic, settings.predictions_topic, settings.dlq_topic(topic)]
+    existing = {t.name: t.partitions for t in list_topics(config)}
+    partitions = existing.get(topic, partitions)
+    wanted = [topic, settings.predictions_topic, settings.dlq_topic(topic), *compacted]
     if learns_from_feedback(settings):
         wanted += [settings.feedback_topic, settings.dlq_topic(settings.feedback_topic)]
-    new = [NewTopic(name, partitions, 1) for name in wanted if name not in existing]
-    new += [NewTopic(name, partitions, 1, config={"cleanup.policy": "compact"})
-            for name in compacted if name not in existing]
-    for name, future in admin.create_topics(new).items() if new else ():
-        try:
-            future.result()
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise RuntimeError(f"cannot create topic {name!r}: {exc}") from None
-    if learns_from_feedback(settings):
-        fb = admin.list_topics(settings.feedback_topic, timeout=15).topics[settings.feedback_topic]
-        if len(fb.partitions) != partitions:
-            raise RuntimeError(
-                f"{settings.feedback_topic!r} has {len(fb.partitions)} partitions but "
-                f"{topic!r} has {partitions}: feedback must be co-partitioned with its events "
-                "(same partition count, same key) to join them")
+    statuses = ensure_topics_on_broker(
+        config, dict.fromkeys(wanted, partitions),
+        configs={name: {"cleanup.policy": "compact"} for name in compacted})
+    feedback = next((s for s in statuses if s.name == settings.feedback_topic), None)
+    if feedback is not None and feedback.partitions != partitions:
+        raise RuntimeError(
+            f"{settings.feedback_topic!r} has {feedback.partitions} partitions but {topic!r} has "
+            f"{partitions}: feedback must be co-partitioned with its events (same partition "
+            "count, same key) to join them")
     return partitions
 
 
@@ -171,11 +165,14 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
     owners_name, join_name = f"{app_id}-owners", f"{app_id}-join-changelog"
     n = ensure_topics(settings, partitions, owners_name, join_name)
     brokers = [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")]
+    datadir = Path(tempfile.gettempdir()) / "streaminfer-faust" / app_id  # memory store: unused
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id, broker=brokers, store="memory://", topic_partitions=n,
         web_enabled=options.web_port is not None, web_port=options.web_port or 6066,
         topic_replication_factor=1, producer_acks=-1, broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0, stream_recovery_delay=0.0,
+        datadir=str(datadir),
     )
     owners = app.topic(owners_name, partitions=n, value_serializer="raw")
 

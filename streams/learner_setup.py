@@ -18,8 +18,9 @@ from models.base import Model
 from models.checkpoint_store import CheckpointStore, store_from_url
 from models.params_publisher import ParamsPublisher
 from models.progressive import metrics_for, metrics_from_state
+from models.sync import Sync
 from models.tensorboard import ScalarLogger
-from streams.learning import LearnerHooks, Sync
+from streams.learning import LearnerHooks
 from streams.settings import Settings
 
 __all__ = ["Restored", "build_hooks", "restore"]

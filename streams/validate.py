@@ -7,7 +7,7 @@ so the worker can route it to the dead-letter topic and go on.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,78 +104,73 @@ def _check_str(record: dict[str, Any], name: str) -> str:
     return value
 
 
-def _decode(msg: Message, codec: RecordCodec, rejected: list[Rejected]) -> dict[str, Any] | None:
-    try:
-        return codec.decode(msg.value())
-    except DecodeError as exc:
-        rejected.append(Rejected(msg, str(exc), "decode"))
-        return None
+Row = tuple[Any, ...]
+Check = Callable[[dict[str, Any], bool, int], Row]
 
 
-def _decode_typed(msg: Message, codec: RecordCodec, rejected: list[Rejected]
-                  ) -> tuple[dict[str, Any] | None, bool]:
-    try:
-        return codec.decode_typed(msg.value())
-    except DecodeError as exc:
-        rejected.append(Rejected(msg, str(exc), "decode"))
-        return None, False
+def _rows(messages: Sequence[Message], codec: RecordCodec, check: Check
+          ) -> tuple[list[Message], list[Row], list[Rejected]]:
+    """Decode each message and ``check`` it into a row tuple; rejects say why, in order.
+
+    ``check(record, typed, now)`` gets ``typed=True`` when the record was read with exactly
+    the reader schema (field types are then guaranteed; only values need checking).
+    """
+    now = now_ms()
+    kept: list[Message] = []
+    rows: list[Row] = []
+    rejected: list[Rejected] = []
+    for msg in messages:
+        try:
+            record, typed = codec.decode_typed(msg.value())
+            row = check(record, typed, now)
+        except DecodeError as exc:
+            rejected.append(Rejected(msg, str(exc), "decode"))
+            continue
+        except InvalidRecord as exc:
+            rejected.append(Rejected(msg, str(exc), "validation"))
+            continue
+        kept.append(msg)
+        rows.append(row)
+    return kept, rows, rejected
+
+
+def _columns(rows: list[Row], width: int) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
 
 
 def decode_events(
     messages: Sequence[Message], codec: RecordCodec, num_features: int
 ) -> tuple[EventBatch, list[Rejected]]:
     """Valid classifier events as columns, and the rejected rest."""
-    now = now_ms()
-    rejected: list[Rejected] = []
-    kept: list[Message] = []
-    ids: list[str] = []
-    keys: list[str] = []
-    ts: list[int] = []
-    rows: list[list[float]] = []
-    lowest, highest = MIN_TS, now + MAX_FUTURE_MS
-    for msg in messages:
-        record, typed = _decode_typed(msg, codec, rejected)
-        if record is None:
-            continue
-        try:
-            features = record.get("features")
-            if typed:  # read with exactly the event schema: only values need checking
-                event_id, key, event_ts = record["event_id"], record["key"], record["ts"]
-                if (len(features) != num_features or not event_id or not key
-                        or not lowest <= event_ts <= highest):
-                    _check_str(record, "event_id")
-                    _check_str(record, "key")
-                    _check_ts(event_ts, now)
-                    raise InvalidRecord(
-                        "features", f"expected {num_features} numbers, got {len(features)}")
-            else:
-                if not isinstance(features, list) or len(features) != num_features:
-                    got = len(features) if isinstance(features, list) else type(features).__name__
-                    raise InvalidRecord("features", f"expected {num_features} numbers, got {got}")
-                event_id = _check_str(record, "event_id")
-                key = _check_str(record, "key")
-                event_ts = _check_ts(record.get("ts"), now)
-        except InvalidRecord as exc:
-            rejected.append(Rejected(msg, str(exc), "validation"))
-            continue
-        kept.append(msg)
-        ids.append(event_id)
-        keys.append(key)
-        ts.append(event_ts)
-        rows.append(features)
+
+    def check(record: dict[str, Any], typed: bool, now: int) -> Row:
+        features = record.get("features")
+        if typed:  # the fast common case: one combined test, details only on failure
+            event_id, key, ts = record["event_id"], record["key"], record["ts"]
+            if (len(features) == num_features and event_id and key
+                    and MIN_TS <= ts <= now + MAX_FUTURE_MS):
+                return event_id, key, ts, features
+        if not isinstance(features, list) or len(features) != num_features:
+            got = len(features) if isinstance(features, list) else type(features).__name__
+            raise InvalidRecord("features", f"expected {num_features} numbers, got {got}")
+        return (_check_str(record, "event_id"), _check_str(record, "key"),
+                _check_ts(record.get("ts"), now), features)
+
+    kept, rows, rejected = _rows(messages, codec, check)
+    ids, keys, ts, features = _columns(rows, 4)
     try:
-        matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), num_features)
+        matrix = np.asarray(features, dtype=np.float32).reshape(len(rows), num_features)
     except (TypeError, ValueError):  # a non-number inside some feature list: find it row by row
         matrix = np.zeros((len(rows), num_features), np.float32)
         bad = set()
-        for i, row in enumerate(rows):
+        for i, row in enumerate(features):
             try:
                 matrix[i] = np.asarray(row, dtype=np.float32)
             except (TypeError, ValueError):
                 bad.add(i)
-        batch = EventBatch(kept, ids, keys, np.asarray(ts, np.int64), matrix)
         for i in sorted(bad):
             rejected.append(Rejected(kept[i], "field 'features': expected numbers", "validation"))
+        batch = EventBatch(kept, ids, keys, np.asarray(ts, np.int64), matrix)
         batch = batch.take([i for i in range(len(rows)) if i not in bad])
         return _drop_non_finite(batch, rejected), rejected
     batch = EventBatch(kept, ids, keys, np.asarray(ts, np.int64), matrix)
@@ -193,46 +188,30 @@ def _drop_non_finite(batch: EventBatch, rejected: list[Rejected]) -> EventBatch:
     return batch.take(np.flatnonzero(finite).tolist())
 
 
+def _number(record: dict[str, Any], name: str, low: float = -math.inf,
+            high: float = math.inf) -> float:
+    value = record.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRecord(name, f"expected a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidRecord(name, f"expected a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
 def decode_ratings(
     messages: Sequence[Message], codec: RecordCodec
 ) -> tuple[RatingBatch, list[Rejected]]:
     """Valid rating events as columns, and the rejected rest."""
-    now = now_ms()
-    rejected: list[Rejected] = []
-    kept: list[Message] = []
-    ids: list[str] = []
-    users: list[str] = []
-    items: list[str] = []
-    ts: list[int] = []
-    ratings: list[float] = []
-    for msg in messages:
-        record = _decode(msg, codec, rejected)
-        if record is None:
-            continue
-        try:
-            event_id = _check_str(record, "event_id")
-            user = _check_str(record, "user")
-            item = _check_str(record, "item")
-            event_ts = _check_ts(record.get("ts"), now)
-            rating = record.get("rating")
-            if isinstance(rating, bool) or not isinstance(rating, int | float):
-                raise InvalidRecord("rating", f"expected a number, got {rating!r}")
-            if not math.isfinite(rating):
-                raise InvalidRecord("rating", f"expected a finite number, got {rating!r}")
-        except InvalidRecord as exc:
-            rejected.append(Rejected(msg, str(exc), "validation"))
-            continue
-        kept.append(msg)
-        ids.append(event_id)
-        users.append(user)
-        items.append(item)
-        ts.append(event_ts)
-        ratings.append(float(rating))
-    return (
-        RatingBatch(kept, ids, users, items, np.asarray(ts, np.int64),
-                    np.asarray(ratings, np.float32)),
-        rejected,
-    )
+
+    def check(record: dict[str, Any], typed: bool, now: int) -> Row:
+        return (_check_str(record, "event_id"), _check_str(record, "user"),
+                _check_str(record, "item"), _check_ts(record.get("ts"), now),
+                _number(record, "rating"))
+
+    kept, rows, rejected = _rows(messages, codec, check)
+    ids, users, items, ts, ratings = _columns(rows, 5)
+    return (RatingBatch(kept, ids, users, items, np.asarray(ts, np.int64),
+                        np.asarray(ratings, np.float32)), rejected)
 
 
 @dataclass
@@ -252,32 +231,14 @@ def decode_feedback(
     messages: Sequence[Message], codec: RecordCodec
 ) -> tuple[FeedbackBatch, list[Rejected]]:
     """Valid feedback records as columns, and the rejected rest."""
-    now = now_ms()
-    rejected: list[Rejected] = []
-    kept: list[Message] = []
-    ids: list[str] = []
-    labels: list[float] = []
-    ts: list[int] = []
-    for msg in messages:
-        record = _decode(msg, codec, rejected)
-        if record is None:
-            continue
-        try:
-            event_id = _check_str(record, "event_id")
-            event_ts = _check_ts(record.get("ts"), now)
-            label = record.get("label")
-            if isinstance(label, bool):
-                label = float(label)
-            if not isinstance(label, int | float) or not 0.0 <= label <= 1.0:
-                raise InvalidRecord("label", f"expected a number in [0, 1], got {label!r}")
-        except InvalidRecord as exc:
-            rejected.append(Rejected(msg, str(exc), "validation"))
-            continue
-        kept.append(msg)
-        ids.append(event_id)
-        labels.append(float(label))
-        ts.append(event_ts)
-    return (
-        FeedbackBatch(kept, ids, np.asarray(labels, np.float32), np.asarray(ts, np.int64)),
-        rejected,
-    )
+
+    def check(record: dict[str, Any], typed: bool, now: int) -> Row:
+        if isinstance(record.get("label"), bool):
+            record = {**record, "label": float(record["label"])}
+        return (_check_str(record, "event_id"), _number(record, "label", 0.0, 1.0),
+                _check_ts(record.get("ts"), now))
+
+    kept, rows, rejected = _rows(messages, codec, check)
+    ids, labels, ts = _columns(rows, 3)
+    return (FeedbackBatch(kept, ids, np.asarray(labels, np.float32), np.asarray(ts, np.int64)),
+            rejected)

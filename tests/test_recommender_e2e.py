@@ -146,6 +146,7 @@ def test_one_worker_beats_the_running_mean(services: Any, new_topic: Any,
     result = run(services, new_topic, redis_client, tmp_path, workers=1)
     assert_learns(result)
     learning = result["metrics"][0]["learning"]
+    print(f"worker metrics {result['metrics'][0]}")
     assert learning["learned"] >= COUNT
     assert learning["users_saved"] >= 500
 

@@ -11,7 +11,7 @@ from confluent_kafka import Message
 from connectors.avro import RecordCodec
 from connectors.records import now_ms
 from streams.pipeline import commit_offsets
-from streams.validate import decode_events, decode_ratings
+from streams.validate import decode_events, decode_feedback, decode_ratings
 
 CODEC = RecordCodec("event")
 
@@ -70,3 +70,27 @@ def test_commit_offsets_are_one_past_the_highest_per_partition() -> None:
     msgs = [_msg(b"x", 7, 0), _msg(b"x", 3, 1), _msg(b"x", 9, 0), _msg(b"x", 4, 1)]
     got = {(tp.partition, tp.offset) for tp in commit_offsets(msgs)}
     assert got == {(0, 10), (1, 5)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [({"key": ""}, "'key'"), ({"ts": 5}, "before 2000"), ({"features": [1.0]}, "got 1"),
+     ({"features": [float("nan"), 1.0]}, "NaN")],
+)
+def test_avro_events_have_their_values_checked_too(overrides: dict[str, object],
+                                                   reason: str) -> None:
+    """Avro guarantees the types, not the values: those are checked on the fast path too."""
+    bad = _msg(CODEC.encode(_event(**overrides)), 1)
+    batch, rejected = decode_events([_msg(CODEC.encode(_event())), bad], CODEC, num_features=2)
+    assert len(batch) == 1 and len(rejected) == 1
+    assert reason in rejected[0].reason and rejected[0].msg.offset() == 1
+
+
+def test_feedback_labels_must_be_probabilities() -> None:
+    codec = RecordCodec("feedback", "json")
+    ok = {"event_id": "e1", "key": "k", "label": True, "ts": now_ms()}
+    bad = dict(ok, event_id="e2", label=3)
+    batch, rejected = decode_feedback([_msg(codec.encode(ok)), _msg(codec.encode(bad), 1)],
+                                      codec)
+    assert batch.event_ids == ["e1"] and batch.labels.tolist() == [1.0]
+    assert "'label'" in rejected[0].reason and "[0, 1]" in rejected[0].reason

@@ -45,6 +45,30 @@ __all__ = ["worker"]
               help="Expire prediction keys after this many seconds (0 = never).")
 @click.option("--top-n", type=click.IntRange(min=0), default=10, show_default=True,
               help="Recommender: items kept per user in recs:{user} (0 = off).")
+@click.option("--learn/--no-learn", default=None, help="Learn online from feedback (classifier)"
+              " or from the ratings themselves (recommender) [default: learn].")
+@click.option("--feedback-topic", help="Classifier labels, joined to events by event_id; "
+              "must have the events topic's partition count [default feedback].")
+@click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]),
+              help="Online optimiser [default: adam for the classifier, adagrad for the "
+              "recommender].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
+@click.option("--l2", type=click.FloatRange(min=0), help="L2 penalty (weight decay).")
+@click.option("--learn-batch-size", type=click.IntRange(min=1),
+              help="Joined examples per optimiser step [default 32].")
+@click.option("--join-window-s", type=click.FloatRange(min=0, min_open=True),
+              help="Event-time window for joining feedback to its event [default 600].")
+@click.option("--sync-mode", type=click.Choice(["off", "async", "sync"]),
+              help="Parameter sync between workers of the group (docs/sync.md) "
+              "[default off].")
+@click.option("--checkpoint-url", help="Where checkpoints go: a directory, file:///dir or "
+              "redis://...; the newest is restored at start [default: none].")
+@click.option("--checkpoint-every-s", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds between periodic checkpoints (one is also taken at shutdown) "
+              "[default 30].")
+@click.option("--tensorboard-dir", type=click.Path(file_okay=False),
+              help="Write progressive metrics (AUC, log-loss / MAE, RMSE) as TensorBoard "
+              "scalars here.")
 @click.option("--identity-model", is_flag=True, hidden=True,
               help="Benchmarks: score with a no-op model (bare I/O path).")
 @click.option("--web-port", type=int, help="Serve Faust's web/metrics endpoint on this port.")
