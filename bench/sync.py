@@ -1,9 +1,22 @@
-"""Per-mode cost of parameter sync over Kafka: rounds/s, bytes per round, time per 1k updates.
+"""What parameter sync costs: in isolation per mode, and inside the classifier hot path.
 
-Two workers in one process learn from their halves of a synthetic stream and sync through a
-fresh topic; the same loop with ``mode="off"`` is the baseline. Prints one JSON line per run.
+Two parts, one run, side by side (the machine is small and shared: compare ratios):
 
-    python bench/sync.py --bootstrap 127.0.0.1:9092 --updates 1500
+* **Isolated** (``models.sync`` alone): two workers in one process learn from their halves of
+  a synthetic stream and sync through a fresh topic; the same loop with ``mode="off"`` is the
+  baseline. Rounds (or deltas) applied per second, bytes per publish, ms per 1k updates.
+* **Pipeline**: pre-filled, co-partitioned events and feedback topics (every event's label,
+  same key), drained by the classifier hot path (``streams.app.build_lane``) in a thread of
+  this process, for a fresh consumer group each time, in four configurations:
+  (1) learning off (no learner, reads the events topic only: half the records);
+  (2) learning on (``FeedbackLearner`` joining feedback to events in a ``MemoryJoinStore``),
+  sync off; (3) learning on, ``sync_mode="async"``; (4) learning on, ``sync_mode="sync"``.
+  (3) and (4) run a single worker, which still publishes its deltas (and, in ``sync``, closes
+  its own rounds) and polls the sync topic: the overhead one worker pays, relative to (2).
+  Rates count what came after the first batch over first -> last batch (start-up excluded).
+
+Usage: ``python bench/sync.py --write-docs`` (about 3 minutes; ``--skip-isolated`` or
+``--skip-pipeline`` to run one part).
 """
 
 from __future__ import annotations
@@ -11,20 +24,44 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 import uuid
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import redis
+from _common import (
+    command_line,
+    create_topics,
+    delete_topics,
+    docs_footer,
+    load_note,
+    machine,
+    markdown_table,
+    publish_synthetic,
+    unique_name,
+    write_docs_section,
+)
+from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 
+from connectors.avro import RecordCodec, make_codec
+from connectors.kafka import make_producer
+from connectors.publish import PublishReport, publish_chunks
 from connectors.sources import SyntheticClassifier, SyntheticRatings
 from models import Interactions, Model, create_model
 from models.sync import create_sync
+from streams.app import WorkerOptions, build_handler, build_lane, load_or_create_model
+from streams.assignment import GroupAssignment
+from streams.join import JoinState, MemoryJoinStore
+from streams.learner_setup import Restored, build_hooks
+from streams.learning import FeedbackLearner
+from streams.metrics import PipelineMetrics
+from streams.pipeline import HotPath
+from streams.settings import Settings, load_settings
+from streams.validate import EventBatch, Rejected
 
 BATCH = 64
 
@@ -52,7 +89,9 @@ def _model(app: str) -> Model:
                         item_capacity=10_000)
 
 
-def run(app: str, mode: str, bootstrap: str, updates: int, every: int, every_ms: float) -> dict:
+def run_isolated(app: str, mode: str, bootstrap: str, updates: int, every: int,
+                 every_ms: float) -> dict:
+    """One mode of the isolated part: two workers in this process, synced through Kafka."""
     config = {"bootstrap.servers": bootstrap}
     topic = f"bench-sync-{uuid.uuid4().hex[:8]}"
     models = [_model(app) for _ in range(2)]
@@ -95,18 +134,388 @@ def run(app: str, mode: str, bootstrap: str, updates: int, every: int, every_ms:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+
+
+# -- pipeline part ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """One hot-path configuration of the pipeline part."""
+
+    name: str
+    learn: bool
+    sync_mode: str = "off"
+
+
+CONFIGS = (
+    Config("(1) learning off", False),
+    Config("(2) learning on, sync off", True),
+    Config("(3) learning on, sync async", True, "async"),
+    Config("(4) learning on, sync sync", True, "sync"),
+)
+
+
+@dataclass
+class _CountingLearner(FeedbackLearner):
+    """``FeedbackLearner`` that also counts the feedback records it was handed."""
+
+    feedback_seen: int = 0
+
+    def process(self, batch: EventBatch, scores: np.ndarray, feedback: list[Message],
+                rejected: list[Rejected]) -> None:
+        self.feedback_seen += len(feedback)
+        super().process(batch, scores, feedback, rejected)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    wall: float
+    lane_cpu: float  # the hot-path thread: decode, score, join, learn, sync
+    writer_cpu: float  # the batch-writer thread: Redis, predictions topic, offsets
+    process_cpu: float  # everything, librdkafka's threads (consumer, producers, sync) included
+    events: int
+    feedback: int
+    steps: int
+
+
+class _Clock:
+    """``on_batch`` hook (runs on the writer thread): counters and CPU clocks at the first and
+    the last batch. The hot-path thread's CPU clock is read through its pthread id."""
+
+    def __init__(self, hot: HotPath, learner: _CountingLearner | None) -> None:
+        self.hot, self.learner = hot, learner
+        self.lane: threading.Thread | None = None
+        self.first: _Sample | None = None
+        self.last: _Sample | None = None
+
+    def __call__(self, _batch: object) -> None:
+        assert self.lane is not None and self.lane.ident is not None
+        lane_clock = time.pthread_getcpuclockid(self.lane.ident)
+        learner = self.learner
+        sample = _Sample(time.perf_counter(), time.clock_gettime(lane_clock), time.thread_time(),
+                         time.process_time(), self.hot.metrics.events,
+                         learner.feedback_seen if learner else 0, learner.steps if learner else 0)
+        if self.first is None:
+            self.first = sample
+        self.last = sample
+
+
+@dataclass
+class LaneResult:
+    """One configuration's figures over the first -> last batch window."""
+
+    name: str
+    seconds: float
+    events: int
+    feedback: int
+    steps: int
+    lane_cpu_s: float
+    writer_cpu_s: float
+    process_cpu_s: float
+    note: str = ""
+    total_events: int = 0  # the whole run's, for the sync's whole-run counters
+    sync: dict[str, Any] = field(default_factory=dict)
+    learning: dict[str, Any] = field(default_factory=dict)
+
+    def per_s(self, count: int) -> float:
+        return count / self.seconds if self.seconds > 0 else 0.0
+
+    def us_per_event(self, cpu_s: float) -> float:
+        return cpu_s / self.events * 1e6 if self.events else 0.0
+
+    @property
+    def sync_s(self) -> float:
+        """Time the lane spent inside the sync (publishing deltas, polling, applying)."""
+        return float(self.sync.get("publish_s", 0.0)) + float(self.sync.get("poll_s", 0.0))
+
+
+def publish_feedback(bootstrap: str, topic: str, count: int, *, seed: int, num_features: int,
+                     keys: int) -> PublishReport:
+    """Every label of the events ``publish_synthetic`` sends with the same arguments, keyed
+    like its event, so it lands in the same partition number (co-partitioned)."""
+    codec = RecordCodec("feedback", "single-object", topic=topic)
+    gen = SyntheticClassifier(seed=seed, num_features=num_features, keys=keys)
+    chunks = (
+        [{"event_id": e["event_id"], "key": e["key"], "label": y, "ts": None}
+         for e, y in zip(events, labels.tolist(), strict=True)]
+        for events, labels in gen.chunks(count, 5000)
+    )
+    return publish_chunks(make_producer({"bootstrap.servers": bootstrap}), topic, codec, chunks,
+                          key_field="key")
+
+
+def _lane_settings(args: argparse.Namespace, topics: dict[str, str], config: Config
+                   ) -> Settings:
+    return load_settings(
+        bootstrap_servers=args.bootstrap, redis_url=args.redis_url, app="classifier",
+        events_topic=topics["events"], feedback_topic=topics["feedback"],
+        predictions_topic=topics["predictions"], consumer_group=unique_name("bench-sync"),
+        num_features=args.num_features, device="cpu", learn=config.learn,
+        sync_mode=config.sync_mode, publish_params_every_s=0)
+
+
+def _build(args: argparse.Namespace, topics: dict[str, str], config: Config
+           ) -> tuple[HotPath, _CountingLearner | None]:
+    """The lane a worker would run (``streams.app``), with a memory join store and no
+    checkpoints or params publishing, reading through its own consumer group."""
+    settings = _lane_settings(args, topics, config)
+    options = WorkerOptions(worker_id=f"bench-{uuid.uuid4().hex[:6]}")
+    model = load_or_create_model(settings, options)
+    handler = build_handler(settings, model, options)
+    learner: _CountingLearner | None = None
+    subscribed = [settings.events_topic]
+    if config.learn:
+        sync = None
+        if config.sync_mode != "off":
+            sync = create_sync(
+                config.sync_mode, model, kafka_config=settings.kafka_config(),
+                topic=topics[f"sync-{config.sync_mode}"], worker_id=options.worker_id,
+                every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
+                round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards)
+        hooks = build_hooks(settings, model, Restored(), options.worker_id, dict, sync, None)
+        join = JoinState(MemoryJoinStore(), int(settings.join_window_s * 1000))
+        codec = make_codec("feedback", "json", None, settings.feedback_topic)
+        learner = _CountingLearner(model, settings.learn_batch_size, hooks,
+                                   feedback_topic=settings.feedback_topic, join=join,
+                                   codec=codec)
+        subscribed.append(settings.feedback_topic)
+    hot = build_lane(settings, handler, PipelineMetrics(window=1000), threading.Lock(),
+                     GroupAssignment(subscribed), unique_name("bench-sync-group"), learner)
+    return hot, learner
+
+
+def run_lane(args: argparse.Namespace, topics: dict[str, str], config: Config) -> LaneResult:
+    """Drain the pre-filled topics with one configuration; stop once all was read."""
+    hot, learner = _build(args, topics, config)
+    clock = _Clock(hot, learner)
+    hot.on_batch = clock
+    stop = threading.Event()
+    thread = threading.Thread(target=hot.run, args=(stop,), name="bench-lane", daemon=True)
+    clock.lane = thread
+    thread.start()
+    deadline = time.monotonic() + args.phase_seconds
+    wanted_feedback = args.count if learner is not None else 0
+    while hot.metrics.events < args.count or (
+            learner is not None and learner.feedback_seen < wanted_feedback):
+        if time.monotonic() > deadline or not thread.is_alive():
+            break
+        time.sleep(0.02)
+    time.sleep(0.1)  # the last batch's write and on_batch
+    stop.set()
+    thread.join(60)
+    first, last = clock.first, clock.last
+    if first is None or last is None:
+        raise RuntimeError(f"{config.name}: no batch was processed")
+    note = ""
+    if hot.metrics.events < args.count or (learner and learner.feedback_seen < wanted_feedback):
+        note = (f"stopped at {hot.metrics.events:,} events, "
+                f"{learner.feedback_seen if learner else 0:,} feedback")
+    if hot.metrics.rejected:
+        note += f" {hot.metrics.rejected} rejected"
+    result = LaneResult(
+        config.name, last.wall - first.wall, last.events - first.events,
+        last.feedback - first.feedback, last.steps - first.steps, last.lane_cpu - first.lane_cpu,
+        last.writer_cpu - first.writer_cpu, last.process_cpu - first.process_cpu, note.strip(),
+        hot.metrics.events)
+    if learner is not None:
+        snap = learner.snapshot()
+        result.sync = snap.pop("sync", {})
+        result.learning = snap
+    return result
+
+
+def _clear_redis(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    keys: list[bytes] = []
+    for key in client.scan_iter("pred:classifier:*", count=5000):
+        keys.append(key)
+        if len(keys) >= 5000:
+            client.unlink(*keys)
+            keys = []
+    if keys:
+        client.unlink(*keys)
+
+
+def run_pipeline(args: argparse.Namespace) -> list[LaneResult]:
+    """Pre-fill, then every configuration ``--rounds`` times; the best round of each counts."""
+    topics = {name: unique_name(f"bench-sync-{name}")
+              for name in ("events", "feedback", "predictions", "sync-async", "sync-sync")}
+    create_topics(args.bootstrap, [topics[n] for n in ("events", "feedback", "predictions")],
+                  args.partitions)
+    _clear_redis(args.redis_url)
+    rounds: dict[str, list[LaneResult]] = {c.name: [] for c in CONFIGS}
+    try:
+        data = {"seed": 1, "num_features": args.num_features, "keys": args.keys}
+        sent = publish_synthetic(args.bootstrap, topics["events"], args.count, **data).sent
+        sent_fb = publish_feedback(args.bootstrap, topics["feedback"], args.count, **data).sent
+        print(f"pre-filled {sent:,} events + {sent_fb:,} feedback, {args.partitions} "
+              "partitions each", flush=True)
+        for i in range(args.rounds):
+            for config in CONFIGS:
+                r = run_lane(args, topics, config)
+                rounds[config.name].append(r)
+                print(f"round {i + 1} {_lane_line(r)}", flush=True)
+    finally:
+        delete_topics(args.bootstrap, list(topics.values()))
+        _clear_redis(args.redis_url)
+    return [max(rs, key=lambda r: r.per_s(r.events)) for rs in rounds.values()]
+
+
+def _lane_line(r: LaneResult) -> str:
+    note = f"  [{r.note}]" if r.note else ""
+    return (f"{r.name:<30} {r.per_s(r.events):>8,.0f} ev/s  {r.per_s(r.feedback):>8,.0f} fb/s"
+            f"  {r.per_s(r.steps):>6,.0f} steps/s  lane CPU {r.us_per_event(r.lane_cpu_s):6.1f}"
+            f" us/ev  writer {r.us_per_event(r.writer_cpu_s):5.1f}  process "
+            f"{r.us_per_event(r.process_cpu_s):6.1f}{note}")
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else ""
+
+
+def _pipeline_tables(results: list[LaneResult]) -> tuple[str, str]:
+    off, base = results[0], results[1]
+    rows = []
+    for r in results:
+        rows.append([
+            r.name, f"{r.per_s(r.events):,.0f}", f"{r.per_s(r.feedback):,.0f}",
+            f"{r.per_s(r.steps):,.0f}", f"{r.us_per_event(r.lane_cpu_s):.1f}",
+            f"{r.us_per_event(r.writer_cpu_s):.1f}", f"{r.us_per_event(r.process_cpu_s):.1f}",
+            _ratio(r.per_s(r.events), off.per_s(off.events)),
+            _ratio(r.per_s(r.events), base.per_s(base.events)),
+            _ratio(r.us_per_event(r.lane_cpu_s), base.us_per_event(base.lane_cpu_s)),
+            r.note])
+    throughput = markdown_table(
+        ["run", "events/s", "feedback/s", "learn steps/s", "hot-path thread CPU us/event",
+         "writer thread CPU us/event", "process CPU us/event", "events/s vs (1)",
+         "events/s vs (2)", "hot-path CPU vs (2)", "note"], rows)
+    sync_rows = []
+    for r in results[2:]:
+        s = r.sync
+        published = int(s.get("published", 0))
+        applied = int(s.get("rounds_closed", s.get("applied", 0)))
+        sync_rows.append([
+            r.name, f"{r.us_per_event(r.lane_cpu_s) - base.us_per_event(base.lane_cpu_s):+.1f}",
+            f"{r.us_per_event(r.process_cpu_s) - base.us_per_event(base.process_cpu_s):+.1f}",
+            f"{r.sync_s / r.total_events * 1e6:.1f}" if r.total_events else "",
+            f"{1000 * r.sync_s / max(1, r.learning.get('steps', 0)) * 1000:.0f}",
+            f"{published:,}", f"{applied:,}",
+            f"{int(s['bytes_out'] / published):,}" if published else ""])
+    overhead = markdown_table(
+        ["run", "hot-path CPU us/event vs (2)", "process CPU us/event vs (2)",
+         "in-sync wall us/event", "in-sync ms per 1k learn steps", "deltas published",
+         "rounds closed / deltas applied", "bytes per publish"], sync_rows)
+    return throughput, overhead
+
+
+# -- isolated part: reporting ----------------------------------------------------------------
+
+
+def _isolated_table(rows: list[dict[str, Any]]) -> str:
+    def show(value: Any, fmt: str = "{}") -> str:
+        return "" if value is None else fmt.format(value)
+
+    return markdown_table(
+        ["app", "mode", "updates", "learn ms per 1k", "sync ms per 1k",
+         "rounds (sync) / deltas applied (async) per s", "bytes per publish",
+         "staleness ms (async)", "round s (sync)"],
+        [[r["app"], r["mode"], f"{r['updates']:,}", r["learn_ms_per_1k"], r["sync_ms_per_1k"],
+          show(r["rounds_or_deltas_applied_per_s"]), show(r["bytes_out_per_publish"], "{:,}"),
+          show(r["staleness_ms_mean"], "{:.0f}"), show(r["round_s_mean"], "{:.2f}")]
+         for r in rows])
+
+
+def _docs(args: argparse.Namespace, isolated: list[dict[str, Any]],
+          pipeline: list[LaneResult], load: str) -> str:
+    parts = ["## Parameter sync (`bench/sync.py`)"]
+    if pipeline:
+        throughput, overhead = _pipeline_tables(pipeline)
+        parts.append(f"""### Inside the classifier hot path
+
+Pre-filled {args.partitions}-partition events and feedback topics: {args.count:,} events
+({args.num_features} features, {args.keys:,} keys) and each one's label with the same key
+(co-partitioned). Each configuration runs the lane `streams.app.build_lane` builds, in a thread
+of the bench process, for a fresh consumer group of `GroupAssignment` (events, plus feedback
+when learning), until everything was read; best of {args.rounds} alternating round(s).
+(1) has no learner and reads the events topic only, half the records of (2)-(4). (2)-(4) run
+`FeedbackLearner` (join in a `MemoryJoinStore`, steps of `learn_batch_size` 32, progressive
+metrics; no checkpoints, no params publishing) with `sync_mode` off, async and sync and the
+default sync settings (a delta every 50 steps or 200 ms, 4 shards). (3) and (4) are a single
+worker: it publishes its deltas, polls the sync topic and, in `sync`, closes its own rounds, so
+the difference to (2) is what sync costs one worker before any peer adds traffic. Rates count
+what came after the first batch, over first -> last batch. CPU per event: the hot-path thread
+(decode, score, join, learn, sync), the batch-writer thread (Redis, predictions topic) and the
+whole process (librdkafka's threads included), divided by events.
+
+{throughput}
+
+Sync overhead relative to (2) (in-sync time: the sync's own `publish_s + poll_s`):
+
+{overhead}""")
+    if isolated:
+        parts.append(f"""### `models.sync` alone
+
+Two workers in one process learn from their halves of a synthetic stream ({args.updates:,}
+learn steps of 64 rows each per worker), publishing a delta every {args.every} updates or
+{args.every_ms:.0f} ms through a fresh 4-shard topic; `off` is the same loop without sync.
+
+{_isolated_table(isolated)}""")
+    parts.append(docs_footer(load))
+    return "\n\n".join(parts)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Sync cost: models.sync alone, and in the hot path (learning off/on, "
+                    "sync off/async/sync).",
+        epilog="Example: python bench/sync.py --write-docs")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
-    parser.add_argument("--updates", type=int, default=1000, help="learn steps per worker")
-    parser.add_argument("--every", type=int, default=20, help="K: updates per delta")
-    parser.add_argument("--every-ms", type=float, default=200.0, help="T: ms per delta")
-    args = parser.parse_args()
-    for app in ("classifier", "recommender"):
-        for mode in ("off", "async", "sync"):
-            result = run(app, mode, args.bootstrap, args.updates, args.every, args.every_ms)
-            print(json.dumps(result), flush=True)
+    parser.add_argument("--updates", type=int, default=500,
+                        help="Isolated part: learn steps per worker.")
+    parser.add_argument("--every", type=int, default=20, help="Isolated part: updates per delta.")
+    parser.add_argument("--every-ms", type=float, default=200.0,
+                        help="Isolated part: ms per delta.")
+    parser.add_argument("--count", type=int, default=100_000,
+                        help="Pipeline part: events pre-filled (and as many labels).")
+    parser.add_argument("--partitions", type=int, default=4, help="Partitions of each topic.")
+    parser.add_argument("--keys", type=int, default=100_000, help="Distinct entity keys.")
+    parser.add_argument("--num-features", type=int, default=8, help="Feature vector length.")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Alternating rounds of (1)-(4); the best of each counts.")
+    parser.add_argument("--phase-seconds", type=float, default=60.0,
+                        help="Time cap per configuration.")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13",
+                        help="Redis database for the pred:* keys (cleared of them after).")
+    parser.add_argument("--skip-isolated", action="store_true", help="Pipeline part only.")
+    parser.add_argument("--skip-pipeline", action="store_true", help="Isolated part only.")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="Rewrite the 'sync' section of docs/benchmarks.md.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    load = load_note()
+    print(f"$ {command_line()}\n{machine()}, {load}", flush=True)
+    started = time.perf_counter()
+    pipeline = [] if args.skip_pipeline else run_pipeline(args)
+    isolated: list[dict[str, Any]] = []
+    if not args.skip_isolated:
+        for app in ("classifier", "recommender"):
+            for mode in ("off", "async", "sync"):
+                isolated.append(run_isolated(app, mode, args.bootstrap, args.updates, args.every,
+                                             args.every_ms))
+                print(json.dumps(isolated[-1]), flush=True)
+    if pipeline:
+        throughput, overhead = _pipeline_tables(pipeline)
+        print(f"\nbest rounds:\n{throughput}\n\n{overhead}")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if args.write_docs:
+        write_docs_section("sync", _docs(args, isolated, pipeline, load))
+        print("wrote the 'sync' section of docs/benchmarks.md")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """Dead-letter queue: park records the pipeline cannot process, byte for byte, and move on.
 
 A poison record must neither stop a partition nor vanish. The DLQ record keeps the *original*
-key and value bytes, so fixing the cause and replaying it into the source topic (e.g.
-``kcat -C -t events.dlq | kcat -P -t events``) re-runs exactly what failed. Where it came from
+key and value bytes, so fixing the cause and replaying it into the source topic (with any
+client that copies key and value bytes as they are) re-runs exactly what failed. Where it came from
 and why travel as headers (the same facts as ``schemas/dead_letter.avsc``)::
 
     streaminfer.reason            human-readable: which field, what was expected

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -67,6 +68,16 @@ class WorkerOptions:
     identity_model: bool = False
     top_n: int = 10
     web_port: int | None = None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def input_topic(settings: Settings) -> str:
@@ -307,7 +318,8 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
         if learner is not None:
             with model_lock:
                 snapshot["learning"] = learner.snapshot()
+        text = json.dumps(_finite(snapshot))  # strict JSON: NaN (e.g. AUC of one class) -> null
         await asyncio.get_running_loop().run_in_executor(
-            None, lambda: redis_client.set(metrics_key, json.dumps(snapshot), ex=10))
+            None, lambda: redis_client.set(metrics_key, text, ex=10))
 
     return app

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,10 +365,12 @@ class Publisher(threading.Thread):
         settings = self.settings
         if settings.app == "classifier":
             schema, key_field = "event", "key"
-            gen: Any = SyntheticClassifier(self.seed, settings.num_features)
+            # ids unique to this run: labels of an earlier demo must not join these events
+            gen: Any = SyntheticClassifier(self.seed, settings.num_features,
+                                           id_prefix=f"demo-{uuid.uuid4().hex[:8]}-")
         else:
             schema, key_field = "rating", "user"
-            gen = SyntheticRatings(self.seed)
+            gen = SyntheticRatings(self.seed, id_prefix=f"demo-{uuid.uuid4().hex[:8]}-")
         topic = input_topic(settings)
         wire, registry = settings.effective_wire_format, settings.schema_registry_url
         codec = make_codec(schema, wire, registry, topic)

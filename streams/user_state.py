@@ -131,6 +131,7 @@ class UserState:
     model: MatrixFactorization
     saved: int = 0  # changelog records written
     loaded: int = 0  # users loaded from the table on assignment
+    loaded_by_partition: dict[int, int] = field(default_factory=dict)
     save_s: float = 0.0  # time spent exporting and encoding (the hot-path overhead)
     _owned: set[int] = field(default_factory=set)
 
@@ -157,8 +158,13 @@ class UserState:
         self._owned |= new
         if not new:
             return 0
-        found = [(key.split(b":", 2)[2].decode("utf-8"), value)
-                 for key, value in self.store.items(new) if key.startswith(_PREFIX)]
+        found = []
+        for key, value in self.store.items(new):
+            if key.startswith(_PREFIX):
+                _, partition, user = key.split(b":", 2)
+                found.append((user.decode("utf-8"), value))
+                self.loaded_by_partition[int(partition)] = (
+                    self.loaded_by_partition.get(int(partition), 0) + 1)
         self.model.import_users(decode_users(found))
         self.loaded += len(found)
         return len(found)
@@ -183,4 +189,5 @@ class UserState:
 
     def stats(self) -> dict[str, Any]:
         return {"users_saved": self.saved, "users_loaded": self.loaded,
+                "users_loaded_by_partition": dict(sorted(self.loaded_by_partition.items())),
                 "user_state_ms": round(self.save_s * 1000, 1)}

@@ -28,10 +28,12 @@ class SyntheticClassifier:
     seed: int = 0
     num_features: int = 8
     keys: int = 1000
+    id_prefix: str = ""  # event ids are f"{id_prefix}{n}"; default "c{seed}-"
     weights: np.ndarray = field(init=False)
     bias: float = field(init=False)
 
     def __post_init__(self) -> None:
+        self.id_prefix = self.id_prefix or f"c{self.seed}-"
         rng = np.random.default_rng(self.seed)
         self.weights = rng.normal(0.0, 1.5, self.num_features) / np.sqrt(self.num_features)
         self.bias = float(rng.normal(0.0, 0.5))
@@ -48,7 +50,7 @@ class SyntheticClassifier:
             features = (z * self._scales + self._offsets).astype(np.float32).tolist()
             keys = rng.integers(0, self.keys, n).tolist()
             events = [
-                {"event_id": f"c{self.seed}-{start + i}", "key": f"user-{k}", "ts": None,
+                {"event_id": f"{self.id_prefix}{start + i}", "key": f"user-{k}", "ts": None,
                  "features": f}
                 for i, (k, f) in enumerate(zip(keys, features, strict=True))
             ]
@@ -64,8 +66,10 @@ class SyntheticRatings:
     items: int = 200
     rank: int = 4
     noise: float = 0.25
+    id_prefix: str = ""  # event ids are f"{id_prefix}{n}"; default "r{seed}-"
 
     def __post_init__(self) -> None:
+        self.id_prefix = self.id_prefix or f"r{self.seed}-"
         rng = np.random.default_rng(self.seed)
         self.user_factors = rng.normal(0.0, 1.0 / np.sqrt(self.rank), (self.users, self.rank))
         self.item_factors = rng.normal(0.0, 1.0 / np.sqrt(self.rank), (self.items, self.rank))
@@ -85,7 +89,7 @@ class SyntheticRatings:
             items = rng.integers(0, self.items, n)
             ratings = self.expected(users, items) + rng.normal(0.0, self.noise, n)
             events = [
-                {"event_id": f"r{self.seed}-{start + i}", "user": f"u{u}", "item": f"i{it}",
+                {"event_id": f"{self.id_prefix}{start + i}", "user": f"u{u}", "item": f"i{it}",
                  "rating": r, "ts": None}
                 for i, (u, it, r) in enumerate(
                     zip(users.tolist(), items.tolist(), ratings.tolist(), strict=True)

@@ -302,6 +302,7 @@ redis_install() {
   command -v redis-server >/dev/null && return
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     log "redis: installing redis-server with apt-get ..."
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >&2
   else
     die "redis-server not found: apt-get install redis-server (or set REDIS_URL)"

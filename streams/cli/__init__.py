@@ -92,7 +92,8 @@ def main(ctx: click.Context, **options: Any) -> None:
       streaminfer demo            # workers, synthetic events, live stats
       streaminfer dev down
 
-    Every option can also be set as an environment variable STREAMINFER_<NAME>.
+    Every setting can also be given as an environment variable STREAMINFER_<SETTING>
+    (e.g. STREAMINFER_BOOTSTRAP_SERVERS, STREAMINFER_BATCH_MAX_RECORDS); see the README.
     """
     if not options.get("kafka_properties"):
         options.pop("kafka_properties", None)
