@@ -30,7 +30,7 @@ from streams.metrics import PipelineMetrics
 from streams.validate import Rejected
 from streams.writer import BatchWriter
 
-__all__ = ["HotPath", "Prepared", "Sinks", "commit_offsets"]
+__all__ = ["HotPath", "Prepared", "Sinks", "commit_offsets", "score_isolating"]
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class HotPath:
             events = messages
         batch, rejected = self.handler.decode(events)
         with self.model_lock:
-            batch, scores = self._score_isolating(batch, rejected)
+            batch, scores = score_isolating(self.handler, batch, rejected)
             outputs = self.handler.outputs(batch, scores, now_ms())
             if self.learner is not None:
                 self.learner.process(batch, scores, feedback, rejected)
@@ -232,33 +232,35 @@ class HotPath:
             key=msg.key(), value=msg.value(), reason=bad.reason, error_type=bad.error_type,
         )
 
-    def _score_isolating(self, batch: Any, rejected: list[Rejected]) -> tuple[Any, np.ndarray]:
-        """Scores for ``batch``. A failing batch is retried once, then split in halves until
-        the records that make the model fail are isolated; those go to ``rejected``."""
-        if not len(batch):
-            return batch, np.zeros(0, np.float32)
-        try:
-            return batch, self.handler.score(batch)
-        except Exception:
-            log.warning("model failed on a batch of %d; retrying once", len(batch))
-        scored: dict[int, float] = {}
-        self._bisect(batch, list(range(len(batch))), rejected, scored, retry=True)
-        kept = sorted(scored)
-        return batch.take(kept), np.asarray([scored[i] for i in kept], np.float32)
 
-    def _bisect(self, batch: Any, index: list[int], rejected: list[Rejected],
-                scored: dict[int, float], retry: bool = False) -> None:
-        try:
-            scores = self.handler.score(batch.take(index)).tolist()
-        except Exception as exc:
-            if len(index) == 1:
-                msg = batch.messages[index[0]]
-                rejected.append(Rejected(msg, f"model error: {exc!r}", "model"))
-                return
-            half = len(index) // 2
-            self._bisect(batch, index[:half], rejected, scored)
-            self._bisect(batch, index[half:], rejected, scored)
+def score_isolating(handler: Handler, batch: Any, rejected: list[Rejected]
+                    ) -> tuple[Any, np.ndarray]:
+    """Scores for ``batch``. A failing batch is retried once, then split in halves until the
+    records that make the model fail are isolated; those go to ``rejected`` (error type
+    ``model``) and the rest of the batch is scored as usual."""
+    if not len(batch):
+        return batch, np.zeros(0, np.float32)
+    try:
+        return batch, handler.score(batch)
+    except Exception:
+        log.warning("model failed on a batch of %d; retrying once", len(batch))
+    scored: dict[int, float] = {}
+    _bisect(handler, batch, list(range(len(batch))), rejected, scored)
+    kept = sorted(scored)
+    return batch.take(kept), np.asarray([scored[i] for i in kept], np.float32)
+
+
+def _bisect(handler: Handler, batch: Any, index: list[int], rejected: list[Rejected],
+            scored: dict[int, float]) -> None:
+    try:
+        scores = handler.score(batch.take(index)).tolist()
+    except Exception as exc:
+        if len(index) == 1:
+            msg = batch.messages[index[0]]
+            rejected.append(Rejected(msg, f"model error: {exc!r}", "model"))
             return
-        if retry:
-            log.info("retry of a batch of %d succeeded", len(index))
-        scored.update(zip(index, scores, strict=True))
+        half = len(index) // 2
+        _bisect(handler, batch, index[:half], rejected, scored)
+        _bisect(handler, batch, index[half:], rejected, scored)
+        return
+    scored.update(zip(index, scores, strict=True))

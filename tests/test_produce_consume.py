@@ -35,18 +35,22 @@ def _consume_json(services: Any, topic: str, count: int, *extra: str) -> list[di
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.parametrize("wire", ["single-object", "json"])
+@pytest.mark.parametrize("wire", ["single-object", "confluent", "json"])
 def test_10k_synthetic_events_round_trip_with_keys_and_timestamps(
     services: Any, new_topic: Any, wire: str
 ) -> None:
     topic = new_topic(partitions=3)
-    result = _cli(services, "--wire-format", wire, "produce", topic, "--synthetic",
+    # the in-process mock registry is shared by produce and consume (both run in this process)
+    fmt = ["--schema-registry", "mock://round-trip"] if wire == "confluent" else []
+    result = _cli(services, *fmt, "--wire-format", wire, "produce", topic, "--synthetic",
                   "classifier", "--count", "10000", "--seed", "3", "-q")
     assert result.exit_code == 0, result.output
     assert "sent 10,000" in result.stderr and "failed 0" in result.stderr
-    records = _consume_json(services, topic, 10_000)
+    records = _consume_json(services, topic, 10_000, *fmt)
     assert len(records) == 10_000
     assert len({r["value"]["event_id"] for r in records}) == 10_000
+    first = records[0]["value"]
+    assert isinstance(first["ts"], int) and isinstance(first["features"][0], float)
     for r in records[:500]:
         assert r["key"] == r["value"]["key"]
         assert r["timestamp"] == r["value"]["ts"]  # record timestamp = event time

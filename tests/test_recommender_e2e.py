@@ -78,9 +78,10 @@ def worker_metrics(client: redis.Redis, pid: int) -> dict[str, Any]:
 
 
 def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, workers: int,
-        kill_after_s: float | None = None) -> dict[str, Any]:
+        kill_at: int | None = None) -> dict[str, Any]:
     """Stream the ratings through ``workers`` processes; the served scores by publish index,
-    and (with ``kill_after_s``) what the survivor reported and what moved."""
+    and (with ``kill_at``: kill -9 the first worker once that many are sent) what the
+    survivor reported and what moved."""
     events, ratings = stream()
     out: dict[str, Any] = {"ratings": ratings, "users": [e["user"] for e in events],
                            "items": [e["item"] for e in events]}
@@ -93,8 +94,8 @@ def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, w
         tag, progress = uuid.uuid4().hex[:8], [0]
         sender = threading.Thread(target=publish, args=(dep, events, tag, RATE, progress))
         sender.start()
-        if kill_after_s is not None:
-            time.sleep(kill_after_s)
+        if kill_at is not None:
+            wait_for(lambda: progress[0] >= kill_at, 60, "ratings to be sent")
             victim = procs.pop(0)
             out["moved_partitions"] = set(worker_metrics(client, victim.pid)["partitions"])
             out["killed_at"] = progress[0]
@@ -179,7 +180,7 @@ def test_killed_workers_users_move_with_their_partitions(
         services: Any, new_topic: Any, redis_client: redis.Redis, tmp_path: Path) -> None:
     """Every rating is predicted (``run`` waits for all); the survivor loads the moved users
     from the table, and predicts them better than it could without their state."""
-    result = run(services, new_topic, redis_client, tmp_path, workers=2, kill_after_s=8.0)
+    result = run(services, new_topic, redis_client, tmp_path, workers=2, kill_at=8000)
     killed_at, moved_parts = result["killed_at"], result["moved_partitions"]
     assert moved_parts and 0 < killed_at < COUNT
     users = result["users"]
