@@ -255,10 +255,11 @@ def _lane_settings(args: argparse.Namespace, topics: dict[str, str], config: Con
         sync_mode=config.sync_mode, publish_params_every_s=0)
 
 
-def _build(args: argparse.Namespace, topics: dict[str, str], config: Config
-           ) -> tuple[HotPath, _CountingLearner | None]:
+def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
+           sync_topics: list[str]) -> tuple[HotPath, _CountingLearner | None]:
     """The lane a worker would run (``streams.app``), with a memory join store and no
-    checkpoints or params publishing, reading through its own consumer group."""
+    checkpoints or params publishing, reading through its own consumer group. A sync gets a
+    fresh topic (appended to ``sync_topics``): an earlier run's deltas would be replayed."""
     settings = _lane_settings(args, topics, config)
     options = WorkerOptions(worker_id=f"bench-{uuid.uuid4().hex[:6]}")
     model = load_or_create_model(settings, options)
@@ -268,9 +269,10 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config
     if config.learn:
         sync = None
         if config.sync_mode != "off":
+            sync_topics.append(unique_name(f"bench-sync-{config.sync_mode}"))
             sync = create_sync(
                 config.sync_mode, model, kafka_config=settings.kafka_config(),
-                topic=topics[f"sync-{config.sync_mode}"], worker_id=options.worker_id,
+                topic=sync_topics[-1], worker_id=options.worker_id,
                 every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
                 round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards)
         hooks = build_hooks(settings, model, Restored(), options.worker_id, dict, sync, None)
@@ -285,9 +287,10 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config
     return hot, learner
 
 
-def run_lane(args: argparse.Namespace, topics: dict[str, str], config: Config) -> LaneResult:
+def run_lane(args: argparse.Namespace, topics: dict[str, str], config: Config,
+             sync_topics: list[str]) -> LaneResult:
     """Drain the pre-filled topics with one configuration; stop once all was read."""
-    hot, learner = _build(args, topics, config)
+    hot, learner = _build(args, topics, config, sync_topics)
     clock = _Clock(hot, learner)
     hot.on_batch = clock
     stop = threading.Event()
@@ -337,14 +340,17 @@ def _clear_redis(url: str) -> None:
         client.unlink(*keys)
 
 
-def run_pipeline(args: argparse.Namespace) -> list[LaneResult]:
-    """Pre-fill, then every configuration ``--rounds`` times; the best round of each counts."""
+Rounds = dict[str, list[LaneResult]]
+
+
+def run_pipeline(args: argparse.Namespace) -> Rounds:
+    """Pre-fill, then every configuration ``--rounds`` times, alternating."""
     topics = {name: unique_name(f"bench-sync-{name}")
-              for name in ("events", "feedback", "predictions", "sync-async", "sync-sync")}
-    create_topics(args.bootstrap, [topics[n] for n in ("events", "feedback", "predictions")],
-                  args.partitions)
+              for name in ("events", "feedback", "predictions")}
+    create_topics(args.bootstrap, list(topics.values()), args.partitions)
+    sync_topics: list[str] = []
     _clear_redis(args.redis_url)
-    rounds: dict[str, list[LaneResult]] = {c.name: [] for c in CONFIGS}
+    rounds: Rounds = {c.name: [] for c in CONFIGS}
     try:
         data = {"seed": 1, "num_features": args.num_features, "keys": args.keys}
         sent = publish_synthetic(args.bootstrap, topics["events"], args.count, **data).sent
@@ -353,13 +359,13 @@ def run_pipeline(args: argparse.Namespace) -> list[LaneResult]:
               "partitions each", flush=True)
         for i in range(args.rounds):
             for config in CONFIGS:
-                r = run_lane(args, topics, config)
+                r = run_lane(args, topics, config, sync_topics)
                 rounds[config.name].append(r)
                 print(f"round {i + 1} {_lane_line(r)}", flush=True)
     finally:
-        delete_topics(args.bootstrap, list(topics.values()))
+        delete_topics(args.bootstrap, [*topics.values(), *sync_topics])
         _clear_redis(args.redis_url)
-    return [max(rs, key=lambda r: r.per_s(r.events)) for rs in rounds.values()]
+    return rounds
 
 
 def _lane_line(r: LaneResult) -> str:
@@ -374,10 +380,14 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else ""
 
 
-def _pipeline_tables(results: list[LaneResult]) -> tuple[str, str]:
+def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
+    """The best round (highest events/s) of each configuration; every round's hot-path CPU
+    per event is listed too, to show the run-to-run spread."""
+    results = [max(rs, key=lambda r: r.per_s(r.events)) for rs in rounds.values()]
     off, base = results[0], results[1]
     rows = []
-    for r in results:
+    for r, all_rounds in zip(results, rounds.values(), strict=True):
+        auc = r.learning.get("auc")
         rows.append([
             r.name, f"{r.per_s(r.events):,.0f}", f"{r.per_s(r.feedback):,.0f}",
             f"{r.per_s(r.steps):,.0f}", f"{r.us_per_event(r.lane_cpu_s):.1f}",
@@ -385,11 +395,13 @@ def _pipeline_tables(results: list[LaneResult]) -> tuple[str, str]:
             _ratio(r.per_s(r.events), off.per_s(off.events)),
             _ratio(r.per_s(r.events), base.per_s(base.events)),
             _ratio(r.us_per_event(r.lane_cpu_s), base.us_per_event(base.lane_cpu_s)),
-            r.note])
+            ", ".join(f"{x.us_per_event(x.lane_cpu_s):.0f}" for x in all_rounds),
+            "" if auc is None else f"{auc:.3f}", r.note])
     throughput = markdown_table(
         ["run", "events/s", "feedback/s", "learn steps/s", "hot-path thread CPU us/event",
          "writer thread CPU us/event", "process CPU us/event", "events/s vs (1)",
-         "events/s vs (2)", "hot-path CPU vs (2)", "note"], rows)
+         "events/s vs (2)", "hot-path CPU vs (2)", "hot-path CPU us/event, each round",
+         "progressive AUC", "note"], rows)
     sync_rows = []
     for r in results[2:]:
         s = r.sync
@@ -427,21 +439,24 @@ def _isolated_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _docs(args: argparse.Namespace, isolated: list[dict[str, Any]],
-          pipeline: list[LaneResult], load: str) -> str:
+          pipeline: Rounds, load: str) -> str:
     parts = ["## Parameter sync (`bench/sync.py`)"]
     if pipeline:
         throughput, overhead = _pipeline_tables(pipeline)
+        d = load_settings()
         parts.append(f"""### Inside the classifier hot path
 
 Pre-filled {args.partitions}-partition events and feedback topics: {args.count:,} events
 ({args.num_features} features, {args.keys:,} keys) and each one's label with the same key
 (co-partitioned). Each configuration runs the lane `streams.app.build_lane` builds, in a thread
 of the bench process, for a fresh consumer group of `GroupAssignment` (events, plus feedback
-when learning), until everything was read; best of {args.rounds} alternating round(s).
+when learning), until everything was read; best of {args.rounds} alternating round(s) by
+events/s.
 (1) has no learner and reads the events topic only, half the records of (2)-(4). (2)-(4) run
 `FeedbackLearner` (join in a `MemoryJoinStore`, steps of `learn_batch_size` 32, progressive
 metrics; no checkpoints, no params publishing) with `sync_mode` off, async and sync and the
-default sync settings (a delta every 50 steps or 200 ms, 4 shards). (3) and (4) are a single
+default sync settings (a delta every {d.sync_every_updates} steps or {d.sync_every_ms:.0f} ms,
+{d.sync_shards} shards). (3) and (4) are a single
 worker: it publishes its deltas, polls the sync topic and, in `sync`, closes its own rounds, so
 the difference to (2) is what sync costs one worker before any peer adds traffic. Rates count
 what came after the first batch, over first -> last batch. CPU per event: the hot-path thread
@@ -450,7 +465,11 @@ whole process (librdkafka's threads included), divided by events.
 
 {throughput}
 
-Sync overhead relative to (2) (in-sync time: the sync's own `publish_s + poll_s`):
+Sync overhead relative to (2). The in-sync columns are the sync's own counters
+(`publish_s + poll_s`: building and sending deltas, polling and applying), i.e. its direct cost
+in the lane; the whole-run CPU differences also carry this shared machine's run-to-run noise
+(see each round's hot-path CPU above). One worker applies no peer deltas in `async`; in `sync`
+it closes a round per delta.
 
 {overhead}""")
     if isolated:
@@ -471,7 +490,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "sync off/async/sync).",
         epilog="Example: python bench/sync.py --write-docs")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
-    parser.add_argument("--updates", type=int, default=500,
+    parser.add_argument("--updates", type=int, default=300,
                         help="Isolated part: learn steps per worker.")
     parser.add_argument("--every", type=int, default=20, help="Isolated part: updates per delta.")
     parser.add_argument("--every-ms", type=float, default=200.0,
@@ -481,7 +500,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=4, help="Partitions of each topic.")
     parser.add_argument("--keys", type=int, default=100_000, help="Distinct entity keys.")
     parser.add_argument("--num-features", type=int, default=8, help="Feature vector length.")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", type=int, default=2,
                         help="Alternating rounds of (1)-(4); the best of each counts.")
     parser.add_argument("--phase-seconds", type=float, default=60.0,
                         help="Time cap per configuration.")
@@ -499,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     load = load_note()
     print(f"$ {command_line()}\n{machine()}, {load}", flush=True)
     started = time.perf_counter()
-    pipeline = [] if args.skip_pipeline else run_pipeline(args)
+    pipeline: Rounds = {} if args.skip_pipeline else run_pipeline(args)
     isolated: list[dict[str, Any]] = []
     if not args.skip_isolated:
         for app in ("classifier", "recommender"):
@@ -509,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(isolated[-1]), flush=True)
     if pipeline:
         throughput, overhead = _pipeline_tables(pipeline)
-        print(f"\nbest rounds:\n{throughput}\n\n{overhead}")
+        print(f"\nbest round of each:\n{throughput}\n\n{overhead}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.write_docs:
         write_docs_section("sync", _docs(args, isolated, pipeline, load))

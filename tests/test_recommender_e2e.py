@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -70,11 +71,9 @@ def publish(dep: Deployment, events: list[dict[str, Any]], tag: str, rate: float
 
 
 def worker_metrics(client: redis.Redis, pid: int) -> dict[str, Any]:
-    for key in client.scan_iter(f"metrics:recommender:*-{pid}"):
-        raw = client.get(key)
-        if raw:
-            return dict(json.loads(raw))
-    return {}
+    """What a worker last published (one GET: a SCAN over a busy Redis takes seconds)."""
+    raw = client.get(f"metrics:recommender:{socket.gethostname()}-{pid}")
+    return dict(json.loads(raw)) if raw else {}
 
 
 def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, workers: int,
