@@ -89,6 +89,18 @@ def _model(app: str) -> Model:
                         item_capacity=10_000)
 
 
+def _warm_up(syncs: list[Any], seconds: float = 1.0) -> None:
+    """Poll idle syncs a while, so the sync consumers' start-up (metadata, first fetch) is not
+    counted as sync cost: short runs would otherwise close no round at all."""
+    if not any(s.stats().get("mode") != "off" for s in syncs):
+        return
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for sync in syncs:
+            sync.poll()
+        time.sleep(0.01)
+
+
 def run_isolated(app: str, mode: str, bootstrap: str, updates: int, every: int,
                  every_ms: float) -> dict:
     """One mode of the isolated part: two workers in this process, synced through Kafka."""
@@ -96,14 +108,17 @@ def run_isolated(app: str, mode: str, bootstrap: str, updates: int, every: int,
     topic = f"bench-sync-{uuid.uuid4().hex[:8]}"
     models = [_model(app) for _ in range(2)]
     data = [_batches(app, updates, w)[:updates] for w in range(2)]
+    steps = min(len(d) for d in data)  # recommender halves split by user parity: may differ
     syncs = [
         create_sync(mode, m, kafka_config=config, topic=topic, worker_id=f"b{w}", shards=4,
                     every_updates=every, every_ms=every_ms, round_timeout_ms=2000)
         for w, m in enumerate(models)
     ]
+    _warm_up(syncs)
+    before = syncs[0].stats()
     learn_s = sync_s = 0.0
     start = time.perf_counter()
-    for step in range(len(data[0])):
+    for step in range(steps):
         for model, sync, batches in zip(models, syncs, data, strict=True):
             t0 = time.perf_counter()
             model.learn(*batches[step])
@@ -114,11 +129,14 @@ def run_isolated(app: str, mode: str, bootstrap: str, updates: int, every: int,
             sync_s += time.perf_counter() - t1
     wall = time.perf_counter() - start
     stats = syncs[0].stats()
+    for key in ("rounds_closed", "applied", "published", "bytes_out", "rows_out"):
+        if key in stats:
+            stats[key] -= before[key]
     for s in syncs:
         s.close()
     if mode != "off":
         AdminClient(config).delete_topics([topic], operation_timeout=10)
-    total_updates = 2 * len(data[0])
+    total_updates = 2 * steps
     closed = stats.get("rounds_closed", stats.get("applied", 0))
     return {
         "app": app, "mode": mode, "updates": total_updates, "wall_s": round(wall, 2),
@@ -132,8 +150,6 @@ def run_isolated(app: str, mode: str, bootstrap: str, updates: int, every: int,
         "staleness_ms_mean": stats.get("staleness_ms_mean"),
         "round_s_mean": stats.get("round_s_mean"),
     }
-
-
 
 
 # -- pipeline part ---------------------------------------------------------------------------
@@ -387,7 +403,7 @@ def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
     off, base = results[0], results[1]
     rows = []
     for r, all_rounds in zip(results, rounds.values(), strict=True):
-        auc = r.learning.get("auc")
+        learned = r.learning.get("learned")
         rows.append([
             r.name, f"{r.per_s(r.events):,.0f}", f"{r.per_s(r.feedback):,.0f}",
             f"{r.per_s(r.steps):,.0f}", f"{r.us_per_event(r.lane_cpu_s):.1f}",
@@ -396,27 +412,30 @@ def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
             _ratio(r.per_s(r.events), base.per_s(base.events)),
             _ratio(r.us_per_event(r.lane_cpu_s), base.us_per_event(base.lane_cpu_s)),
             ", ".join(f"{x.us_per_event(x.lane_cpu_s):.0f}" for x in all_rounds),
-            "" if auc is None else f"{auc:.3f}", r.note])
+            "" if learned is None else f"{learned:,}", r.note])
     throughput = markdown_table(
         ["run", "events/s", "feedback/s", "learn steps/s", "hot-path thread CPU us/event",
          "writer thread CPU us/event", "process CPU us/event", "events/s vs (1)",
          "events/s vs (2)", "hot-path CPU vs (2)", "hot-path CPU us/event, each round",
-         "progressive AUC", "note"], rows)
+         "labels joined and learned", "note"], rows)
     sync_rows = []
     for r in results[2:]:
         s = r.sync
         published = int(s.get("published", 0))
         applied = int(s.get("rounds_closed", s.get("applied", 0)))
+        per_1k_steps = 1e6 / max(1, r.learning.get("steps", 0))  # seconds -> ms per 1k steps
         sync_rows.append([
             r.name, f"{r.us_per_event(r.lane_cpu_s) - base.us_per_event(base.lane_cpu_s):+.1f}",
             f"{r.us_per_event(r.process_cpu_s) - base.us_per_event(base.process_cpu_s):+.1f}",
             f"{r.sync_s / r.total_events * 1e6:.1f}" if r.total_events else "",
-            f"{1000 * r.sync_s / max(1, r.learning.get('steps', 0)) * 1000:.0f}",
+            f"{per_1k_steps * float(s.get('publish_s', 0.0)):.0f}",
+            f"{per_1k_steps * float(s.get('poll_s', 0.0)):.0f}",
             f"{published:,}", f"{applied:,}",
             f"{int(s['bytes_out'] / published):,}" if published else ""])
     overhead = markdown_table(
         ["run", "hot-path CPU us/event vs (2)", "process CPU us/event vs (2)",
-         "in-sync wall us/event", "in-sync ms per 1k learn steps", "deltas published",
+         "in-sync wall us/event", "publish ms per 1k learn steps",
+         "poll ms per 1k learn steps", "deltas published",
          "rounds closed / deltas applied", "bytes per publish"], sync_rows)
     return throughput, overhead
 
@@ -490,7 +509,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "sync off/async/sync).",
         epilog="Example: python bench/sync.py --write-docs")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
-    parser.add_argument("--updates", type=int, default=300,
+    parser.add_argument("--updates", type=int, default=500,
                         help="Isolated part: learn steps per worker.")
     parser.add_argument("--every", type=int, default=20, help="Isolated part: updates per delta.")
     parser.add_argument("--every-ms", type=float, default=200.0,

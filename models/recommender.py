@@ -9,6 +9,7 @@ part of the saved state.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from models.device import Runner
 from models.optim import build_optimizer
 from models.vocab import Vocabulary
 
-__all__ = ["Interactions", "MatrixFactorization", "RowBatch", "UserRows"]
+__all__ = ["Interactions", "MatrixFactorization", "RowBatch", "UserRows", "canonical_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +130,21 @@ class MatrixFactorization(Model):
 
     # -- inputs -------------------------------------------------------------------------
 
+    def _start_items(self, rows: range) -> None:
+        """A new item's embedding starts from a value of its id alone (``canonical_rows``), so
+        every worker that meets it starts alike and parameter sync never has to move it."""
+        table = self.tables["item_emb"].weight.data
+        ids = [self.items.id_of(r) for r in rows]
+        table[rows.start : rows.stop] = canonical_rows(ids, table.shape[1], self.init_std, table)
+
     def _rows(self, batch: Any, *, grow: bool) -> RowBatch:
         if isinstance(batch, Interactions):
             if grow:
-                return RowBatch(self.users.rows(batch.users), self.items.rows(batch.items))
+                known = len(self.items)
+                rows = RowBatch(self.users.rows(batch.users), self.items.rows(batch.items))
+                if len(self.items) > known:
+                    self._start_items(range(known, len(self.items)))
+                return rows
             return RowBatch(
                 _unknown_as_minus_one(self.users.row(u, grow=False) for u in batch.users),
                 _unknown_as_minus_one(self.items.row(i, grow=False) for i in batch.items),
@@ -365,3 +377,19 @@ class MatrixFactorization(Model):
 
 def _unknown_as_minus_one(rows: Iterable[int | None]) -> torch.Tensor:
     return torch.tensor([-1 if r is None else r for r in rows], dtype=torch.int64)
+
+
+def canonical_rows(ids: Sequence[str], dim: int, std: float, like: torch.Tensor) -> torch.Tensor:
+    """Initial rows for ``ids`` that depend on the id only: N(0, std) seeded by blake2b(id).
+
+    Every worker computes the same bits for the same id, so an id that first appears in the
+    shared state starts from the same base everywhere whichever worker met it first.
+    """
+    out = torch.zeros(len(ids), dim, dtype=like.dtype)
+    if std > 0:
+        gen = torch.Generator()
+        for i, key in enumerate(ids):
+            seed = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+            gen.manual_seed(int.from_bytes(seed, "little") & ((1 << 63) - 1))
+            out[i] = torch.randn(dim, generator=gen, dtype=torch.float32).to(like.dtype) * std
+    return out.to(like.device)

@@ -19,15 +19,13 @@ Per-key state (recommender user tables, optimiser moments, seen pairs) is not sh
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from models.base import Model
 from models.classifier import OnlineClassifier
-from models.recommender import MatrixFactorization
+from models.recommender import MatrixFactorization, canonical_rows
 from models.vocab import Vocabulary
 
 __all__ = ["SharedState", "Table", "canonical_rows", "shared_state", "shared_tensors"]
@@ -86,17 +84,3 @@ def shared_tensors(model: Model) -> dict[str, torch.Tensor]:
     }
 
 
-def canonical_rows(ids: Sequence[str], dim: int, std: float, like: torch.Tensor) -> torch.Tensor:
-    """Initial rows for ``ids`` that depend on the id only: N(0, std) seeded by blake2b(id).
-
-    Every worker computes the same bits for the same id, so an id that first appears in the
-    shared state starts from the same base everywhere whichever worker met it first.
-    """
-    out = torch.zeros(len(ids), dim, dtype=like.dtype)
-    if std > 0:
-        gen = torch.Generator()
-        for i, key in enumerate(ids):
-            seed = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-            gen.manual_seed(int.from_bytes(seed, "little") & ((1 << 63) - 1))
-            out[i] = torch.randn(dim, generator=gen, dtype=torch.float32).to(like.dtype) * std
-    return out.to(like.device)
