@@ -75,7 +75,7 @@ class Result:
 
     @property
     def cpu_us(self) -> float:
-        """Hot-path thread CPU per event: what caps one lane, and steadier than rates here."""
+        """Worker-process CPU per event (all its threads): steadier than rates here."""
         return self.thread_cpu_s / self.events * 1e6 if self.events and self.thread_cpu_s else 0.0
 
     @property
@@ -125,8 +125,9 @@ def _settings(args: argparse.Namespace, topic: str, predictions: str) -> Setting
 
 
 class _Clock:
-    """``on_batch`` hook: when the first and the last batch finished (wall clock and the
-    hot-path thread's CPU clock, as it runs in that thread), and the first batch's size."""
+    """``on_batch`` hook: when the first and the last batch finished (wall clock and this
+    process's CPU clock: the lane, its writer thread and librdkafka's threads together),
+    and the first batch's size."""
 
     def __init__(self) -> None:
         self.first_at = self.last_at = 0.0
@@ -134,7 +135,7 @@ class _Clock:
         self.first_size = 0
 
     def __call__(self, batch: object) -> None:
-        now, cpu = time.perf_counter(), time.thread_time()
+        now, cpu = time.perf_counter(), time.process_time()
         if not self.first_at:
             self.first_at, self.first_cpu = now, cpu
             self.first_size = len(batch)  # type: ignore[arg-type]
@@ -328,7 +329,7 @@ def _clear_redis(url: str) -> None:
 
 def _line(r: Result) -> str:
     extra = f"  batch avg {r.batch_avg:,.0f}" if r.batch_avg else ""
-    extra += f"  thread CPU {r.cpu_us:.1f} us/ev" if r.cpu_us else ""
+    extra += f"  process CPU {r.cpu_us:.1f} us/ev" if r.cpu_us else ""
     note = f"  [{r.note}]" if r.note else ""
     return (f"{r.name:<44} {r.events:>8,} ev in {r.seconds:6.2f}s = {r.rate:>9,.0f} ev/s"
             f"  p50 {r.p50_ms:8.1f} ms  p99 {r.p99_ms:8.1f} ms{extra}{note}")
@@ -417,7 +418,7 @@ def _docs(args: argparse.Namespace, results: list[Result], checks: list[tuple[st
              f"{r.batch_avg:,.0f}", f"{r.cpu_us:.1f}" if r.cpu_us else "", r.note]
             for r in results]
     table = markdown_table(["run", "events/s", "p50 ms", "p99 ms", "avg batch",
-                            "hot-path thread CPU us/event", "note"], rows)
+                            "process CPU us/event", "note"], rows)
     if stages:
         total = sum(us for _n, us in stages)
         table += "\n\nWhere one lane's time goes (`--breakdown`: stages run one after another on " \
@@ -440,10 +441,10 @@ scores one event at a time and writes one Redis `HSET` per event. Each of (a)-(c
 {args.phase_seconds:.0f} s. Rates count the events after the first batch over first -> last
 batch, so start-up is excluded. Latency is event time -> batch written (Redis and the
 predictions topic); for (a)-(c) it is dominated by the pre-filled backlog, so (d) runs (b) live
-for {args.latency_seconds:.0f} s while another process produces at {offered}. The hot-path
-thread CPU column is that thread's CPU time per event (`time.thread_time`), which caps one lane
-and varies less than rates on this shared machine. Kafka, Redis and the producer share the
-same cores.
+for {args.latency_seconds:.0f} s while another process produces at {offered}. The process
+CPU column is the worker process's CPU time per event (`time.process_time`: the lane, its
+writer thread and librdkafka's threads), which varies less than rates on this shared machine.
+Kafka, Redis and the producer share the same cores.
 
 {table}
 

@@ -45,7 +45,6 @@ from _common import (
     write_docs_section,
 )
 from confluent_kafka import Message
-from confluent_kafka.admin import AdminClient
 
 from connectors.avro import RecordCodec, make_codec
 from connectors.kafka import make_producer
@@ -135,7 +134,7 @@ def run_isolated(app: str, mode: str, bootstrap: str, updates: int, every: int,
     for s in syncs:
         s.close()
     if mode != "off":
-        AdminClient(config).delete_topics([topic], operation_timeout=10)
+        delete_topics(bootstrap, [topic])  # waits: a dropped AdminClient deletes nothing
     total_updates = 2 * steps
     closed = stats.get("rounds_closed", stats.get("applied", 0))
     return {
@@ -419,6 +418,7 @@ def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
          "events/s vs (2)", "hot-path CPU vs (2)", "hot-path CPU us/event, each round",
          "labels joined and learned", "note"], rows)
     sync_rows = []
+    base_cpu = base.us_per_event(base.lane_cpu_s) or 1.0
     for r in results[2:]:
         s = r.sync
         published = int(s.get("published", 0))
@@ -428,13 +428,14 @@ def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
             r.name, f"{r.us_per_event(r.lane_cpu_s) - base.us_per_event(base.lane_cpu_s):+.1f}",
             f"{r.us_per_event(r.process_cpu_s) - base.us_per_event(base.process_cpu_s):+.1f}",
             f"{r.sync_s / r.total_events * 1e6:.1f}" if r.total_events else "",
+            f"{r.sync_s / r.total_events * 1e6 / base_cpu:.1%}" if r.total_events else "",
             f"{per_1k_steps * float(s.get('publish_s', 0.0)):.0f}",
             f"{per_1k_steps * float(s.get('poll_s', 0.0)):.0f}",
             f"{published:,}", f"{applied:,}",
             f"{int(s['bytes_out'] / published):,}" if published else ""])
     overhead = markdown_table(
         ["run", "hot-path CPU us/event vs (2)", "process CPU us/event vs (2)",
-         "in-sync wall us/event", "publish ms per 1k learn steps",
+         "in-sync wall us/event", "in-sync vs (2) hot-path CPU", "publish ms per 1k learn steps",
          "poll ms per 1k learn steps", "deltas published",
          "rounds closed / deltas applied", "bytes per publish"], sync_rows)
     return throughput, overhead
@@ -486,9 +487,9 @@ whole process (librdkafka's threads included), divided by events.
 
 Sync overhead relative to (2). The in-sync columns are the sync's own counters
 (`publish_s + poll_s`: building and sending deltas, polling and applying), i.e. its direct cost
-in the lane; the whole-run CPU differences also carry this shared machine's run-to-run noise
-(see each round's hot-path CPU above). One worker applies no peer deltas in `async`; in `sync`
-it closes a round per delta.
+in the lane, also as a share of (2)'s hot-path CPU per event; the whole-run differences to (2)
+also carry this shared machine's run-to-run noise (see each round's hot-path CPU above).
+One worker applies no peer deltas in `async`; in `sync` it closes a round per delta.
 
 {overhead}""")
     if isolated:

@@ -173,8 +173,10 @@ def ensure_topics(settings: Settings, partitions: int, *compacted: str) -> int:
 def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -> faust.App:
     """A Faust app whose worker runs ``options.lanes`` hot-path threads."""
     app_id = group_id(settings)
-    owners_name, join_name = f"{app_id}-owners", f"{app_id}-join-changelog"
-    n = ensure_topics(settings, partitions, owners_name, join_name)
+    owners_name = f"{app_id}-owners"
+    changelogs = [f"{app_id}-join-changelog" if settings.app == "classifier"
+                  else f"{app_id}-users-changelog"]
+    n = ensure_topics(settings, partitions, owners_name, *changelogs)
     brokers = [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")]
     datadir = Path(tempfile.gettempdir()) / "streaminfer-faust" / app_id  # memory store: unused
     datadir.parent.mkdir(parents=True, exist_ok=True)

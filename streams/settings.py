@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     lr: float | None = Field(None, gt=0)
     l2: float | None = Field(None, ge=0)
     hidden: int = Field(0, ge=0)
-    learn_batch_size: int = Field(32, gt=0)
+    learn_batch_size: int = Field(128, gt=0)
     join_window_s: float = Field(600.0, gt=0)
 
     sync_mode: Literal["off", "async", "sync"] = "off"

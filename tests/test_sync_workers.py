@@ -19,7 +19,14 @@ import pytest
 import redis
 import torch
 from sklearn.metrics import roc_auc_score
-from workers import deployment, publish_interleaved, read_topic, wait_for, workers_ready
+from workers import (
+    deployment,
+    publish_interleaved,
+    read_topic,
+    wait_for,
+    worker_metrics_key,
+    workers_ready,
+)
 
 from connectors.sources import SyntheticClassifier
 from models.checkpoint_store import LocalCheckpointStore
@@ -38,13 +45,8 @@ def stream() -> tuple[np.ndarray, np.ndarray]:
 
 
 def metrics(client: redis.Redis, procs: list[Any]) -> list[dict[str, Any]]:
-    out = []
-    for proc in procs:
-        for key in client.scan_iter(f"metrics:classifier:*-{proc.pid}"):
-            raw = client.get(key)
-            if raw:
-                out.append(json.loads(raw))
-    return out
+    raws = [client.get(worker_metrics_key("classifier", proc.pid)) for proc in procs]
+    return [json.loads(raw) for raw in raws if raw]
 
 
 def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, workers: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,11 +121,15 @@ def workers_ready(client: redis.Redis, app: str, procs: list[subprocess.Popen[by
             raise AssertionError(f"worker {proc.pid} exited with {proc.returncode}")
     found = 0
     for proc in procs:
-        for key in client.scan_iter(f"metrics:{app}:*-{proc.pid}"):
-            raw = client.get(key)
-            if raw and json.loads(raw).get("partitions"):
-                found += 1
+        raw = client.get(worker_metrics_key(app, proc.pid))
+        if raw and json.loads(raw).get("partitions"):
+            found += 1
     return found == len(procs)
+
+
+def worker_metrics_key(app: str, pid: int) -> str:
+    """Where a local worker publishes its metrics (its id is ``{hostname}-{pid}``)."""
+    return f"metrics:{app}:{socket.gethostname()}-{pid}"
 
 
 def read_topic(bootstrap: str, topic: str, schema: str = "prediction",
