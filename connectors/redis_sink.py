@@ -71,18 +71,22 @@ local function newer(key, ts, id)
 end
 """
 
-# KEYS[i] = pred hash of row i; ARGV[1..4] = ttl, processed_ts, model_name, model_version
-# (constant for a batch, sent once); then 4 values per row: event_id, event_ts, score, scores.
+# KEYS[i] = pred hash of row i; ARGV[1..5] = ttl, processed_ts, model_name, model_version,
+# values per row (3, or 4 when rows carry extra scores) -- constant for a batch, sent once;
+# then per row: event_id, event_ts, score[, scores as JSON].
 _PREDICTION_LUA = _LUA_NEWER + """
 local ttl, pts, name, ver = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local stride = tonumber(ARGV[5])
 local applied = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local b = 5 + (i - 1) * 4
+  local b = 6 + (i - 1) * stride
   if newer(key, ARGV[b + 1], ARGV[b]) then
+    local scores = '[]'
+    if stride == 4 then scores = ARGV[b + 3] end
     redis.call('HSET', key, 'event_id', ARGV[b], 'event_ts', ARGV[b + 1],
       'processed_ts', pts, 'score', ARGV[b + 2], 'model_name', name,
-      'model_version', ver, 'scores', ARGV[b + 3])
+      'model_version', ver, 'scores', scores)
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     applied = applied + 1
   end
@@ -212,8 +216,8 @@ class RedisPredictionSink:
             groups.setdefault((row.processed_ts, row.model_name, row.model_version),
                               []).append(row)
         for (processed_ts, name, version), group in groups.items():
-            scores = [json.dumps([float(s) for s in r.scores]) if r.scores else "[]"
-                      for r in group]
+            scores = ([json.dumps([float(s) for s in r.scores]) if r.scores else "[]"
+                       for r in group] if any(r.scores for r in group) else None)
             result += self._write(processed_ts, name, version, [r.key for r in group],
                                   [r.event_id for r in group], [r.event_ts for r in group],
                                   [r.score for r in group], scores)
@@ -230,18 +234,23 @@ class RedisPredictionSink:
             ts = [batch.event_ts[i] for i in keep]
             scores = [batch.scores[i] for i in keep]
         result = self._write(batch.processed_ts, batch.model_name, batch.model_version, keys,
-                             ids, ts, scores, ["[]"] * len(keys))
+                             ids, ts, scores, None)
         return result + WriteResult(stale=len(batch) - len(keep))
 
     def _write(self, processed_ts: int, name: str, version: str, keys: list[str],
                ids: list[str], ts: list[int], scores: list[float],
-               extra: list[str]) -> WriteResult:
+               extra: list[str] | None) -> WriteResult:
+        """``extra``: per-row extra scores as JSON, or None when no row has any."""
         result = WriteResult()
         prefix = self._prefix
         for lo in range(0, len(keys), MAX_ROWS_PER_CALL):
             hi = lo + MAX_ROWS_PER_CALL
-            args: list[Any] = [self.ttl_s, int(processed_ts), name, version]
-            for row in zip(ids[lo:hi], ts[lo:hi], scores[lo:hi], extra[lo:hi], strict=True):
+            args: list[Any] = [self.ttl_s, int(processed_ts), name, version,
+                               3 if extra is None else 4]
+            columns = (ids[lo:hi], ts[lo:hi], scores[lo:hi])
+            if extra is not None:
+                columns += (extra[lo:hi],)
+            for row in zip(*columns, strict=True):
                 args += row
             chunk_keys = [prefix + k for k in keys[lo:hi]]
             applied = int(self._script(keys=chunk_keys, args=args))
