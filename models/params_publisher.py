@@ -49,12 +49,16 @@ class ParamsPublisher:
         ttl_s: int = 3600,
         worker: str = "",
         prefix: str = "params",
+        keep: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if every_s < 0:
             raise ValueError(f"every_s must be >= 0, got {every_s}")
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be >= 1 second, got {ttl_s}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.keep = keep
         if not app or ":" in app:
             raise ValueError(f"app must be non-empty and contain no ':', got {app!r}")
         self.client, self.app, self.worker, self.prefix = client, app, worker, prefix
@@ -95,13 +99,24 @@ class ParamsPublisher:
             "worker": self.worker,
         }
         key = _key(self.prefix, self.app, version)
+        index = _key(self.prefix, self.app, "versions")
         with self.client.pipeline(transaction=True) as pipe:  # readers never see half of it
             pipe.hset(
                 key, mapping={"state": safetensors_save(tensors), "manifest": json.dumps(manifest)}
             )
             pipe.expire(key, self.ttl_s)
             pipe.set(_key(self.prefix, self.app, "latest"), version, ex=self.ttl_s)
-            pipe.execute()
+            pipe.lrem(index, 0, version)
+            pipe.lpush(index, version)
+            pipe.lrange(index, self.keep, -1)
+            pipe.ltrim(index, 0, self.keep - 1)
+            pipe.expire(index, self.ttl_s)
+            dropped = pipe.execute()[-3]
+        # Only the newest ``keep`` versions stay: a big model published every few seconds
+        # would otherwise fill Redis until the TTLs run out.
+        stale = [_key(self.prefix, self.app, _text(v)) for v in dropped if _text(v) != version]
+        if stale:
+            self.client.delete(*stale)
         self._last_version = version
         if self._last_at is None:
             self._last_at = self._clock()

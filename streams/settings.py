@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     checkpoint_url: str | None = None
     checkpoint_every_s: float = Field(30.0, gt=0)
     checkpoint_keep: int = Field(5, gt=0)
-    publish_params_every_s: float = Field(10.0, ge=0)
+    publish_params_every_s: float = Field(30.0, ge=0)
     tensorboard_dir: str | None = None
 
     @field_validator("redis_url")

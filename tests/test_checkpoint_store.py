@@ -237,3 +237,15 @@ def test_read_params_when_nothing_published(rds: redis.Redis, app: str) -> None:
         read_params(rds, app)
     with pytest.raises(LookupError, match="never published, or expired"):
         read_params(rds, app, "v1+u9")
+
+
+@pytest.mark.services
+def test_params_keep_only_the_newest_versions(rds: redis.Redis, app: str) -> None:
+    publisher = ParamsPublisher(rds, app, every_s=0.0, ttl_s=600, keep=2)
+    model = _classifier(steps=1)
+    for _ in range(4):
+        publisher.publish(model)
+        model.learn(np.ones((2, 4), dtype=np.float32), [1.0, 0.0])
+    kept = sorted(k.decode() for k in rds.keys(f"params:{app}:v1+u*"))
+    assert kept == [f"params:{app}:v1+u3", f"params:{app}:v1+u4"]
+    assert read_params_manifest(rds, app)["version"] == "v1+u4"

@@ -342,6 +342,9 @@ logfile $REDIS_DIR/redis.log
 dir $REDIS_DIR/data
 appendonly yes
 appendfsync everysec
+# The AOF is the durability; RDB snapshots of a busy dataset would fork and rewrite it all
+# every minute, which stalls the hot path's Redis writes.
+save ""
 EOF
   REDIS_ADDR="redis://127.0.0.1:$port/0"
   redis-server "$REDIS_DIR/redis.conf" >&2 9>&-
