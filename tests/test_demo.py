@@ -29,7 +29,7 @@ from streams.demo import FleetStats, unpredicted, worker_args
 from streams.settings import load_settings
 
 PID_LINE = re.compile(r"^started worker (\d+) \(pid (\d+)\)", re.MULTILINE)
-PREDICTION_ROW = re.compile(r"(user-\d+)\s*\S\s*(c0-\d+)\s*\S\s*([01]\.\d{4})\s*\S\s*(\S+)")
+PREDICTION_ROW = re.compile(r"(user-\d+)\s*\S\s*(demo-[0-9a-f]+-\d+)\s*\S\s*([01]\.\d{4})\s*\S\s*(\S+)")
 
 
 class Demo:
@@ -150,7 +150,7 @@ def test_demo_predicts_every_event_reads_them_back_and_stops_its_workers(demo: D
     rows = PREDICTION_ROW.findall(out)
     assert "predictions read back from Redis" in out and rows, out
     for _key, event_id, score, _version in rows:
-        assert 0 <= int(event_id.split("-")[1]) < 2500
+        assert 0 <= int(event_id.rsplit("-", 1)[1]) < 2500
         assert 0.0 <= float(score) <= 1.0
     pids = demo.worker_pids()
     assert len(pids) == 2, out
