@@ -29,7 +29,8 @@ from streams.demo import FleetStats, unpredicted, worker_args
 from streams.settings import load_settings
 
 PID_LINE = re.compile(r"^started worker (\d+) \(pid (\d+)\)", re.MULTILINE)
-PREDICTION_ROW = re.compile(r"(user-\d+)\s*\S\s*(demo-[0-9a-f]+-\d+)\s*\S\s*([01]\.\d{4})\s*\S\s*(\S+)")
+PREDICTION_ROW = re.compile(
+    r"(user-\d+)\s*\S\s*(demo-[0-9a-f]+-\d+)\s*\S\s*([01]\.\d{4})\s*\S\s*(\S+)")
 
 
 class Demo:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import redis
 from sklearn.metrics import roc_auc_score
-from workers import deployment, publish_interleaved, read_topic, wait_for, workers_ready
+from workers import deployment, publish_interleaved, wait_all_served, wait_for, workers_ready
 
 from models.base import ModelVersion
 from models.factory import create_model
@@ -54,14 +54,7 @@ def test_progressive_auc_matches_in_process_learner(services: Any, new_topic: An
         run = uuid.uuid4().hex[:8]
         ids = publish_interleaved(dep.bootstrap, dep.events_topic, dep.feedback_topic, x, y,
                                   run, rate=150)
-        predictions: dict[str, dict[str, Any]] = {}
-
-        def all_predicted() -> bool:
-            predictions.update({r["event_id"]: r for r in read_topic(
-                dep.bootstrap, dep.predictions_topic, idle_s=1.0)})
-            return len(predictions) >= len(ids)
-
-        wait_for(all_predicted, 60, "every event predicted", dep.log_tail)
+        predictions = wait_all_served(dep, len(ids), 60, "every event predicted")
         dep.stop_all()
 
     served = np.array([predictions[i]["score"] for i in ids])

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import redis
 import torch
-from workers import Deployment, deployment, read_topic, wait_for, workers_ready
+from workers import Deployment, deployment, wait_all_served, wait_for, workers_ready
 
 from connectors.avro import RecordCodec
 from connectors.kafka import make_producer
@@ -101,14 +101,8 @@ def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, w
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
         sender.join()
-        served: dict[str, float] = {}
-
-        def all_served() -> bool:
-            served.update({r["event_id"]: r["score"] for r in read_topic(
-                dep.bootstrap, dep.predictions_topic, idle_s=1.0)})
-            return len(served) >= COUNT
-
-        wait_for(all_served, 180, "every rating predicted", dep.log_tail)
+        served = {k: r["score"] for k, r in wait_all_served(
+            dep, COUNT, 180, "every rating predicted").items()}
         out["metrics"] = [worker_metrics(client, p.pid) for p in procs]
         dep.stop_all()
         assert all(p.returncode == 0 for p in procs), dep.log_tail()

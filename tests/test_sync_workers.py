@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from workers import (
     deployment,
     publish_interleaved,
-    read_topic,
+    wait_all_served,
     wait_for,
     worker_metrics_key,
     workers_ready,
@@ -69,14 +69,8 @@ def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, w
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
         sender.join()
-        served: dict[str, float] = {}
-
-        def all_served() -> bool:
-            served.update({r["event_id"]: r["score"] for r in read_topic(
-                dep.bootstrap, dep.predictions_topic, idle_s=1.0)})
-            return len(served) >= COUNT
-
-        wait_for(all_served, 120, "every event predicted", dep.log_tail)
+        served = {k: r["score"] for k, r in wait_all_served(
+            dep, COUNT, 120, "every event predicted").items()}
         if mode == "sync":
             wait_for(lambda: all(m.get("learning", {}).get("sync", {}).get("settled")
                                  for m in metrics(client, procs)), 60,

@@ -154,6 +154,21 @@ def read_topic(bootstrap: str, topic: str, schema: str = "prediction",
     return out
 
 
+def wait_all_served(dep: Deployment, count: int, timeout: float, what: str
+                    ) -> dict[str, dict[str, Any]]:
+    """Read the predictions topic until it holds ``count`` distinct event ids (newest record
+    per id wins); fails with the workers' log tails after ``timeout``."""
+    served: dict[str, dict[str, Any]] = {}
+
+    def enough() -> bool:
+        served.update({r["event_id"]: r for r in read_topic(
+            dep.bootstrap, dep.predictions_topic, idle_s=1.0)})
+        return len(served) >= count
+
+    wait_for(enough, timeout, what, dep.log_tail)
+    return served
+
+
 def redis_predictions(client: redis.Redis, app: str, keys: list[str]) -> dict[str, dict[str, str]]:
     pipe = client.pipeline(transaction=False)
     for key in keys:
