@@ -293,7 +293,7 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
         hooks = build_hooks(settings, model, Restored(), options.worker_id, dict, sync, None)
         join = JoinState(MemoryJoinStore(), int(settings.join_window_s * 1000))
         codec = make_codec("feedback", "json", None, settings.feedback_topic)
-        learner = _CountingLearner(model, settings.learn_batch_size, hooks,
+        learner = _CountingLearner(model, settings.effective_learn_batch_size, hooks,
                                    feedback_topic=settings.feedback_topic, join=join,
                                    codec=codec)
         subscribed.append(settings.feedback_topic)
@@ -473,8 +473,9 @@ of the bench process, for a fresh consumer group of `GroupAssignment` (events, p
 when learning), until everything was read; best of {args.rounds} alternating round(s) by
 events/s.
 (1) has no learner and reads the events topic only, half the records of (2)-(4). (2)-(4) run
-`FeedbackLearner` (join in a `MemoryJoinStore`, steps of `learn_batch_size` 32, progressive
-metrics; no checkpoints, no params publishing) with `sync_mode` off, async and sync and the
+`FeedbackLearner` (join in a `MemoryJoinStore`, steps of
+`learn_batch_size` {d.effective_learn_batch_size}, progressive metrics; no checkpoints, no params
+publishing) with `sync_mode` off, async and sync and the
 default sync settings (a delta every {d.sync_every_updates} steps or {d.sync_every_ms:.0f} ms,
 {d.sync_shards} shards). (3) and (4) are a single
 worker: it publishes its deltas, polls the sync topic and, in `sync`, closes its own rounds, so

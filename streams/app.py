@@ -227,7 +227,7 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
             join = JoinState(FaustTableStore(table, app), int(settings.join_window_s * 1000))
             codec = make_codec("feedback", "json", settings.schema_registry_url,
                                settings.feedback_topic)
-            learner = FeedbackLearner(model, settings.learn_batch_size, hooks,
+            learner = FeedbackLearner(model, settings.effective_learn_batch_size, hooks,
                                       feedback_topic=settings.feedback_topic, join=join,
                                       codec=codec)
             topics.append(settings.feedback_topic)
@@ -236,7 +236,8 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
             if isinstance(model, MatrixFactorization):
                 table = app.Table("users", partitions=n, key_type=bytes, value_type=bytes)
                 users = UserState(BatchedFaustStore(table, app), model)
-            learner = RatingLearner(model, settings.learn_batch_size, hooks, users=users)
+            learner = RatingLearner(model, settings.effective_learn_batch_size, hooks,
+                                    users=users)
     # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's own
     # state; with parameter sync the shared state comes from the sync log instead).
     start_offsets = restored.start_offsets if settings.sync_mode == "off" else {}

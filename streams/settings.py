@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     lr: float | None = Field(None, gt=0)
     l2: float | None = Field(None, ge=0)
     hidden: int = Field(0, ge=0)
-    learn_batch_size: int = Field(128, gt=0)
+    learn_batch_size: int | None = Field(None, gt=0)  # None: the app's own, see below
     join_window_s: float = Field(600.0, gt=0)
 
     sync_mode: Literal["off", "async", "sync"] = "off"
@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         if self.wire_format != "auto":
             return self.wire_format
         return "confluent" if self.schema_registry_url else "single-object"
+
+    @property
+    def effective_learn_batch_size(self) -> int:
+        """Examples per optimiser step: 128 for the classifier (fewer, cheaper steps), 32 for
+        the recommender (its per-row updates shrink with the batch's mean loss)."""
+        if self.learn_batch_size is not None:
+            return self.learn_batch_size
+        return 128 if self.app == "classifier" else 32
 
     def dlq_topic(self, topic: str) -> str:
         return f"{topic}{self.dlq_suffix}"

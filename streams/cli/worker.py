@@ -55,7 +55,7 @@ __all__ = ["worker"]
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
 @click.option("--l2", type=click.FloatRange(min=0), help="L2 penalty (weight decay).")
 @click.option("--learn-batch-size", type=click.IntRange(min=1),
-              help="Joined examples per optimiser step [default 128].")
+              help="Examples per optimiser step [default: 128 classifier, 32 recommender].")
 @click.option("--join-window-s", type=click.FloatRange(min=0, min_open=True),
               help="Event-time window for joining feedback to its event [default 600].")
 @click.option("--sync-mode", type=click.Choice(["off", "async", "sync"]),
