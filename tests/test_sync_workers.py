@@ -32,7 +32,7 @@ from connectors.sources import SyntheticClassifier
 from models.checkpoint_store import LocalCheckpointStore
 
 pytestmark = pytest.mark.services
-COUNT, RATE = 15000, 2000.0
+COUNT, RATE = 24000, 2000.0
 LEARNING = {"STREAMINFER_LEARN_BATCH_SIZE": "8", "STREAMINFER_OPTIMIZER": "sgd",
             "STREAMINFER_LR": "0.05", "STREAMINFER_SYNC_EVERY_MS": "100",
             "STREAMINFER_SYNC_EVERY_UPDATES": "20", "STREAMINFER_SYNC_ROUND_TIMEOUT_MS": "3000",
