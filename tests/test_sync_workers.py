@@ -140,8 +140,10 @@ def test_three_workers_in_async_mode_learn_as_well_as_one(
 def test_killed_worker_in_sync_mode_loses_nothing(
         services: Any, new_topic: Any, redis_client: redis.Redis, tmp_path: Path,
         three_in_sync: dict[str, Any]) -> None:
-    """Every event is predicted (``run`` waits for all) and the AUC is the uninterrupted one."""
+    """Killed mid-stream: every event is predicted (``run`` waits for all) and the AUC is the
+    uninterrupted one. (Killed in the first seconds, while the model still learns fast, the
+    3 s sync-round stall alone costs up to ~0.008 AUC on a loaded machine.)"""
     result = run(services, new_topic, redis_client, tmp_path, workers=3, mode="sync",
-                 kill_after_s=2.0)
+                 kill_after_s=COUNT / RATE / 2)
     uninterrupted = three_in_sync["auc"]
     assert abs(result["auc"] - uninterrupted) <= 0.005, (result["auc"], uninterrupted)
