@@ -46,6 +46,7 @@ from _common import (
     load_note,
     machine,
     markdown_table,
+    publish_live,
     publish_synthetic,
     unique_name,
     write_docs_section,
@@ -189,8 +190,8 @@ def drain(args: argparse.Namespace, name: str, topic: str, predictions: str, cou
 
 def _live_producer(bootstrap: str, topic: str, count: int, rate: float, seed: int,
                    num_features: int, keys: int) -> None:
-    publish_synthetic(bootstrap, topic, count, seed=seed, num_features=num_features, keys=keys,
-                      rate=rate)
+    publish_live(bootstrap, topic, count, rate=rate, seed=seed, num_features=num_features,
+                 keys=keys)
 
 
 def latency_run(args: argparse.Namespace, topic: str, predictions: str, rate: float) -> Result:

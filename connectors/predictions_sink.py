@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from connectors.kafka import make_producer
 from connectors.prediction import PredictionRow, Predictions
 
-__all__ = ["DeliveryError", "FailedDelivery", "PredictionsTopicSink"]
+__all__ = ["DeliveryError", "EncodedPredictions", "FailedDelivery", "PredictionsTopicSink"]
 
 Encode = Callable[[dict[str, Any]], bytes]
 EncodeMany = Callable[[list[dict[str, Any]]], list[bytes]]
@@ -34,6 +34,16 @@ EncodeColumns = Callable[[dict[str, list[Any]], dict[str, Any]], list[bytes]]
 #: On top of ``connectors.kafka.PRODUCER_DEFAULTS`` (linger 5 ms, lz4, failure-only reports).
 #: Not overridable: without them a batch could be acknowledged yet lost or duplicated.
 _REQUIRED = {"enable.idempotence": True, "acks": "all"}
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPredictions:
+    """A batch's predictions as the topic's record values, ready to produce."""
+
+    rows: Sequence[PredictionRow] | Predictions
+    keys: list[str]
+    values: list[bytes]
+    stamps: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +137,9 @@ class PredictionsTopicSink:
         self.send(rows)
         self.confirm()
 
-    def send(self, rows: Sequence[PredictionRow] | Predictions) -> None:
-        """Queue the batch's records without waiting, so the caller can write Redis meanwhile;
-        ``confirm`` then waits for the acknowledgements."""
-        if self._fatal is not None:
-            # The idempotent producer cannot continue (e.g. fenced); the worker must restart.
-            raise KafkaException(self._fatal)
-        self._failed = []
+    def encode(self, rows: Sequence[PredictionRow] | Predictions) -> EncodedPredictions:
+        """Encode the batch's records without touching the producer, so the hot path can do it
+        on the lane's thread while the writer thread is busy with the previous batch."""
         if isinstance(rows, Predictions) and self._encode_columns is not None:
             values = self._encode_columns(*rows.columns())
             keys, stamps = rows.keys, rows.event_ts
@@ -148,14 +154,25 @@ class PredictionsTopicSink:
             else:
                 encode = self._encode
                 values = [encode(record) for record in records]
+        return EncodedPredictions(rows, keys, values, stamps)
+
+    def send(self, rows: Sequence[PredictionRow] | Predictions | EncodedPredictions) -> None:
+        """Queue the batch's records without waiting, so the caller can write Redis meanwhile;
+        ``confirm`` then waits for the acknowledgements."""
+        if self._fatal is not None:
+            # The idempotent producer cannot continue (e.g. fenced); the worker must restart.
+            raise KafkaException(self._fatal)
+        encoded = rows if isinstance(rows, EncodedPredictions) else self.encode(rows)
+        self._failed = []
         produce, topic = self._producer.produce, self.topic
-        for key_text, value, ts in zip(keys, values, stamps, strict=True):
+        for key_text, value, ts in zip(encoded.keys, encoded.values, encoded.stamps,
+                                       strict=True):
             key = key_text.encode()
             try:
                 produce(topic, value, key, timestamp=ts)
             except BufferError:
                 self._produce_when_room(key, value, ts)
-        self._pending = (rows, values)
+        self._pending = (encoded.rows, encoded.values)
 
     def confirm(self) -> None:
         """Wait until Kafka acknowledged everything ``send`` queued; raise naming failures."""

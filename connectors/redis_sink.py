@@ -40,6 +40,7 @@ import redis
 from connectors.prediction import PredictionRow, Predictions
 
 __all__ = [
+    "PackedWrite",
     "PredictionRow",
     "Predictions",
     "RecommendationRow",
@@ -153,6 +154,14 @@ class RecommendationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PackedWrite:
+    """A batch's Redis write as script calls ``(keys, args)``, ready to send."""
+
+    calls: list[tuple[list[str], list[Any]]]
+    stale: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
     """What a batch write did: ``applied`` rows were stored, ``stale`` rows lost to a newer
     (or equal-time, larger event_id) row already in Redis or later in the same batch."""
@@ -225,6 +234,11 @@ class RedisPredictionSink:
 
     def write_columns(self, batch: Predictions) -> WriteResult:
         """The hot path's write: the same rule, packed straight from the batch's columns."""
+        return self.write_packed(self.pack_columns(batch))
+
+    def pack_columns(self, batch: Predictions) -> PackedWrite:
+        """The script calls that write ``batch``, built without talking to Redis (the hot
+        path builds them on the lane's thread while the writer thread waits on Redis)."""
         keep = _latest_index(batch.keys, batch.event_ts, batch.event_ids)
         if len(keep) == len(batch):
             keys, ids, ts, scores = batch.keys, batch.event_ids, batch.event_ts, batch.scores
@@ -233,15 +247,28 @@ class RedisPredictionSink:
             ids = [batch.event_ids[i] for i in keep]
             ts = [batch.event_ts[i] for i in keep]
             scores = [batch.scores[i] for i in keep]
-        result = self._write(batch.processed_ts, batch.model_name, batch.model_version, keys,
-                             ids, ts, scores, None)
-        return result + WriteResult(stale=len(batch) - len(keep))
+        return self._pack(batch.processed_ts, batch.model_name, batch.model_version, keys, ids,
+                          ts, scores, None, stale=len(batch) - len(keep))
+
+    def write_packed(self, packed: PackedWrite) -> WriteResult:
+        """Run the script calls of :meth:`pack_columns`; returns once Redis has replied."""
+        result = WriteResult(stale=packed.stale)
+        for keys, args in packed.calls:
+            applied = int(self._script(keys=keys, args=args))
+            result += WriteResult(applied, len(keys) - applied)
+        return result
 
     def _write(self, processed_ts: int, name: str, version: str, keys: list[str],
                ids: list[str], ts: list[int], scores: list[float],
                extra: list[str] | None) -> WriteResult:
+        return self.write_packed(self._pack(processed_ts, name, version, keys, ids, ts, scores,
+                                            extra))
+
+    def _pack(self, processed_ts: int, name: str, version: str, keys: list[str],
+              ids: list[str], ts: list[int], scores: list[float], extra: list[str] | None,
+              stale: int = 0) -> PackedWrite:
         """``extra``: per-row extra scores as JSON, or None when no row has any."""
-        result = WriteResult()
+        calls = []
         prefix = self._prefix
         for lo in range(0, len(keys), MAX_ROWS_PER_CALL):
             hi = lo + MAX_ROWS_PER_CALL
@@ -252,10 +279,8 @@ class RedisPredictionSink:
                 columns += (extra[lo:hi],)
             for row in zip(*columns, strict=True):
                 args += row
-            chunk_keys = [prefix + k for k in keys[lo:hi]]
-            applied = int(self._script(keys=chunk_keys, args=args))
-            result += WriteResult(applied, len(chunk_keys) - applied)
-        return result
+            calls.append(([prefix + k for k in keys[lo:hi]], args))
+        return PackedWrite(calls, stale)
 
 
 def _latest_index(keys: list[str], ts: list[int], ids: list[str]) -> list[int]:

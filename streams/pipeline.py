@@ -20,9 +20,9 @@ import numpy as np
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from connectors.dead_letter import DeadLetterWriter
-from connectors.predictions_sink import PredictionsTopicSink
+from connectors.predictions_sink import EncodedPredictions, PredictionsTopicSink
 from connectors.records import now_ms
-from connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
+from connectors.redis_sink import PackedWrite, RedisPredictionSink, RedisRecommendationSink
 from streams.assignment import Assignment, GroupAssignment
 from streams.batcher import Batcher
 from streams.handlers import Handler, Outputs
@@ -31,7 +31,7 @@ from streams.metrics import PipelineMetrics
 from streams.validate import Rejected
 from streams.writer import BatchWriter
 
-__all__ = ["HotPath", "Prepared", "Sinks", "commit_offsets", "score_isolating"]
+__all__ = ["HotPath", "Prepared", "Sinks", "Staged", "commit_offsets", "score_isolating"]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,18 @@ class Prepared:
 
     messages: list[Message]
     batch: Any
-    outputs: Outputs
+    staged: Staged
     rejected: list[Rejected]
     prepare_s: float
+
+
+@dataclass
+class Staged:
+    """A batch's sink writes, encoded and packed, waiting only for I/O."""
+
+    outputs: Outputs
+    topic_records: EncodedPredictions | None
+    redis_calls: PackedWrite | None
 
 
 @dataclass
@@ -56,17 +65,26 @@ class Sinks:
     dead_letters: DeadLetterWriter
     recommendations: RedisRecommendationSink | None = None
 
-    def write(self, outputs: Outputs) -> None:
+    def stage(self, outputs: Outputs) -> Staged:
+        """The CPU part of the writes (encoding records, packing script arguments), which the
+        hot path does on the lane's thread so the writer thread only waits on I/O."""
+        if not len(outputs.predictions):
+            return Staged(outputs, None, None)
+        topic = self.topic.encode(outputs.predictions) if self.topic is not None else None
+        return Staged(outputs, topic, self.redis.pack_columns(outputs.predictions))
+
+    def write(self, staged: Staged) -> None:
         """Redis and Kafka in parallel: queue the topic records, write Redis while Kafka
         acknowledges them, then wait for those acknowledgements."""
-        if len(outputs.predictions):
-            if self.topic is not None:
-                self.topic.send(outputs.predictions)
-            self.redis.write_columns(outputs.predictions)
+        if staged.redis_calls is not None:
+            if self.topic is not None and staged.topic_records is not None:
+                self.topic.send(staged.topic_records)
+            self.redis.write_packed(staged.redis_calls)
             if self.topic is not None:
                 self.topic.confirm()
-        if self.recommendations is not None and outputs.recommendations:
-            self.recommendations.write(outputs.recommendations)
+        recommendations = staged.outputs.recommendations
+        if self.recommendations is not None and recommendations:
+            self.recommendations.write(recommendations)
 
 
 def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
@@ -206,12 +224,13 @@ class HotPath:
             outputs = self.handler.outputs(batch, scores, now_ms())
             if self.learner is not None:
                 self.learner.process(batch, scores, feedback, rejected)
-        return Prepared(messages, batch, outputs, rejected, time.perf_counter() - started)
+        staged = self.sinks.stage(outputs)
+        return Prepared(messages, batch, staged, rejected, time.perf_counter() - started)
 
     def _write(self, prepared: Prepared) -> None:
         """Sinks, dead letters, then the offsets: raises (nothing committed) if a sink failed."""
         started = time.perf_counter()
-        self.sinks.write(prepared.outputs)
+        self.sinks.write(prepared.staged)
         for bad in prepared.rejected:
             self._dead_letter(bad)
         self.sinks.dead_letters.flush()
