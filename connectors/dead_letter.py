@@ -25,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from connectors.kafka import make_producer
+from connectors.kafka import make_producer, produce_waiting
 
 __all__ = [
     "DECODE",
@@ -114,19 +114,8 @@ class DeadLetterWriter:
             (HEADER_PREFIX + "failed_ts", str(failed_ts).encode()),
         ]
         topic = self._topic_for(source_topic)
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    value,
-                    key,
-                    timestamp=failed_ts,
-                    headers=headers,
-                    on_delivery=self._reporter(f"{source_topic}[{partition}]@{offset}"),
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let librdkafka drain, then retry
+        produce_waiting(self._producer, topic, value, key, timestamp=failed_ts, headers=headers,
+                        on_delivery=self._reporter(f"{source_topic}[{partition}]@{offset}"))
         self.sent[error_type] += 1
 
     def send_message(self, msg: Message, error: BadRecord) -> None:

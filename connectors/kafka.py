@@ -7,7 +7,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-__all__ = ["DeliveryFailures", "make_consumer", "make_producer", "produce_batch"]
+__all__ = ["DeliveryFailures", "make_consumer", "make_producer", "produce_batch", "produce_waiting"]
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,  # implies acks=all; no duplicates from internal retries
@@ -56,6 +56,18 @@ def make_consumer(config: dict[str, Any], group: str, **overrides: Any) -> Consu
     return Consumer({**CONSUMER_DEFAULTS, **config, "group.id": group, **overrides})
 
 
+def produce_waiting(producer: Producer, topic: str, value: bytes | None, key: bytes | None,
+                    **kwargs: Any) -> None:
+    """``producer.produce`` that waits for room in librdkafka's local queue instead of failing
+    with ``BufferError`` (it serves the producer meanwhile, so queued records get sent)."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def produce_batch(
     producer: Producer,
     topic: str,
@@ -65,18 +77,18 @@ def produce_batch(
 ) -> int:
     """Queue ``(key, value, timestamp_ms)`` items, waiting for queue room instead of failing."""
     count = 0
-    produce, poll = producer.produce, producer.poll
+    produce = producer.produce
     for key, value, ts in items:
-        while True:
-            try:
-                if ts is None:
-                    produce(topic, value, key, on_delivery=on_delivery, headers=headers)
-                else:
-                    produce(topic, value, key, timestamp=ts, on_delivery=on_delivery,
-                            headers=headers)
-                break
-            except BufferError:
-                poll(0.05)  # local queue full: let librdkafka send, then retry this record
+        try:
+            if ts is None:
+                produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+            else:
+                produce(topic, value, key, timestamp=ts, on_delivery=on_delivery,
+                        headers=headers)
+        except BufferError:
+            stamp = {} if ts is None else {"timestamp": ts}
+            produce_waiting(producer, topic, value, key, on_delivery=on_delivery,
+                            headers=headers, **stamp)
         count += 1
-    poll(0)
+    producer.poll(0)
     return count

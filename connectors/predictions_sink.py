@@ -21,7 +21,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from connectors.kafka import make_producer
+from connectors.kafka import make_producer, produce_waiting
 from connectors.prediction import PredictionRow, Predictions
 
 __all__ = ["DeliveryError", "EncodedPredictions", "FailedDelivery", "PredictionsTopicSink"]
@@ -171,7 +171,7 @@ class PredictionsTopicSink:
             try:
                 produce(topic, value, key, timestamp=ts)
             except BufferError:
-                self._produce_when_room(key, value, ts)
+                produce_waiting(self._producer, topic, value, key, timestamp=ts)
         self._pending = (encoded.rows, encoded.values)
 
     def confirm(self) -> None:
@@ -183,16 +183,6 @@ class PredictionsTopicSink:
             listed = rows.rows() if isinstance(rows, Predictions) else rows
             failed = _identify(self._failed, listed, values)
             raise DeliveryError(self.topic, len(listed), failed, undelivered)
-
-    def _produce_when_room(self, key: bytes, value: bytes, timestamp: int) -> None:
-        """Local queue full: serve the producer until librdkafka has room again."""
-        while True:
-            self._producer.poll(0.05)
-            try:
-                self._producer.produce(self.topic, value, key, timestamp=timestamp)
-                return
-            except BufferError:
-                continue
 
     def close(self) -> None:
         """Deliver anything still queued (e.g. after an aborted batch)."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.kafka import DeliveryFailures, make_consumer, make_producer
+from connectors.kafka import DeliveryFailures, make_consumer, make_producer, produce_waiting
 
 __all__ = ["KafkaTransport", "MemoryLog", "SyncMessage", "Transport", "ensure_topic"]
 
@@ -149,15 +149,8 @@ class KafkaTransport:
 
     def send(self, partition: int, value: bytes, headers: dict[str, str]) -> None:
         encoded = [(k, v.encode("utf-8")) for k, v in headers.items()]
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic, value, partition=partition, headers=encoded,
-                    on_delivery=self.failures,
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let librdkafka send, then retry
+        produce_waiting(self._producer, self.topic, value, None, partition=partition,
+                        headers=encoded, on_delivery=self.failures)
         self._producer.poll(0)
 
     def receive(self, max_messages: int) -> list[SyncMessage]:
