@@ -449,7 +449,9 @@ scores one event at a time and writes one Redis `HSET` per event. Each of (a)-(c
 {args.phase_seconds:.0f} s. Rates count the events after the first batch over first -> last
 batch, so start-up is excluded. Latency is event time -> batch written (Redis and the
 predictions topic); for (a)-(c) it is dominated by the pre-filled backlog, so (d) runs (b) live
-for {args.latency_seconds:.0f} s while another process produces at {offered}. The process
+for {args.latency_seconds:.0f} s while another process produces at {offered} (events encoded
+before it starts, only their send time patched in as they go out: a load generator that costs
+the shared cores ~8 us per event instead of ~18, like one on another machine). The process
 CPU column is the worker process's CPU time per event (`time.process_time`: the lane, its
 writer thread and librdkafka's threads), which varies less than rates on this shared machine.
 Kafka, Redis and the producer share the same cores.

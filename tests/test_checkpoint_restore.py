@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from workers import deployment, publish_interleaved, read_topic, wait_for, workers_ready
+from workers import deployment, publish_interleaved, read_topic, wait_for
 
 from connectors.sources import SyntheticClassifier
 from models.base import ModelVersion
@@ -41,8 +41,7 @@ def test_clean_restart_continues_from_the_shutdown_checkpoint(
     with deployment(services, new_topic, tmp_path, partitions=1) as dep:
         dep.extra_env.update(LEARNING, STREAMINFER_CHECKPOINT_URL=str(store_dir))
         first = dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, "classifier", [first]), 120,
-                 "the worker to start", dep.log_tail)
+        dep.wait_ready([first], redis_client)
         x, y = _stream(1000, seed=3)
         ids = publish_interleaved(dep.bootstrap, dep.events_topic, dep.feedback_topic, x, y,
                                   uuid.uuid4().hex[:8], rate=800)
@@ -62,8 +61,7 @@ def test_clean_restart_continues_from_the_shutdown_checkpoint(
         assert manifest["metrics"]["count"] > 0  # progressive metrics continue after restore
 
         second = dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, "classifier", [second]), 120,
-                 "the restarted worker", dep.log_tail)
+        dep.wait_ready([second], redis_client)
         more = publish_interleaved(dep.bootstrap, dep.events_topic, dep.feedback_topic, x[:50],
                                    y[:50], uuid.uuid4().hex[:8], rate=200)
         records: list[dict[str, Any]] = []
@@ -85,8 +83,7 @@ def test_killed_worker_restores_the_newest_checkpoint_and_replays_only_the_tail(
         dep.extra_env.update(LEARNING, STREAMINFER_CHECKPOINT_URL=str(store_dir),
                              STREAMINFER_CHECKPOINT_EVERY_S="1")
         victim = dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, "classifier", [victim]), 120,
-                 "the worker to start", dep.log_tail)
+        dep.wait_ready([victim], redis_client)
         x, y = _stream(3000, seed=5)
         tag = uuid.uuid4().hex[:8]
         sender = threading.Thread(target=publish_interleaved, args=(

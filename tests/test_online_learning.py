@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import redis
 from sklearn.metrics import roc_auc_score
-from workers import deployment, publish_interleaved, wait_all_served, wait_for, workers_ready
+from workers import deployment, publish_interleaved, wait_all_served
 
 from models.base import ModelVersion
 from models.factory import create_model
@@ -49,8 +49,7 @@ def test_progressive_auc_matches_in_process_learner(services: Any, new_topic: An
     with deployment(services, new_topic, tmp_path, partitions=1) as dep:
         dep.extra_env.update(LEARNING)
         worker = dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, "classifier", [worker]), 120,
-                 "the worker to start", dep.log_tail)
+        dep.wait_ready([worker], redis_client)
         run = uuid.uuid4().hex[:8]
         ids = publish_interleaved(dep.bootstrap, dep.events_topic, dep.feedback_topic, x, y,
                                   run, rate=150)

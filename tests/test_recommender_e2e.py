@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import redis
 import torch
-from workers import Deployment, deployment, wait_all_served, wait_for, workers_ready
+from workers import Deployment, deployment, wait_all_served, wait_for
 
 from connectors.avro import RecordCodec
 from connectors.kafka import make_producer
@@ -89,8 +89,7 @@ def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, w
                     app="recommender") as dep:
         dep.extra_env.update(LEARNING, STREAMINFER_SYNC_MODE="sync" if workers > 1 else "off")
         procs = [dep.start_worker() for _ in range(workers)]
-        wait_for(lambda: workers_ready(client, "recommender", procs), 120, "workers to start",
-                 dep.log_tail)
+        dep.wait_ready(procs, client)
         tag, progress = uuid.uuid4().hex[:8], [0]
         sender = threading.Thread(target=publish, args=(dep, events, tag, RATE, progress))
         sender.start()

@@ -25,7 +25,6 @@ from workers import (
     wait_all_served,
     wait_for,
     worker_metrics_key,
-    workers_ready,
 )
 
 from connectors.sources import SyntheticClassifier
@@ -57,8 +56,7 @@ def run(services: Any, new_topic: Any, client: redis.Redis, tmp_path: Path, *, w
         dep.extra_env.update(LEARNING, STREAMINFER_SYNC_MODE=mode,
                              STREAMINFER_CHECKPOINT_URL=str(tmp_path / "ckpt"))
         procs = [dep.start_worker() for _ in range(workers)]
-        wait_for(lambda: workers_ready(client, "classifier", procs), 120, "workers to start",
-                 dep.log_tail)
+        dep.wait_ready(procs, client)
         tag = uuid.uuid4().hex[:8]
         sender = threading.Thread(target=publish_interleaved, args=(
             dep.bootstrap, dep.events_topic, dep.feedback_topic, x, y, tag, RATE, 60))

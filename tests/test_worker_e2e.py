@@ -19,7 +19,6 @@ from workers import (
     read_topic,
     redis_predictions,
     wait_for,
-    workers_ready,
 )
 
 from connectors.avro import RecordCodec
@@ -57,8 +56,7 @@ def test_every_event_predicted_once_with_two_workers(services: Any, new_topic: A
                                                      tmp_path: Path) -> None:
     with deployment(services, new_topic, tmp_path, partitions=4) as dep:
         workers = [dep.start_worker(), dep.start_worker()]
-        wait_for(lambda: workers_ready(redis_client, APP, workers), 120,
-                 "both workers to start", dep.log_tail)
+        dep.wait_ready(workers, redis_client)
         run = uuid.uuid4().hex[:8]
         events = _events(run, 20_000)
         _publish(dep.bootstrap, dep.events_topic, events)
@@ -86,8 +84,7 @@ def test_out_of_order_events_keep_the_newest_prediction(services: Any, new_topic
                                                        tmp_path: Path) -> None:
     with deployment(services, new_topic, tmp_path, partitions=1) as dep:
         worker = dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, APP, [worker]), 120,
-                 "the worker to start", dep.log_tail)
+        dep.wait_ready([worker], redis_client)
         key = f"ooo-{uuid.uuid4().hex[:8]}"
         base = now_ms() - 60_000
         # newest first, then two older ones: in separate sends (batches) and in one batch
@@ -112,8 +109,7 @@ def test_poison_records_go_to_the_dead_letter_topic(services: Any, new_topic: An
                                                     tmp_path: Path) -> None:
     with deployment(services, new_topic, tmp_path, partitions=2) as dep:
         worker = dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, APP, [worker]), 120,
-                 "the worker to start", dep.log_tail)
+        dep.wait_ready([worker], redis_client)
         run = uuid.uuid4().hex[:8]
         poison = [
             b"\x01\x02 not avro, not json",
@@ -152,8 +148,7 @@ def test_killed_worker_partitions_move_and_nothing_is_lost(services: Any, new_to
                                                            tmp_path: Path) -> None:
     with deployment(services, new_topic, tmp_path, partitions=4) as dep:
         victim, survivor = dep.start_worker(), dep.start_worker()
-        wait_for(lambda: workers_ready(redis_client, APP, [victim, survivor]), 120,
-                 "both workers to start", dep.log_tail)
+        dep.wait_ready([victim, survivor], redis_client)
         events = _events(uuid.uuid4().hex[:8], 20_000)
         sender = threading.Thread(target=_publish,
                                   args=(dep.bootstrap, dep.events_topic, events, 2000))

@@ -68,6 +68,12 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
+    def wait_ready(self, procs: list[subprocess.Popen[bytes]], client: redis.Redis,
+                   timeout: float = 120) -> None:
+        """Until every one of ``procs`` serves partitions (it published its metrics)."""
+        wait_for(lambda: workers_ready(client, self.app, procs), timeout,
+                 f"{len(procs)} {self.app} worker(s) to start", self.log_tail)
+
     def log_tail(self, lines: int = 30) -> str:
         out = []
         for path in sorted(self.log_dir.glob("worker-*.log")):
