@@ -24,6 +24,9 @@ from models.device import Runner
 from models.optim import build_optimizer
 from models.vocab import Vocabulary
 
+#: Users ranked per matmul in ``top_n_many``: bounds the (users x items) score matrix.
+_TOP_N_CHUNK = 256
+
 __all__ = ["Interactions", "MatrixFactorization", "RowBatch", "UserRows", "canonical_rows"]
 
 
@@ -231,39 +234,59 @@ class MatrixFactorization(Model):
     ) -> list[tuple[str, float]]:
         """The ``n`` best items for ``user`` as ``(item_id, predicted rating)``, best first.
 
-        One matmul over the item table. An unknown user gets the cold-start ranking
-        (``mu + b_i``). ``exclude_seen`` drops items the user rated in ``learn``.
+        An unknown user gets the cold-start ranking (``mu + b_i``). ``exclude_seen`` drops
+        items the user rated in ``learn``.
         """
+        return self.top_n_many([user], n, exclude_seen=exclude_seen)[0]
+
+    def top_n_many(
+        self, users: Sequence[str], n: int = 10, *, exclude_seen: bool = True
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`top_n` for each of ``users``: one matmul per chunk of users rather than a
+        handful of small tensor ops per user (the worker ranks every user of a batch)."""
         if n < 1:
             raise ValueError(f"top_n expects n >= 1, got {n}")
         num_items = len(self.items)
         if num_items == 0:
-            return []
-        user_row = self.users.row(user, grow=False)
-        known = user_row is not None  # includes a hashed overflow row, which was trained
-        seen = self._seen.get(user_row, set()) if known and exclude_seen else set()
-        seen = {i for i in seen if i < num_items}  # raw RowBatch rows may lie past the vocab
-        k = min(n, num_items - len(seen))
-        if k <= 0:
-            return []
-        seen_rows = torch.tensor(sorted(seen), dtype=torch.int64)
-        user_rows = torch.tensor([user_row if known else 0], dtype=torch.int64)
+            return [[] for _ in users]
+        out: list[list[tuple[str, float]]] = []
+        for lo in range(0, len(users), _TOP_N_CHUNK):
+            out += self._rank_users(users[lo:lo + _TOP_N_CHUNK], n, num_items, exclude_seen)
+        return out
 
-        def rank(u: torch.Tensor, seen_dev: torch.Tensor) -> torch.Tensor:
+    def _rank_users(self, users: Sequence[str], n: int, num_items: int,
+                    exclude_seen: bool) -> list[list[tuple[str, float]]]:
+        rows = [self.users.row(user, grow=False) for user in users]  # None: unknown user
+        # a known row includes a hashed overflow row, which was trained
+        seen = [sorted(i for i in self._seen.get(row, ()) if i < num_items)
+                if row is not None and exclude_seen else [] for row in rows]
+        wanted = [min(n, num_items - len(s)) for s in seen]
+        k = max(wanted)
+        if k <= 0:
+            return [[] for _ in users]
+        user_rows = torch.tensor([row if row is not None else 0 for row in rows], dtype=torch.int64)
+        known = torch.tensor([row is not None for row in rows], dtype=torch.float32)
+        masked_users = torch.tensor([j for j, s in enumerate(seen) for _ in s], dtype=torch.int64)
+        masked_items = torch.tensor([i for s in seen for i in s], dtype=torch.int64)
+
+        def rank(u: torch.Tensor, weight: torch.Tensor, mask_u: torch.Tensor,
+                 mask_i: torch.Tensor) -> torch.Tensor:
             t = self.tables
-            weight = 1.0 if known else 0.0
-            p = t["user_emb"].weight[u[0]] * weight
-            b_u = t["user_bias"].weight[u[0], 0] * weight
+            p = t["user_emb"].weight[u] * weight.unsqueeze(-1)
+            b_u = t["user_bias"].weight[u, 0] * weight
             q = t["item_emb"].weight[:num_items]
-            scores = (q @ p).float() + t["item_bias"].weight[:num_items, 0] + b_u + self._mu()
-            scores[seen_dev] = float("-inf")
-            values, index = torch.topk(scores, k)
+            scores = ((p @ q.T).float() + t["item_bias"].weight[:num_items, 0]
+                      + b_u.unsqueeze(-1) + self._mu())
+            scores[mask_u, mask_i] = float("-inf")
+            values, index = torch.topk(scores, k, dim=1)
             return torch.stack([values, index.float()])
 
-        values, index = self.runner.infer(rank, user_rows, seen_rows)
+        values, index = self.runner.infer(rank, user_rows, known, masked_users, masked_items)
+        id_of = self.items.id_of
         return [
-            (self.items.id_of(int(i)), float(v))
-            for v, i in zip(values.tolist(), index.tolist(), strict=True)
+            [(id_of(int(i)), float(v))
+             for v, i in zip(values[j, :want].tolist(), index[j, :want].tolist(), strict=True)]
+            for j, want in enumerate(wanted)
         ]
 
     # -- per-user state -----------------------------------------------------------------

@@ -185,6 +185,9 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
         web_enabled=options.web_port is not None, web_port=options.web_port or 6066,
         topic_replication_factor=1, producer_acks=-1, broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0, stream_recovery_delay=0.0,
+        # Changelog writes come a batch of users at a time: let them share requests (Faust's
+        # defaults, no linger and 16 KB batches, cost a socket write per few records).
+        producer_linger=0.005, producer_max_batch_size=1_000_000,
         datadir=str(datadir),
     )
     owners = app.topic(owners_name, partitions=n, value_serializer="raw")

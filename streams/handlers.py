@@ -97,8 +97,8 @@ class RecommenderHandler:
                 if user not in newest or (ts, eid) > newest[user]:
                     newest[user] = (ts, eid)
             version = str(self.model.version)
-            for user, (ts, eid) in newest.items():
-                best = self.model.top_n(user, self.top_n)
+            ranked = self.model.top_n_many(list(newest), self.top_n)
+            for (user, (ts, eid)), best in zip(newest.items(), ranked, strict=True):
                 out.recommendations.append(RecommendationRow(
                     user=user, items=tuple(i for i, _ in best),
                     scores=tuple(s for _, s in best), event_id=eid, event_ts=ts,

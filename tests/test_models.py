@@ -288,6 +288,15 @@ def test_top_n_finds_the_known_best_item_and_skips_seen() -> None:
     assert model.top_n("stranger", 1)[0][0] == "best"  # cold start ranks by item bias
     predicted = model.predict(Interactions(["alice"], ["best"]))
     assert predicted.item() == pytest.approx(ranked[0][1], abs=1e-5)
+    # Ranked together (as the worker ranks a batch's users), each user keeps their own list:
+    # alice's unseen "best", bob's empty list and the stranger's cold start.
+    together = model.top_n_many(["alice", "bob", "stranger", "alice"], 3)
+    alone = [model.top_n(u, 3) for u in ["alice", "bob", "stranger", "alice"]]
+    assert [[i for i, _ in r] for r in together] == [["best"], [], ["best", "meh", "bad"],
+                                                     ["best"]]
+    for got, want in zip(together, alone, strict=True):
+        assert [i for i, _ in got] == [i for i, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
 
 
 def test_learn_touches_only_the_rows_in_the_batch() -> None:
