@@ -2,9 +2,10 @@
 
 The recommender's learning step (``RatingLearner.process``) with and without writing the
 touched users' rows, in-process on ``SyntheticRatings`` (500 users x 200 items). The stores
-are the worker's own (``FaustTableStore``: one ``call_soon_threadsafe`` per record;
-``BatchedFaustStore``: one per batch) over a stand-in table whose changelog send only counts,
-on an event loop running in another thread as Faust's does.
+are the worker's own (``FaustTableStore``: one ``call_soon_threadsafe`` per batch) and the
+same store written one record at a time (``put``: one ``call_soon_threadsafe`` per record),
+over a stand-in table whose changelog send only counts, on an event loop running in another
+thread as Faust's does.
 
 Usage: ``python bench/user_state.py``
 """
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from connectors.sources import SyntheticRatings
 from models.factory import create_model
 from streams.learning import RatingLearner
 from streams.table_store import FaustTableStore
-from streams.user_state import BatchedFaustStore, UserState
+from streams.user_state import UserState
 from streams.validate import RatingBatch
 
 PARTITIONS = 6
@@ -69,9 +71,18 @@ def batches(size: int, count: int) -> list[RatingBatch]:
     return out
 
 
+class _PerRecordStore:
+    """``FaustTableStore`` without ``put_many``: what ``UserState`` did before batching."""
+
+    def __init__(self, table: Any, app: Any) -> None:
+        self._store = FaustTableStore(table, app)
+        self.put = self._store.put
+        self.items = self._store.items
+
+
 def run(size: int, store: str, loop: asyncio.AbstractEventLoop) -> tuple[float, int]:
     model = create_model("recommender", device="cpu")
-    kind = {"per record": FaustTableStore, "batched": BatchedFaustStore}.get(store)
+    kind = {"per record": _PerRecordStore, "batched": FaustTableStore}.get(store)
     users = UserState(kind(_Table(), _App(loop)), model) if kind else None  # type: ignore[arg-type]
     learner = RatingLearner(model, 32, users=users)  # type: ignore[arg-type]
     data = batches(size, 20_000)

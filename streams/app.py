@@ -48,7 +48,7 @@ from streams.metrics import PipelineMetrics
 from streams.pipeline import HotPath, Sinks
 from streams.settings import Settings
 from streams.table_store import FaustTableStore
-from streams.user_state import BatchedFaustStore, UserState
+from streams.user_state import UserState
 
 __all__ = ["WorkerOptions", "build_app", "build_hot_path", "load_or_create_model"]
 
@@ -238,7 +238,7 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
             users = None
             if isinstance(model, MatrixFactorization):
                 table = app.Table("users", partitions=n, key_type=bytes, value_type=bytes)
-                users = UserState(BatchedFaustStore(table, app), model)
+                users = UserState(FaustTableStore(table, app), model)
             learner = RatingLearner(model, settings.effective_learn_batch_size, hooks,
                                     users=users)
     # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's own

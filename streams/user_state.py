@@ -27,9 +27,8 @@ from safetensors.numpy import load as st_load
 
 from models.recommender import MatrixFactorization, UserRows
 from streams.join import JoinStore
-from streams.table_store import FaustTableStore
 
-__all__ = ["BatchedFaustStore", "UserState", "decode_users", "encode_users", "user_key"]
+__all__ = ["UserState", "decode_users", "encode_users", "user_key"]
 
 _PREFIX = b"u:"
 
@@ -102,25 +101,6 @@ def decode_users(records: Sequence[tuple[str, bytes]]) -> UserRows:
         optim={name: torch.from_numpy(np.stack([d[f"optim.{name}"] for d in decoded]))
                for name in names},
     )
-
-
-class BatchedFaustStore(FaustTableStore):
-    """``FaustTableStore`` plus ``put_many``: one batch's records reach Faust's loop in one
-    callback. A ``call_soon_threadsafe`` per record wakes the loop thread once per user, and
-    each wake-up takes the GIL from the hot path (measured: bench/user_state.py)."""
-
-    def put_many(self, records: Sequence[tuple[int, bytes, bytes | None]]) -> None:
-        data = self.table.data
-        for _, key, value in records:
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
-        self.app.loop.call_soon_threadsafe(self._send_many, records)
-
-    def _send_many(self, records: Sequence[tuple[int, bytes, bytes | None]]) -> None:
-        for partition, key, value in records:
-            self.table.send_changelog(partition, key, value)
 
 
 @dataclass

@@ -1,0 +1,196 @@
+"""Recommender worker throughput: what learning and top-N lists cost per rating.
+
+One real ``streaminfer worker --app recommender`` process drains a pre-filled ratings topic
+(``SyntheticRatings``: low-rank ground truth), in three configurations, side by side:
+
+(1) ``serve``: predict each rating, write ``pred:recommender:{user}`` and the predictions
+    topic (``--no-learn --top-n 0``);
+(2) ``learn``: (1) + test-then-train (one optimiser step per ``learn_batch_size`` ratings,
+    the touched users' rows written to the partition's table changelog);
+(3) ``learn + top-N``: (2) + each batch's users re-ranked and ``recs:{user}`` replaced (the
+    default worker).
+
+Progress comes from the worker's metrics in Redis (``metrics:recommender:{host}-{pid}``);
+the rate counts ratings from the first metrics report with events to the last, so start-up
+and group join are excluded.
+
+Usage: ``python bench/recommender.py --count 60000 --write-docs``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from _common import (
+    command_line,
+    create_topics,
+    delete_topics,
+    docs_footer,
+    load_note,
+    machine,
+    markdown_table,
+    unique_name,
+    write_docs_section,
+)
+
+from connectors.avro import RecordCodec
+from connectors.kafka import make_producer
+from connectors.publish import publish_chunks
+from connectors.sources import SyntheticRatings
+
+CONFIGS = {
+    "(1) serve": ["--no-learn", "--top-n", "0"],
+    "(2) serve + learn": ["--learn", "--top-n", "0"],
+    "(3) serve + learn + top-10": ["--learn", "--top-n", "10"],
+}
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+    batch_avg: float
+    rmse: float | None
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Recommender worker throughput: serve only, + learning, + top-N.",
+        epilog="Example: python bench/recommender.py --count 60000 --write-docs")
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers.")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
+                        help="Redis database for the worker's keys (flushed before each run).")
+    parser.add_argument("--count", type=int, default=60_000, help="Ratings pre-filled.")
+    parser.add_argument("--partitions", type=int, default=4, help="Partitions of each topic.")
+    parser.add_argument("--timeout", type=float, default=240.0,
+                        help="Time cap per configuration, seconds.")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="Rewrite the 'recommender' section of docs/benchmarks.md.")
+    return parser.parse_args(argv)
+
+
+def _fill(bootstrap: str, topic: str, count: int) -> None:
+    events, _ratings = next(SyntheticRatings(seed=1).chunks(count, count))
+    codec = RecordCodec("rating", "single-object", topic=topic)
+    report = publish_chunks(make_producer({"bootstrap.servers": bootstrap}), topic, codec,
+                            [events], key_field="user")
+    if report.failed:
+        raise RuntimeError(f"pre-filling {topic}: {report.failed} ratings not delivered")
+
+
+def run_worker(args: argparse.Namespace, name: str, flags: list[str], topic: str,
+               log_dir: Path) -> Result:
+    """One worker process over the whole topic, with a fresh group; stopped by PID."""
+    client = redis.Redis.from_url(args.redis_url)
+    client.flushdb()
+    env = {**os.environ, "KAFKA_BOOTSTRAP": args.bootstrap, "REDIS_URL": args.redis_url,
+           "STREAMINFER_APP": "recommender", "STREAMINFER_RATINGS_TOPIC": topic,
+           "STREAMINFER_PREDICTIONS_TOPIC": f"{topic}-predictions",
+           "STREAMINFER_CONSUMER_GROUP": unique_name("bench-reco")}
+    log = (log_dir / f"worker-{name[1]}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from streams.cli import main; main()", "worker", *flags],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    key = f"metrics:recommender:{socket.gethostname()}-{proc.pid}"
+    first: tuple[float, int] | None = None
+    last: tuple[float, int] | None = None
+    metrics: dict = {}
+    deadline = time.monotonic() + args.timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            raw = client.get(key)
+            if raw:
+                metrics = json.loads(raw)
+                seen = (time.monotonic(), int(metrics.get("events", 0)))
+                if seen[1] and first is None:
+                    first = seen
+                if seen[1] and (last is None or seen[1] > last[1]):
+                    last = seen
+                if seen[1] >= args.count:
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    if first is None or last is None or last[1] == first[1]:
+        return Result(name, 0, 0.0, 0.0, None, f"no progress; see {log.name}")
+    done = last[1] >= args.count
+    learning = metrics.get("learning") or {}
+    return Result(name, last[1] - first[1], last[0] - first[0],
+                  float(metrics.get("batch_avg") or 0.0), learning.get("rmse"),
+                  "" if done else f"stopped after {last[1]:,} of {args.count:,}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    load = load_note()
+    print(f"$ {command_line()}\n{machine()}, {load}")
+    topic = unique_name("bench-reco-ratings")
+    topics = [topic, f"{topic}-predictions", f"{topic}.dlq"]
+    create_topics(args.bootstrap, topics, args.partitions)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-reco-"))
+    results: list[Result] = []
+    try:
+        _fill(args.bootstrap, topic, args.count)
+        print(f"pre-filled {args.count:,} ratings, {args.partitions} partitions; logs in {log_dir}")
+        for name, flags in CONFIGS.items():
+            result = run_worker(args, name, flags, topic, log_dir)
+            results.append(result)
+            print(_line(result), flush=True)
+    finally:
+        delete_topics(args.bootstrap, topics)
+    if args.write_docs:
+        write_docs_section("recommender", _docs(args, results, load))
+        print("wrote the 'recommender' section of docs/benchmarks.md")
+    return 0
+
+
+def _line(r: Result) -> str:
+    rmse = f"  progressive RMSE {r.rmse:.3f}" if r.rmse is not None else ""
+    return (f"{r.name:<30} {r.events:>8,} ratings in {r.seconds:6.2f}s = {r.rate:>8,.0f}/s  "
+            f"batch avg {r.batch_avg:5.0f}{rmse}  {r.note}")
+
+
+def _docs(args: argparse.Namespace, results: list[Result], load: str) -> str:
+    base = results[0].rate or 1.0
+    rows = [[r.name, f"{r.rate:,.0f}", f"{r.rate / base:.2f}", f"{r.batch_avg:,.0f}",
+             f"{r.rmse:.3f}" if r.rmse is not None else "", r.note] for r in results]
+    table = markdown_table(["run", "ratings/s", "vs (1)", "avg batch", "progressive RMSE",
+                            "note"], rows)
+    return f"""## Recommender worker (`bench/recommender.py`)
+
+One `streaminfer worker --app recommender` process drains {args.count:,} pre-filled ratings
+(`SyntheticRatings`, {args.partitions} partitions) with a fresh consumer group, in three
+configurations one after another: (1) serve only (`--no-learn --top-n 0`: predict, write
+`pred:recommender:*` and the predictions topic), (2) + test-then-train learning (optimiser
+steps, the touched users' rows to the table changelog), (3) + re-ranking each batch's users
+and replacing `recs:{{user}}` (the default). Rates count ratings from the worker's first
+metrics report to its last (start-up excluded). Kafka and Redis share the same cores.
+
+{table}
+
+{docs_footer(load)}"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
