@@ -14,7 +14,7 @@ Progress comes from the worker's metrics in Redis (``metrics:recommender:{host}-
 the rate counts ratings from the first metrics report with events to the last, so start-up
 and group join are excluded.
 
-Usage: ``python bench/recommender.py --count 60000 --write-docs``
+Usage: ``python bench/recommender.py --count 150000 --write-docs``
 """
 
 from __future__ import annotations
@@ -72,11 +72,11 @@ class Result:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Recommender worker throughput: serve only, + learning, + top-N.",
-        epilog="Example: python bench/recommender.py --count 60000 --write-docs")
+        epilog="Example: python bench/recommender.py --count 150000 --write-docs")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers.")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
                         help="Redis database for the worker's keys (flushed before each run).")
-    parser.add_argument("--count", type=int, default=60_000, help="Ratings pre-filled.")
+    parser.add_argument("--count", type=int, default=150_000, help="Ratings pre-filled.")
     parser.add_argument("--partitions", type=int, default=4, help="Partitions of each topic.")
     parser.add_argument("--timeout", type=float, default=240.0,
                         help="Time cap per configuration, seconds.")
