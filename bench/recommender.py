@@ -1,14 +1,16 @@
 """Recommender worker throughput: what learning and top-N lists cost per rating.
 
 One real ``streaminfer worker --app recommender`` process drains a pre-filled ratings topic
-(``SyntheticRatings``: low-rank ground truth), in three configurations, side by side:
+(``SyntheticRatings``: low-rank ground truth), in four configurations, side by side:
 
 (1) ``serve``: predict each rating, write ``pred:recommender:{user}`` and the predictions
     topic (``--no-learn --top-n 0``);
 (2) ``learn``: (1) + test-then-train (one optimiser step per ``learn_batch_size`` ratings,
     the touched users' rows written to the partition's table changelog);
 (3) ``learn + top-N``: (2) + each batch's users re-ranked and ``recs:{user}`` replaced (the
-    default worker).
+    default worker);
+(4) (3) with ``--latency-target-ms 400`` instead of 100: larger adaptive batches, fewer
+    per-batch round trips, more latency.
 
 Progress comes from the worker's metrics in Redis (``metrics:recommender:{host}-{pid}``);
 the rate counts ratings from the first metrics report with events to the last, so start-up
@@ -52,6 +54,8 @@ CONFIGS = {
     "(1) serve": ["--no-learn", "--top-n", "0"],
     "(2) serve + learn": ["--learn", "--top-n", "0"],
     "(3) serve + learn + top-10": ["--learn", "--top-n", "10"],
+    "(4) = (3), latency target 400 ms": ["--learn", "--top-n", "10",
+                                         "--latency-target-ms", "400"],
 }
 
 
@@ -180,12 +184,14 @@ def _docs(args: argparse.Namespace, results: list[Result], load: str) -> str:
     return f"""## Recommender worker (`bench/recommender.py`)
 
 One `streaminfer worker --app recommender` process drains {args.count:,} pre-filled ratings
-(`SyntheticRatings`, {args.partitions} partitions) with a fresh consumer group, in three
+(`SyntheticRatings`, {args.partitions} partitions) with a fresh consumer group, in four
 configurations one after another: (1) serve only (`--no-learn --top-n 0`: predict, write
 `pred:recommender:*` and the predictions topic), (2) + test-then-train learning (optimiser
 steps, the touched users' rows to the table changelog), (3) + re-ranking each batch's users
-and replacing `recs:{{user}}` (the default). Rates count ratings from the worker's first
-metrics report to its last (start-up excluded). Kafka and Redis share the same cores.
+and replacing `recs:{{user}}` (the default), (4) = (3) with `--latency-target-ms 400` instead
+of the default 100, which lets the adaptive batches grow. Rates count ratings from the
+worker's first metrics report to its last (start-up excluded). Kafka and Redis share the same
+cores.
 
 {table}
 
