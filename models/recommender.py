@@ -284,9 +284,8 @@ class MatrixFactorization(Model):
         values, index = self.runner.infer(rank, user_rows, known, masked_users, masked_items)
         id_of = self.items.id_of
         return [
-            [(id_of(int(i)), float(v))
-             for v, i in zip(values[j, :want].tolist(), index[j, :want].tolist(), strict=True)]
-            for j, want in enumerate(wanted)
+            [(id_of(int(i)), v) for v, i in zip(vs[:want], ix[:want], strict=True)]
+            for vs, ix, want in zip(values.tolist(), index.tolist(), wanted, strict=True)
         ]
 
     # -- per-user state -----------------------------------------------------------------
