@@ -188,6 +188,13 @@ def load_note() -> str:
     return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
 
 
+def start_run() -> str:
+    """Print the command line, the machine and its load; returns the load note for the docs."""
+    load = load_note()
+    print(f"$ {command_line()}\n{machine()}, {load}", flush=True)
+    return load
+
+
 def command_line() -> str:
     """The exact command that produced the figures, for the output and the docs."""
     script = Path(sys.argv[0])

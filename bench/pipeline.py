@@ -39,15 +39,13 @@ from pathlib import Path
 import redis
 from _common import (
     ROOT,
-    command_line,
     create_topics,
     delete_topics,
     docs_footer,
-    load_note,
-    machine,
     markdown_table,
     publish_live,
     publish_synthetic,
+    start_run,
     unique_name,
     write_docs_section,
 )
@@ -345,8 +343,7 @@ def _line(r: Result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    load = load_note()
-    print(f"$ {command_line()}\n{machine()}, {load}")
+    load = start_run()
     main_topic, naive_topic = unique_name("bench-pipe-events"), unique_name("bench-pipe-naive")
     live_topic, predictions = unique_name("bench-pipe-live"), unique_name("bench-pipe-pred")
     topics = [main_topic, naive_topic, live_topic, predictions]

@@ -27,16 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from _common import (
-    command_line,
     create_topics,
     delete_topics,
     docs_footer,
-    load_note,
-    machine,
     markdown_table,
     publish_synthetic,
     rate,
     split_count,
+    start_run,
     unique_name,
     write_docs_section,
 )
@@ -207,8 +205,7 @@ def profile_produce(args: argparse.Namespace, topic: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    load = load_note()
-    print(f"$ {command_line()}\n{machine()}, {load}")
+    load = start_run()
     plan = [(r, p) for r in range(args.rounds) for p in args.procs]
     topics = [unique_name(f"bench-produce-{p}p") for _r, p in plan]
     create_topics(args.bootstrap, topics, args.partitions)

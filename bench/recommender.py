@@ -34,13 +34,11 @@ from pathlib import Path
 
 import redis
 from _common import (
-    command_line,
     create_topics,
     delete_topics,
     docs_footer,
-    load_note,
-    machine,
     markdown_table,
+    start_run,
     unique_name,
     write_docs_section,
 )
@@ -147,8 +145,7 @@ def run_worker(args: argparse.Namespace, name: str, flags: list[str], topic: str
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    load = load_note()
-    print(f"$ {command_line()}\n{machine()}, {load}")
+    load = start_run()
     topic = unique_name("bench-reco-ratings")
     topics = [topic, f"{topic}-predictions", f"{topic}.dlq"]
     create_topics(args.bootstrap, topics, args.partitions)

@@ -33,14 +33,12 @@ from typing import Any
 import numpy as np
 import redis
 from _common import (
-    command_line,
     create_topics,
     delete_topics,
     docs_footer,
-    load_note,
-    machine,
     markdown_table,
     publish_synthetic,
+    start_run,
     unique_name,
     write_docs_section,
 )
@@ -536,8 +534,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    load = load_note()
-    print(f"$ {command_line()}\n{machine()}, {load}", flush=True)
+    load = start_run()
     started = time.perf_counter()
     pipeline: Rounds = {} if args.skip_pipeline else run_pipeline(args)
     isolated: list[dict[str, Any]] = []
