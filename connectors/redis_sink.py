@@ -179,15 +179,11 @@ def _connect(url_or_client: str | redis.Redis) -> redis.Redis:
     return url_or_client
 
 
-def _latest_per(rows: Iterable[Any], attr: str) -> list[Any]:
-    """Keep the newest row per entity by the module's ordering rule (later wins on ties)."""
-    latest: dict[str, Any] = {}
-    for row in rows:
-        entity = getattr(row, attr)
-        cur = latest.get(entity)
-        if cur is None or (row.event_ts, row.event_id) >= (cur.event_ts, cur.event_id):
-            latest[entity] = row
-    return list(latest.values())
+def _latest_per(rows: Sequence[Any], attr: str) -> list[Any]:
+    """Keep the newest row per entity (``attr``) by the module's ordering rule."""
+    keep = _latest_index([getattr(r, attr) for r in rows], [r.event_ts for r in rows],
+                         [r.event_id for r in rows])
+    return [rows[i] for i in keep]
 
 
 def _chunks(rows: list[Any], size: int) -> Iterable[list[Any]]:
@@ -227,9 +223,9 @@ class RedisPredictionSink:
         for (processed_ts, name, version), group in groups.items():
             scores = ([json.dumps([float(s) for s in r.scores]) if r.scores else "[]"
                        for r in group] if any(r.scores for r in group) else None)
-            result += self._write(processed_ts, name, version, [r.key for r in group],
-                                  [r.event_id for r in group], [r.event_ts for r in group],
-                                  [r.score for r in group], scores)
+            result += self.write_packed(self._pack(
+                processed_ts, name, version, [r.key for r in group], [r.event_id for r in group],
+                [r.event_ts for r in group], [r.score for r in group], scores))
         return result
 
     def write_columns(self, batch: Predictions) -> WriteResult:
@@ -257,12 +253,6 @@ class RedisPredictionSink:
             applied = int(self._script(keys=keys, args=args))
             result += WriteResult(applied, len(keys) - applied)
         return result
-
-    def _write(self, processed_ts: int, name: str, version: str, keys: list[str],
-               ids: list[str], ts: list[int], scores: list[float],
-               extra: list[str] | None) -> WriteResult:
-        return self.write_packed(self._pack(processed_ts, name, version, keys, ids, ts, scores,
-                                            extra))
 
     def _pack(self, processed_ts: int, name: str, version: str, keys: list[str],
               ids: list[str], ts: list[int], scores: list[float], extra: list[str] | None,
