@@ -16,8 +16,8 @@ import asyncio
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -71,13 +71,13 @@ def batches(size: int, count: int) -> list[RatingBatch]:
     return out
 
 
-class _PerRecordStore:
-    """``FaustTableStore`` without ``put_many``: what ``UserState`` did before batching."""
+class _PerRecordStore(FaustTableStore):
+    """``FaustTableStore`` writing a batch one record at a time (one loop callback each):
+    what ``UserState`` did before batching."""
 
-    def __init__(self, table: Any, app: Any) -> None:
-        self._store = FaustTableStore(table, app)
-        self.put = self._store.put
-        self.items = self._store.items
+    def put_many(self, records: Sequence[tuple[int, bytes, bytes | None]]) -> None:
+        for partition, key, value in records:
+            FaustTableStore.put_many(self, [(partition, key, value)])
 
 
 def run(size: int, store: str, loop: asyncio.AbstractEventLoop) -> tuple[float, int]:

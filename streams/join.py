@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +27,7 @@ class JoinStore(Protocol):
     """Where join records persist: ``put(p, key, None)`` deletes."""
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+    def put_many(self, records: Sequence[tuple[int, bytes, bytes | None]]) -> None: ...
     def items(self, partitions: set[int]) -> Iterable[tuple[bytes, bytes]]: ...
 
 
@@ -45,6 +46,10 @@ class MemoryJoinStore:
             self.data.pop(key, None)
         else:
             self.data[key] = value
+
+    def put_many(self, records: Sequence[tuple[int, bytes, bytes | None]]) -> None:
+        for record in records:
+            self.put(*record)
 
     def items(self, partitions: set[int]) -> Iterable[tuple[bytes, bytes]]:
         return [(k, v) for k, v in list(self.data.items()) if _partition_of(k) in partitions]

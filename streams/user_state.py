@@ -123,12 +123,7 @@ class UserState:
         partition_of = {user: partition for partition, user in pairs}
         records = [(partition_of[user], user_key(partition_of[user], user), value)
                    for user, value in zip(rows.ids, encode_users(rows), strict=True)]
-        put_many = getattr(self.store, "put_many", None)
-        if put_many is not None:
-            put_many(records)
-        else:
-            for record in records:
-                self.store.put(*record)
+        self.store.put_many(records)
         self.saved += len(records)
         self.save_s += time.perf_counter() - start
 
