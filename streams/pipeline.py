@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    """A batch ready for the sinks: its messages, outputs and rejects."""
+    """A batch ready for the writer: its messages, staged writes and rejects."""
 
     messages: list[Message]
     batch: Any
