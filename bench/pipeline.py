@@ -186,15 +186,16 @@ def drain(args: argparse.Namespace, name: str, topic: str, predictions: str, cou
                   clock.cpu_seconds)
 
 
-def _live_producer(bootstrap: str, topic: str, count: int, rate: float, seed: int,
-                   num_features: int, keys: int) -> None:
-    publish_live(bootstrap, topic, count, rate=rate, seed=seed, num_features=num_features,
-                 keys=keys)
-
-
 def latency_run(args: argparse.Namespace, topic: str, predictions: str, rate: float) -> Result:
     """(b) live while a separate process produces at ``rate`` for ``--latency-seconds``."""
     count = int(rate * args.latency_seconds)
+    # The producer encodes its events while the lane starts, so (d) follows (b) closely.
+    spawn = mp.get_context("spawn")
+    ready, go = spawn.Event(), spawn.Event()
+    producer = spawn.Process(target=publish_live, args=(args.bootstrap, topic, count), kwargs={
+        "rate": rate, "seed": 99, "num_features": args.num_features, "keys": args.keys,
+        "ready": ready, "go": go})
+    producer.start()
     hot, _warm_metrics = _hot_path(args, topic, predictions, False, window=1000)
     stop = threading.Event()
     thread = threading.Thread(target=hot.run, args=(stop,), name="bench-latency", daemon=True)
@@ -204,12 +205,10 @@ def latency_run(args: argparse.Namespace, topic: str, predictions: str, rate: fl
                       keys=args.keys)
     _wait_for(hot.metrics, 500, 60, thread)
     hot.metrics = PipelineMetrics(window=count + 1000)
-    producer = mp.get_context("spawn").Process(
-        target=_live_producer,
-        args=(args.bootstrap, topic, count, rate, 99, args.num_features, args.keys))
-    producer.start()
-    # The producer process's own start (imports, broker connection) delays its first
-    # records; measure from 1.5 s after they arrive, when it sends at the steady rate.
+    if not ready.wait(120):
+        raise RuntimeError("the load generator did not get ready within 120 s")
+    go.set()
+    # Measure from 1.5 s after the first records arrive, when it sends at the steady rate.
     _wait_for(hot.metrics, 1, 60, thread)
     time.sleep(1.5)
     skipped = hot.metrics.events
@@ -372,13 +371,15 @@ def main(argv: list[str] | None = None) -> int:
         a = max(rounds["identity"], key=lambda r: r.rate)
         b = max(rounds["streaminfer"], key=lambda r: r.rate)
         a.name, b.name = "(a) I/O path (identity model)", "(b) streaminfer (classifier model)"
+        # (d) right after the rounds: its rate comes from (b), and this shared machine's speed
+        # drifts over minutes, so the two are measured as close together as they can be.
+        d = latency_run(args, live_topic, predictions, args.latency_rate or b.rate / 2)
+        print(_line(d))
         if not args.skip_naive:
             app_id = unique_name("bench-naive")
             topics.append(f"{app_id}-__assignor-__leader")  # Faust's own topic, deleted after
             naive = naive_run(args, naive_topic, args.naive_count, log_path, app_id)
             print(_line(naive))
-        d = latency_run(args, live_topic, predictions, args.latency_rate or b.rate / 2)
-        print(_line(d))
         if args.breakdown:
             stages = stage_breakdown(args, main_topic, predictions)
             breakdown_text = "--- hot-path stages, batches of 1000, wall us/event ---\n"

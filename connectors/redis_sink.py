@@ -35,7 +35,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.prediction import PredictionRow, Predictions
 
@@ -155,9 +159,10 @@ class RecommendationRow:
 
 @dataclass(frozen=True, slots=True)
 class PackedWrite:
-    """A batch's Redis write as script calls ``(keys, args)``, ready to send."""
+    """A batch's Redis write as script calls already in the wire format (RESP bytes of an
+    ``EVALSHA``), each with its number of rows: sending it needs no Python work per row."""
 
-    calls: list[tuple[list[str], list[Any]]]
+    commands: list[tuple[bytes, int]]
     stale: int = 0
 
 
@@ -249,28 +254,52 @@ class RedisPredictionSink:
     def write_packed(self, packed: PackedWrite) -> WriteResult:
         """Run the script calls of :meth:`pack_columns`; returns once Redis has replied."""
         result = WriteResult(stale=packed.stale)
-        for keys, args in packed.calls:
-            applied = int(self._script(keys=keys, args=args))
-            result += WriteResult(applied, len(keys) - applied)
+        for command, rows in packed.commands:
+            try:
+                applied = int(_request(self.client, command))
+            except NoScriptError:  # Redis lost its script cache (e.g. restarted): load, resend
+                self.client.script_load(_PREDICTION_LUA)
+                applied = int(_request(self.client, command))
+            result += WriteResult(applied, rows - applied)
         return result
 
     def _pack(self, processed_ts: int, name: str, version: str, keys: list[str],
               ids: list[str], ts: list[int], scores: list[float], extra: list[str] | None,
               stale: int = 0) -> PackedWrite:
         """``extra``: per-row extra scores as JSON, or None when no row has any."""
-        calls = []
+        commands = []
         prefix = self._prefix
         for lo in range(0, len(keys), MAX_ROWS_PER_CALL):
             hi = lo + MAX_ROWS_PER_CALL
-            args: list[Any] = [self.ttl_s, int(processed_ts), name, version,
-                               3 if extra is None else 4]
+            chunk = [prefix + k for k in keys[lo:hi]]
+            args: list[Any] = ["EVALSHA", self._script.sha, len(chunk), *chunk, self.ttl_s,
+                               int(processed_ts), name, version, 3 if extra is None else 4]
             columns = (ids[lo:hi], ts[lo:hi], scores[lo:hi])
             if extra is not None:
                 columns += (extra[lo:hi],)
             for row in zip(*columns, strict=True):
                 args += row
-            calls.append(([prefix + k for k in keys[lo:hi]], args))
-        return PackedWrite(calls, stale)
+            commands.append((hiredis.pack_command(tuple(args)), len(chunk)))
+        return PackedWrite(commands, stale)
+
+
+def _request(client: redis.Redis, command: bytes) -> Any:
+    """Send one pre-packed command on a pooled connection and read its reply.
+
+    redis-py's ``execute_command`` would pack the arguments again on the writer's thread;
+    this is its send/read with the same pool, minus the packing. A broken connection is
+    dropped and the error raised: the caller's retry resends the (idempotent) write.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([command])
+        return conn.read_response()
+    except (RedisConnectionError, RedisTimeoutError):
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 def _latest_index(keys: list[str], ts: list[int], ids: list[str]) -> list[int]:
