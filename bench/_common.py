@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,30 @@ def machine() -> str:
 def load_note() -> str:
     """The 1-minute load average: how busy the shared machine was during the run."""
     return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+
+
+def busy_cores() -> Callable[[], float | None]:
+    """Start a stopwatch on the whole machine's CPU (``/proc/stat``, Linux); calling the
+    result gives how many cores were busy on average since, all processes together."""
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    start = sample()
+
+    def since() -> float | None:
+        end = sample()
+        if start is None or end is None or end[1] == start[1]:
+            return None
+        return (end[0] - start[0]) / (end[1] - start[1]) * (os.cpu_count() or 1)
+
+    return since
 
 
 def start_run() -> str:
