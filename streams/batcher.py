@@ -49,28 +49,41 @@ class Batcher:
     limit: AdaptiveLimit
     max_wait_s: float
     max_bytes: int
+    idle_s: float = 0.01
     errors: int = 0
     _avg_size: float = 256.0
 
     def next_batch(self) -> list[Message]:
-        """Up to ``limit.current`` messages; empty when nothing arrived within ``max_wait``."""
+        """Up to ``limit.current`` messages; empty when nothing arrived within ``idle_s``.
+
+        Waits for the first record, takes whatever else is already queued, then keeps
+        collecting for at most ``max_wait`` after that first record (like Triton's queue
+        delay) while the batch is under its limits. ``max_wait`` 0 never waits for more: a
+        batch is what was queued, and under load that grows by itself.
+        """
         batch: list[Message] = []
         size = 0
-        deadline = time.monotonic() + self.max_wait_s
+        deadline = 0.0
+        timeout = self.idle_s
+        want = 1
         while len(batch) < self.limit.current and size < self.max_bytes:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 and batch:
-                break
-            room = int((self.max_bytes - size) / self._avg_size) + 1
-            want = max(1, min(self.limit.current - len(batch), room))
-            for msg in self.consumer.consume(want, max(remaining, 0.0)):
+            for msg in self.consumer.consume(want, timeout):
                 if msg.error():
                     self.errors += 1
                     continue
                 batch.append(msg)
                 size += len(msg.value() or b"")
-            if remaining <= 0:
-                break
+            if not batch:
+                return batch
+            if not deadline:
+                deadline = time.monotonic() + self.max_wait_s
+                timeout = 0.0  # first, what is queued already
+            else:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+            room = int((self.max_bytes - size) / self._avg_size) + 1
+            want = max(1, min(self.limit.current - len(batch), room))
         if batch:
             self._avg_size = 0.9 * self._avg_size + 0.1 * (size / len(batch))
         return batch

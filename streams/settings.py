@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     consumer_group: str = "streaminfer"
 
     batch_max_records: int = Field(1000, gt=0, le=100_000)
-    batch_max_wait_ms: float = Field(10.0, gt=0, le=60_000)
+    batch_max_wait_ms: float = Field(10.0, ge=0, le=60_000)
     batch_max_bytes: int = Field(4 * 1024 * 1024, gt=0)
     latency_target_ms: float = Field(100.0, gt=0)
 

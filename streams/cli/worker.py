@@ -31,8 +31,9 @@ __all__ = ["worker"]
 @click.option("--seed", type=int, help="Seed of a fresh model [default 0].")
 @click.option("--batch-max-records", type=click.IntRange(min=1), help="Upper bound of the "
               "adaptive batch size [default 1000].")
-@click.option("--batch-max-wait-ms", type=click.FloatRange(min=0, min_open=True),
-              help="A batch closes this long after it started [default 10].")
+@click.option("--batch-max-wait-ms", type=click.FloatRange(min=0),
+              help="How long a batch waits for more records after its first one [default "
+              "10]; 0 takes only what is already queued.")
 @click.option("--batch-max-bytes", type=click.IntRange(min=1), help="A batch closes at this "
               "many value bytes [default 4 MiB].")
 @click.option("--latency-target-ms", type=click.FloatRange(min=0, min_open=True),
