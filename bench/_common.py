@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from connectors.avro import RecordCodec  # noqa: E402
-from connectors.kafka import DeliveryFailures, make_producer, produce_batch  # noqa: E402
+from connectors.kafka import DeliveryFailures, make_producer  # noqa: E402
 from connectors.publish import PublishReport, publish_chunks  # noqa: E402
 from connectors.records import now_ms  # noqa: E402
 from connectors.sources.synthetic import SyntheticClassifier  # noqa: E402
@@ -137,12 +137,16 @@ def publish_live(
     step = max(1, int(rate * every_s))
 
     def send(chunk: list[tuple[bytes, bytes, bytes]]) -> None:
-        stamp = now_ms()
-        ts = _zigzag_varint(stamp)
+        ts = _zigzag_varint(now_ms())
         assert len(ts) == width, "timestamp varint changed width"
-        report.queued += produce_batch(
-            producer, topic, ((key, head + ts + tail, stamp) for key, head, tail in chunk),
-            failures)
+        # librdkafka's batch call loops in C: ~1.5 us less Python per event than a produce()
+        # each. It takes no timestamps; the records' CreateTime is their send time anyway.
+        pending = [{"key": key, "value": head + ts + tail} for key, head, tail in chunk]
+        while pending:
+            with contextlib.suppress(BufferError):  # queue full: the ones left are retried
+                report.queued += producer.produce_batch(topic, pending, on_delivery=failures)
+            pending = [{"key": m["key"], "value": m["value"]} for m in pending if "_error" in m]
+            producer.poll(0.05 if pending else 0)
 
     # The first chunk goes out and is acknowledged before the clock starts: connecting,
     # fetching metadata and the idempotent producer's id take a few hundred ms, and records

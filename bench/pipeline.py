@@ -455,7 +455,7 @@ predictions topic); for (a)-(c) it is dominated by the pre-filled backlog, so (d
 for {args.latency_seconds:.0f} s, right after the (a)/(b) rounds, while another process produces
 at {offered}. The load generator encodes its events before it starts and patches in only their
 send time, 20 ms worth at a time; its first chunk is acknowledged before the clock starts. It
-costs the shared cores ~4 us per event instead of ~18, like one on another machine would.
+costs the shared cores ~3 us per event instead of ~18, like one on another machine would.
 The process CPU column is the worker process's CPU time per event (`time.process_time`: the
 lane, its writer thread and librdkafka's threads). It varies less than rates on this shared
 machine. Kafka, Redis and the producer share the same cores; "machine busy" in (d)'s note
