@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compile_decoder", "compile_encoder"]
+__all__ = ["compile_decoder", "compile_encoder", "encode_long"]
 
 Decoder = Callable[[bytes], dict[str, Any]]
 Encoder = Callable[[dict[str, Any]], bytes]
@@ -168,7 +168,8 @@ def compile_decoder(schema: dict[str, Any]) -> Decoder | None:
 
 # -- encoding -------------------------------------------------------------------------------
 
-def _varint(value: int) -> bytes:
+def encode_long(value: int) -> bytes:
+    """Avro's encoding of an int/long (zig-zag varint)."""
     n = (value << 1) ^ (value >> 63)
     if n < 0x80:
         return _SMALL[n]
@@ -194,7 +195,7 @@ def _float_array(values: Any, code: str) -> bytes:
     count = len(values)
     if not count:
         return b"\x00"
-    return _varint(count) + struct.pack(f"<{count}{code}", *values) + b"\x00"
+    return encode_long(count) + struct.pack(f"<{count}{code}", *values) + b"\x00"
 
 
 def _encode_expr(ftype: Any, value: str) -> str | None:
@@ -208,16 +209,16 @@ def _encode_expr(ftype: Any, value: str) -> str | None:
         inner = _encode_expr(other, value)
         if inner is None:
             return None
-        return (f"(_varint({null_index}) if {value} is None else "
-                f"_varint({other_index}) + {inner})")
+        return (f"(encode_long({null_index}) if {value} is None else "
+                f"encode_long({other_index}) + {inner})")
     if kind in _INTEGER:
-        return f"_varint(int({value}))"
+        return f"encode_long(int({value}))"
     if kind in _FIXED:
         return f"_pack_{_FIXED[kind][0]}({value})"
     if kind == "string":
         return f"_string({value})"
     if kind == "bytes":
-        return f"_varint(len({value})) + bytes({value})"
+        return f"encode_long(len({value})) + bytes({value})"
     if kind == "boolean":
         return f"(b'\\x01' if {value} else b'\\x00')"
     if kind == "null":
@@ -233,13 +234,13 @@ def _encode_expr(ftype: Any, value: str) -> str | None:
 
 def _string(value: str) -> bytes:
     data = value.encode()
-    return _varint(len(data)) + data
+    return encode_long(len(data)) + data
 
 
 def _int_array(values: Any) -> bytes:
     if not len(values):
         return b"\x00"
-    return _varint(len(values)) + b"".join(_varint(int(v)) for v in values) + b"\x00"
+    return encode_long(len(values)) + b"".join(encode_long(int(v)) for v in values) + b"\x00"
 
 
 def _field_value(field: dict[str, Any], source: str, defaults: dict[str, Any]) -> str:
@@ -252,7 +253,7 @@ def _field_value(field: dict[str, Any], source: str, defaults: dict[str, Any]) -
 
 
 def _compile(source: str, name: str, defaults: dict[str, Any]) -> Any:
-    scope: dict[str, Any] = {"_varint": _varint, "_string": _string,
+    scope: dict[str, Any] = {"encode_long": encode_long, "_string": _string,
                              "_float_array": _float_array, "_int_array": _int_array,
                              "_pack_f": struct.Struct("<f").pack,
                              "_pack_d": struct.Struct("<d").pack, "_defaults": defaults}
