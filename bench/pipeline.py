@@ -22,6 +22,7 @@ Usage: ``python bench/pipeline.py --count 200000 --naive-count 20000 --write-doc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -60,6 +61,10 @@ TARGET_RATE = 40_000
 TARGET_VS_IO = 0.70
 TARGET_VS_NAIVE = 10.0
 TARGET_P99_MS = 100.0
+#: (d) counts only when a drain right after it runs within this fraction of the drain rate
+#: that set (d)'s offered rate: otherwise the shared host's speed changed in between, and (d)
+#: ran at another share of the capacity than half.
+STEADY_TOLERANCE = 0.25
 
 
 @dataclass
@@ -103,6 +108,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="How long (d) produces at half of (b)'s rate.")
     parser.add_argument("--latency-rate", type=float, default=0.0,
                         help="Offered rate for (d) in events/s [default: half of (b)'s rate].")
+    parser.add_argument("--latency-attempts", type=int, default=3,
+                        help="Tries of (d): one is retried when the drain run right after it "
+                             f"differs from the rate it was offered half of by over "
+                             f"{STEADY_TOLERANCE:.0%} (the shared host changed speed).")
     parser.add_argument("--num-features", type=int, default=8, help="Feature vector length.")
     parser.add_argument("--keys", type=int, default=100_000, help="Distinct entity keys.")
     parser.add_argument("--partitions", type=int, default=4, help="Partitions of each topic.")
@@ -232,6 +241,61 @@ def latency_run(args: argparse.Namespace, topic: str, predictions: str, rate: fl
                   snap["p50_ms"], snap["p99_ms"], snap["batch_avg"], note, clock.cpu_seconds)
 
 
+def steady_latency_run(args: argparse.Namespace, drain_topic: str, predictions: str,
+                       capacity: float, topics: list[str]) -> tuple[Result, list[str]]:
+    """(d), bracketed by drains: it counts when a drain of the (a)/(b) topic right after it
+    runs within ``STEADY_TOLERANCE`` of ``capacity``, the rate (d) was offered half of.
+
+    This shared host's speed drifts by up to ~1.8x within minutes; when it slows between (b)
+    and (d), "half of (b)" is 80-90% of what the machine can do during (d), and the p99 shows
+    the host, not the pipeline. A retry is offered half of the latest drain's rate. Whether
+    to retry depends only on the drains, never on (d)'s latency; every try is reported.
+    """
+    lines: list[str] = []
+    for attempt in range(1, args.latency_attempts + 1):
+        live_topic = unique_name("bench-pipe-live")
+        topics.append(live_topic)
+        create_topics(args.bootstrap, [live_topic], args.partitions)
+        rate = args.latency_rate or capacity / 2
+        _compact_redis_log(args.redis_url)
+        d = latency_run(args, live_topic, predictions, rate)
+        print(_line(d))
+        after = drain(args, "drain after (d)", drain_topic, predictions, args.count, False)
+        change = after.rate / capacity - 1
+        steady = abs(change) <= STEADY_TOLERANCE
+        lines.append(f"try {attempt}: offered {rate:,.0f} ev/s (half of {capacity:,.0f}), "
+                     f"p99 {d.p99_ms:.0f} ms; drain right after {after.rate:,.0f} ev/s "
+                     f"({change:+.0%}): {'steady' if steady else 'host speed changed'}")
+        print(f"  (d) {lines[-1]}", flush=True)
+        d.note += f"; try {attempt}, drain after (d) {change:+.0%}"
+        if steady or args.latency_rate:
+            break
+        capacity = after.rate
+    return d, lines
+
+
+def _compact_redis_log(url: str) -> None:
+    """Rewrite Redis's append-only file now and wait for it, if it has one.
+
+    The (a)/(b) rounds write ~200 MB of AOF in seconds; at the dev config's 512 MB threshold
+    that schedules a rewrite (a fork dumping the dataset: a second or so of one core) into
+    (d)'s window in about one run of four. Steady serving at (d)'s rate rewrites every few
+    minutes; docs/design.md says what one costs.
+    """
+    client = redis.Redis.from_url(url)
+    if not int(client.info("persistence").get("aof_enabled", 0)):
+        return
+    with contextlib.suppress(redis.ResponseError):  # one is already running: wait for it
+        client.bgrewriteaof()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if not int(info.get("aof_rewrite_in_progress", 0)) and not int(
+                info.get("aof_rewrite_scheduled", 0)):
+            return
+        time.sleep(0.1)
+
+
 def naive_run(args: argparse.Namespace, topic: str, count: int, log_path: Path,
               app_id: str) -> Result:
     """(c): the Faust agent as a worker subprocess; read its progress from Redis."""
@@ -349,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     load = start_run()
     main_topic, naive_topic = unique_name("bench-pipe-events"), unique_name("bench-pipe-naive")
-    live_topic, predictions = unique_name("bench-pipe-live"), unique_name("bench-pipe-pred")
-    topics = [main_topic, naive_topic, live_topic, predictions]
+    predictions = unique_name("bench-pipe-pred")
+    topics = [main_topic, naive_topic, predictions]
     create_topics(args.bootstrap, topics, args.partitions)
     _clear_redis(args.redis_url)
     log_path = Path(tempfile.gettempdir()) / "bench-naive-faust.log"
@@ -358,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     naive: Result | None = None
     profile_text = breakdown_text = ""
     stages: list[tuple[str, float]] = []
+    attempts: list[str] = []
     try:
         publish_synthetic(args.bootstrap, main_topic, args.count, seed=1,
                           num_features=args.num_features, keys=args.keys)
@@ -378,8 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         a.name, b.name = "(a) I/O path (identity model)", "(b) streaminfer (classifier model)"
         # (d) right after the rounds: its rate comes from (b), and this shared machine's speed
         # drifts over minutes, so the two are measured as close together as they can be.
-        d = latency_run(args, live_topic, predictions, args.latency_rate or b.rate / 2)
-        print(_line(d))
+        d, attempts = steady_latency_run(args, main_topic, predictions, b.rate, topics)
         if not args.skip_naive:
             app_id = unique_name("bench-naive")
             topics.append(f"{app_id}-__assignor-__leader")  # Faust's own topic, deleted after
@@ -418,13 +482,13 @@ def main(argv: list[str] | None = None) -> int:
         if text:
             print("\n" + text)
     if args.write_docs:
-        write_docs_section("pipeline", _docs(args, results, checks, stages, load))
+        write_docs_section("pipeline", _docs(args, results, checks, stages, attempts, load))
         print("wrote the 'pipeline' section of docs/benchmarks.md")
     return 0
 
 
 def _docs(args: argparse.Namespace, results: list[Result], checks: list[tuple[str, bool, str]],
-          stages: list[tuple[str, float]], load: str) -> str:
+          stages: list[tuple[str, float]], attempts: list[str], load: str) -> str:
     rows = [[r.name, f"{r.rate:,.0f}", f"{r.p50_ms:,.1f}", f"{r.p99_ms:,.1f}",
              f"{r.batch_avg:,.0f}", f"{r.cpu_us:.1f}" if r.cpu_us else "", r.note]
             for r in results]
@@ -439,6 +503,7 @@ def _docs(args: argparse.Namespace, results: list[Result], checks: list[tuple[st
                      + [["total", f"{total:.1f}", "100%"]])
     offered = (f"{args.latency_rate:,.0f} events/s" if args.latency_rate
                else "half of (b)'s rate")
+    tries = "\n".join(f"- {line}" for line in attempts)
     verdicts = "\n".join(f"- {'met' if ok else '**missed**'}: {text} (target {target})"
                          for text, ok, target in checks)
     return f"""## Classifier pipeline (`bench/pipeline.py`)
@@ -460,6 +525,15 @@ The process CPU column is the worker process's CPU time per event (`time.process
 lane, its writer thread and librdkafka's threads). It varies less than rates on this shared
 machine. Kafka, Redis and the producer share the same cores; "machine busy" in (d)'s note
 counts all of them (`/proc/stat`).
+
+(d) is bracketed: before each try, Redis rewrites its append-only file (the rounds' writes
+would otherwise schedule that rewrite into (d)'s window), and right after it (b)'s drain runs
+again. The try counts only if that drain is within {STEADY_TOLERANCE:.0%} of the rate (d) was
+offered half of; otherwise the shared host changed speed in between and (d) is tried again
+(at most {args.latency_attempts} tries) at half of the newer drain's rate. The choice depends
+on the drains only, never on (d)'s latency, and every try is listed:
+
+{tries}
 
 {table}
 

@@ -1,8 +1,12 @@
 """Micro-batches from a Kafka consumer, with a batch size that adapts to a latency target.
 
 A batch closes on whichever comes first: ``max_records`` (the adaptive limit), ``max_wait``
-since the batch started, or ``max_bytes`` of record values (soft: checked between polls,
-which are sized by the average record so a batch overshoots by little).
+since the batch started, ``max_bytes`` of record values (soft: checked between polls, which
+are sized by the average record so a batch overshoots by little), or a ``gap`` with no new
+record. Records come in fetches: a fetch's records are queued within microseconds of each
+other, and the next fetch follows the next produce request, often tens of ms later. Waiting on
+after a fetch until ``max_wait`` would only delay the batch, so it closes after 2 ms without a
+record; input that keeps trickling in still batches for up to ``max_wait``.
 
 The limit follows AIMD, as in Clipper and Triton's dynamic batcher: while a batch's service
 time (decode -> infer -> sinks -> commit) stays under half the latency target, a full batch
@@ -50,6 +54,7 @@ class Batcher:
     max_wait_s: float
     max_bytes: int
     idle_s: float = 0.01
+    gap_s: float = 0.002
     errors: int = 0
     _avg_size: float = 256.0
 
@@ -57,9 +62,10 @@ class Batcher:
         """Up to ``limit.current`` messages; empty when nothing arrived within ``idle_s``.
 
         Waits for the first record, takes whatever else is already queued, then keeps
-        collecting for at most ``max_wait`` after that first record (like Triton's queue
-        delay) while the batch is under its limits. ``max_wait`` 0 never waits for more: a
-        batch is what was queued, and under load that grows by itself.
+        collecting while records keep coming (no ``gap`` without one), for at most
+        ``max_wait`` after that first record (like Triton's queue delay) and while the batch
+        is under its limits. ``max_wait`` 0 never waits for more: a batch is what was queued,
+        and under load that grows by itself.
         """
         batch: list[Message] = []
         size = 0
@@ -67,7 +73,8 @@ class Batcher:
         timeout = self.idle_s
         want = 1
         while len(batch) < self.limit.current and size < self.max_bytes:
-            for msg in self.consumer.consume(want, timeout):
+            got = self.consumer.consume(want, timeout)
+            for msg in got:
                 if msg.error():
                     self.errors += 1
                     continue
@@ -79,7 +86,9 @@ class Batcher:
                 deadline = time.monotonic() + self.max_wait_s
                 timeout = 0.0  # first, what is queued already
             else:
-                timeout = deadline - time.monotonic()
+                if not got and timeout > 0:
+                    break  # a whole gap without a record: the fetch is over
+                timeout = min(self.gap_s, deadline - time.monotonic())
                 if timeout <= 0:
                     break
             room = int((self.max_bytes - size) / self._avg_size) + 1

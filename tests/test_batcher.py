@@ -90,3 +90,17 @@ def test_an_idle_consumer_gives_an_empty_batch() -> None:
     consumer = _ScriptedConsumer()
     assert _batcher(consumer, max_wait_s=0.05).next_batch() == []
     assert len(consumer.calls) == 1
+
+
+def test_a_batch_closes_after_a_gap_without_records_before_max_wait() -> None:
+    consumer = _ScriptedConsumer(1, 10, 0, 500)
+    batch = _batcher(consumer, max_wait_s=0.05).next_batch()
+    assert len(batch) == 11  # the 500 after the gap belong to the next batch
+    assert consumer.calls[2][1] <= 0.002 + 1e-9
+
+
+def test_records_that_keep_coming_keep_the_batch_open() -> None:
+    consumer = _ScriptedConsumer(1, 0, 1, 1, 1, 0, 7)
+    batch = _batcher(consumer, max_wait_s=0.05).next_batch()
+    # nothing else queued after the first record is not a gap: it waits one for more
+    assert len(batch) == 4

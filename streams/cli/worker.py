@@ -33,7 +33,8 @@ __all__ = ["worker"]
               "adaptive batch size [default 1000].")
 @click.option("--batch-max-wait-ms", type=click.FloatRange(min=0),
               help="How long a batch waits for more records after its first one [default "
-              "10]; 0 takes only what is already queued.")
+              "10]; it closes sooner when no record came for 2 ms. 0 takes only what is "
+              "already queued.")
 @click.option("--batch-max-bytes", type=click.IntRange(min=1), help="A batch closes at this "
               "many value bytes [default 4 MiB].")
 @click.option("--latency-target-ms", type=click.FloatRange(min=0, min_open=True),
