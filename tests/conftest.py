@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -29,6 +30,9 @@ SERVICES_SCRIPT = REPO / "deploy/local/services.sh"
 # Where services.sh puts them unless told otherwise (same env vars as the script).
 DEFAULT_BOOTSTRAP = f"127.0.0.1:{os.environ.get('STREAMINFER_KAFKA_PORT', '9092')}"
 DEFAULT_REDIS_URL = f"redis://127.0.0.1:{os.environ.get('STREAMINFER_REDIS_PORT', '6379')}/0"
+#: Tests use this database of the dev Redis (not of one given by REDIS_URL), emptied before
+#: and after the session; the benchmarks use 14, the demo 0.
+TEST_REDIS_DB = 15
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,28 @@ def services() -> Iterator[Services]:
         started = _env_file()
         bootstrap = started.get("KAFKA_BOOTSTRAP", bootstrap)
         redis_url = started.get("REDIS_URL", redis_url)
+    if not external_redis:  # our own dev Redis: tests get a database of their own
+        redis_url = _fresh_test_database(redis_url)
     try:
         yield Services(bootstrap=bootstrap, redis_url=redis_url)
     finally:
+        if not external_redis:
+            _fresh_test_database(redis_url)
         if missing and os.environ.get("STREAMINFER_KEEP_SERVICES") != "1":
             run_services("down", *missing)
+
+
+def _fresh_test_database(url: str) -> str:
+    """Database ``TEST_REDIS_DB`` of the dev Redis at ``url``, emptied. The end-to-end tests
+    write tens of thousands of keys a run; in a database of their own they neither mix with
+    the demo's nor pile up in the append-only file across runs."""
+    test_url = urlunsplit(urlsplit(url)._replace(path=f"/{TEST_REDIS_DB}"))
+    client = redis.Redis.from_url(test_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return test_url
 
 
 @pytest.fixture(autouse=True)
