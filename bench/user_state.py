@@ -12,6 +12,7 @@ Usage: ``python bench/user_state.py``
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import threading
@@ -95,14 +96,21 @@ def run(size: int, store: str, loop: asyncio.AbstractEventLoop) -> tuple[float, 
     return float(np.median(times[len(times) // 2 :])) * 1000, users.saved if users else 0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Cost of saving the touched users' rows to the partition's table per "
+                    "learning batch (recommender), per record against batched; prints a "
+                    "markdown table.")
+    parser.add_argument("--sizes", default="32,128,512",
+                        help="Comma-separated batch sizes [default: 32,128,512].")
+    sizes = [int(v) for v in parser.parse_args(argv).sizes.split(",")]
     torch.set_num_threads(1)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     print("Median ms per batch over the second half of 20k ratings (users have history).")
     print("| batch | store | learn ms/batch | + user rows ms/batch | overhead | records/batch |")
     print("|---|---|---|---|---|---|")
-    for size in (32, 128, 512):
+    for size in sizes:
         base = min(run(size, "none", loop)[0] for _ in range(3))
         for store in ("per record", "batched"):
             runs = [run(size, store, loop) for _ in range(3)]
