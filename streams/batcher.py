@@ -8,13 +8,10 @@ other, and the next fetch follows the next produce request, often tens of ms lat
 after a fetch until ``max_wait`` would only delay the batch, so it closes after 2 ms without a
 record; input that keeps trickling in still batches for up to ``max_wait``.
 
-The limit follows AIMD, as in Clipper and Triton's dynamic batcher: a batch whose service
-time (decode -> infer -> sinks -> commit) is over half the latency target halves the limit
-(the other half of the target is the budget for waiting in the batch and in Kafka); a full
-batch grows it by ``step``. A full batch means records are queued behind it: the lane is
-behind, and smaller batches would only cost more per record and let the backlog grow (live
-near capacity, halving there cut batches to 50-500 records and the lane's throughput with
-them while the backlog reached seconds). So a full batch never halves the limit.
+The limit follows AIMD, as in Clipper and Triton's dynamic batcher: while a batch's service
+time (decode -> infer -> sinks -> commit) stays under half the latency target, a full batch
+grows the limit by ``step``; a batch over it halves the limit. Half, because the other half of
+the target is the budget for waiting in the batch and in Kafka.
 """
 
 from __future__ import annotations
@@ -42,10 +39,10 @@ class AdaptiveLimit:
         self.current = max(self.minimum, min(self.maximum, 256))
 
     def observe(self, batch_size: int, service_ms: float) -> None:
-        if batch_size >= self.current:  # more was queued: throughput first
-            self.current = min(self.maximum, self.current + self.step)
-        elif service_ms > self.target_ms / 2:
+        if service_ms > self.target_ms / 2:
             self.current = max(self.minimum, self.current // 2)
+        elif batch_size >= self.current:
+            self.current = min(self.maximum, self.current + self.step)
 
 
 @dataclass
