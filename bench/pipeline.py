@@ -88,6 +88,13 @@ class Result:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Classifier pipeline throughput/latency: I/O path, streaminfer, naive Faust.",
@@ -108,7 +115,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="How long (d) produces at half of (b)'s rate.")
     parser.add_argument("--latency-rate", type=float, default=0.0,
                         help="Offered rate for (d) in events/s [default: half of (b)'s rate].")
-    parser.add_argument("--latency-attempts", type=int, default=3,
+    parser.add_argument("--latency-attempts", type=_positive_int, default=3,
                         help="Tries of (d): one is retried when the drain run right after it "
                              f"differs from the rate it was offered half of by over "
                              f"{STEADY_TOLERANCE * 100:.0f}%% (the shared host changed speed).")
@@ -204,7 +211,7 @@ def latency_run(args: argparse.Namespace, topic: str, predictions: str, rate: fl
     ready, go = spawn.Event(), spawn.Event()
     producer = spawn.Process(target=publish_live, args=(args.bootstrap, topic, count), kwargs={
         "rate": rate, "seed": 99, "num_features": args.num_features, "keys": args.keys,
-        "ready": ready, "go": go})
+        "ready": ready, "go": go}, daemon=True)  # never outlives a failed set-up below
     producer.start()
     hot, _warm_metrics = _hot_path(args, topic, predictions, False, window=1000)
     stop = threading.Event()
@@ -253,7 +260,6 @@ def steady_latency_run(args: argparse.Namespace, drain_topic: str, predictions: 
     last try is returned, with whether it was steady (a given ``--latency-rate`` always is).
     """
     lines: list[str] = []
-    steady = False
     for attempt in range(1, args.latency_attempts + 1):
         live_topic = unique_name("bench-pipe-live")
         topics.append(live_topic)
@@ -273,7 +279,7 @@ def steady_latency_run(args: argparse.Namespace, drain_topic: str, predictions: 
         if steady or args.latency_rate:
             return d, lines, True
         capacity = after.rate
-    return d, lines, steady
+    return d, lines, False
 
 
 def _compact_redis_log(url: str) -> None:
@@ -284,18 +290,18 @@ def _compact_redis_log(url: str) -> None:
     (d)'s window in about one run of four. Steady serving at (d)'s rate rewrites every few
     minutes; docs/design.md says what one costs.
     """
-    client = redis.Redis.from_url(url)
-    if not int(client.info("persistence").get("aof_enabled", 0)):
-        return
-    with contextlib.suppress(redis.ResponseError):  # one is already running: wait for it
-        client.bgrewriteaof()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        info = client.info("persistence")
-        if not int(info.get("aof_rewrite_in_progress", 0)) and not int(
-                info.get("aof_rewrite_scheduled", 0)):
+    with redis.Redis.from_url(url) as client:
+        if not int(client.info("persistence").get("aof_enabled", 0)):
             return
-        time.sleep(0.1)
+        with contextlib.suppress(redis.ResponseError):  # one is already running: wait for it
+            client.bgrewriteaof()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if not int(info.get("aof_rewrite_in_progress", 0)) and not int(
+                    info.get("aof_rewrite_scheduled", 0)):
+                return
+            time.sleep(0.1)
 
 
 def naive_run(args: argparse.Namespace, topic: str, count: int, log_path: Path,
@@ -424,8 +430,6 @@ def main(argv: list[str] | None = None) -> int:
     naive: Result | None = None
     profile_text = breakdown_text = ""
     stages: list[tuple[str, float]] = []
-    attempts: list[str] = []
-    steady = False
     try:
         publish_synthetic(args.bootstrap, main_topic, args.count, seed=1,
                           num_features=args.num_features, keys=args.keys)

@@ -85,9 +85,9 @@ class Batcher:
             if not deadline:
                 deadline = time.monotonic() + self.max_wait_s
                 timeout = 0.0  # first, what is queued already
+            elif not got and timeout > 0:
+                break  # a whole gap without a record: the fetch is over
             else:
-                if not got and timeout > 0:
-                    break  # a whole gap without a record: the fetch is over
                 timeout = min(self.gap_s, deadline - time.monotonic())
                 if timeout <= 0:
                     break
