@@ -38,7 +38,12 @@ from models.base import Model
 from models.factory import create_model
 from models.recommender import MatrixFactorization
 from models.sync import create_sync
-from streams.assignment import Assignment, FollowedAssignment, GroupAssignment
+from streams.assignment import (
+    Assignment,
+    FollowedAssignment,
+    GroupAssignment,
+    PartitionState,
+)
 from streams.batcher import AdaptiveLimit, Batcher
 from streams.handlers import ClassifierHandler, Handler, RecommenderHandler
 from streams.join import JoinState
@@ -245,30 +250,31 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
     # state; with parameter sync the shared state comes from the sync log instead).
     start_offsets = restored.start_offsets if settings.sync_mode == "off" else {}
 
+    partition_state: PartitionState | None = None
+    if isinstance(learner, FeedbackLearner):
+        partition_state = learner.join
+    elif isinstance(learner, RatingLearner):
+        partition_state = learner.users
     for _ in range(options.lanes):
         assignment = FollowedAssignment(topics, start_offsets=start_offsets)
-        if isinstance(learner, FeedbackLearner) and learner.join is not None:
-            join_state = learner.join
-
-            def loaded(parts: frozenset[int], join_state: JoinState = join_state) -> None:
-                with model_lock:
-                    join_state.load(set(parts))
-
-            def dropped(parts: frozenset[int], join_state: JoinState = join_state) -> None:
-                with model_lock:
-                    join_state.drop(set(parts))
-
-            assignment.on_assigned, assignment.on_revoked = loaded, dropped
-        elif isinstance(learner, RatingLearner) and learner.users is not None:
-            assignment.on_assigned, assignment.on_revoked = learner.users.callbacks(model_lock)
+        if partition_state is not None:
+            assignment.carry(partition_state, model_lock)
         lanes.append(build_lane(settings, handler, metrics, model_lock, assignment,
                                 f"{app_id}-offsets", learner))
 
     def share(parts: set[int], lane: int) -> frozenset[int]:
         return frozenset(p for p in parts if p % len(lanes) == lane)
 
+    # Faust sends on_rebalance_complete from its table recovery, which can finish after the
+    # next rebalance has begun; the assignment read at that moment may be one this worker no
+    # longer holds. So lanes get the partitions of the latest rebalance, recorded as Faust
+    # assigns them and withdrawn as soon as the next one revokes them.
+    settled: frozenset[int] | None = None
+
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+        nonlocal settled
+        settled = None
         parts = {tp.partition for tp in revoked if tp.topic == owners_name}
         if not parts:
             return
@@ -278,9 +284,17 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
         for event in done:  # each lane commits what it wrote before the partitions move
             await loop.run_in_executor(None, event.wait, 30.0)
 
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+        nonlocal settled
+        settled = frozenset(tp.partition for tp in assigned if tp.topic == owners_name)
+
     @app.on_rebalance_complete.connect
-    async def _assigned(sender: Any, **_: Any) -> None:
-        parts = {tp.partition for tp in app.consumer.assignment() if tp.topic == owners_name}
+    async def _recovered(sender: Any, **_: Any) -> None:
+        parts = settled
+        if parts is None:
+            log.info("table recovery finished during a new rebalance; lanes wait for it")
+            return
         for i, lane in enumerate(lanes):
             lane.assignment.post("assign", share(parts, i))  # type: ignore[attr-defined]
 

@@ -16,11 +16,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_STORED, Consumer, TopicPartition
 
-__all__ = ["Assignment", "FollowedAssignment", "GroupAssignment"]
+__all__ = ["Assignment", "FollowedAssignment", "GroupAssignment", "PartitionState"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,14 @@ class GroupAssignment(Assignment):
         """Membership changes arrive inside ``consume()``; nothing to do here."""
 
 
+class PartitionState(Protocol):
+    """Worker state kept per input partition (a join window, user rows)."""
+
+    def load(self, partitions: set[int]) -> Any: ...
+
+    def drop(self, partitions: set[int]) -> None: ...
+
+
 @dataclass
 class _Command:
     kind: str  # "assign" | "revoke"
@@ -91,6 +101,20 @@ class FollowedAssignment(Assignment):
     #: Where to start a partition the first time it is assigned (a restored checkpoint's
     #: offsets, to replay the tail the checkpoint does not reflect); else the committed offset.
     start_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def carry(self, state: PartitionState, lock: AbstractContextManager[Any]) -> None:
+        """Load ``state`` of the partitions the lane takes and drop that of those it lets go,
+        under ``lock`` (the model lock: batches read that state)."""
+
+        def assigned(parts: frozenset[int]) -> None:
+            with lock:
+                state.load(set(parts))
+
+        def revoked(parts: frozenset[int]) -> None:
+            with lock:
+                state.drop(set(parts))
+
+        self.on_assigned, self.on_revoked = assigned, revoked
 
     # -- called from Faust's event loop thread ------------------------------------------
     def post(self, kind: str, partitions: frozenset[int]) -> threading.Event:
@@ -116,28 +140,36 @@ class FollowedAssignment(Assignment):
                 return
 
     def _apply(self, consumer: Consumer, command: _Command) -> None:
-        tps = {(t, p) for t in self.topics for p in command.partitions}
+        asked = {(t, p) for t in self.topics for p in command.partitions}
+        # "assign" names the lane's whole share, so anything else it still reads is released:
+        # a late or repeated command can never leave two workers reading one partition.
+        keep = self.owned - asked if command.kind == "revoke" else asked
         try:
-            if command.kind == "revoke":
-                mine = tps & self.owned
-                if mine:
-                    assert self._commit_written is not None and self._forget is not None
-                    self._commit_written(mine)
-                    self._forget(mine)
-                    consumer.incremental_unassign([TopicPartition(t, p) for t, p in mine])
-                    self.owned -= mine
-                if self.on_revoked is not None:
-                    self.on_revoked(command.partitions)
-            else:
-                new = tps - self.owned
-                if new:
-                    consumer.incremental_assign(
-                        [TopicPartition(t, p, self.start_offsets.pop((t, p), OFFSET_STORED))
-                         for t, p in sorted(new)])
-                    self.owned |= new
-                if self.on_assigned is not None:
-                    self.on_assigned(command.partitions)
+            self._release(consumer, self.owned - keep)
+            self._acquire(consumer, keep - self.owned)
             log.info("%s partitions %s; now reading %s", command.kind,
                      sorted(command.partitions), sorted(self.owned))
         finally:
             command.done.set()
+
+    def _release(self, consumer: Consumer, tps: set[tuple[str, int]]) -> None:
+        """Commit what was written for ``tps``, then stop reading them."""
+        if not tps:
+            return
+        assert self._commit_written is not None and self._forget is not None
+        self._commit_written(tps)
+        self._forget(tps)
+        consumer.incremental_unassign([TopicPartition(t, p) for t, p in sorted(tps)])
+        self.owned -= tps
+        if self.on_revoked is not None:
+            self.on_revoked(frozenset(p for _, p in tps))
+
+    def _acquire(self, consumer: Consumer, tps: set[tuple[str, int]]) -> None:
+        if not tps:
+            return
+        consumer.incremental_assign(
+            [TopicPartition(t, p, self.start_offsets.pop((t, p), OFFSET_STORED))
+             for t, p in sorted(tps)])
+        self.owned |= tps
+        if self.on_assigned is not None:
+            self.on_assigned(frozenset(p for _, p in tps))

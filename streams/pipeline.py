@@ -187,7 +187,8 @@ class HotPath:
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # e.g. we already lost the partitions to another member
-            log.info("offset commit skipped: %s", exc)
+            log.warning("offsets %s not committed (their batches will be read again): %s",
+                        [(tp.topic, tp.partition, tp.offset) for tp in offsets], exc)
 
     def written_offsets(self) -> dict[tuple[str, int], int]:
         """Next offset per partition whose batches are durably written. Waits for the batch

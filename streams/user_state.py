@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,20 +146,6 @@ class UserState:
     def drop(self, partitions: set[int]) -> None:
         """Partitions moved away: their rows stay in memory until they come back (reloaded)."""
         self._owned -= set(partitions)
-
-    def callbacks(self, lock: AbstractContextManager[Any]
-                  ) -> tuple[Callable[[frozenset[int]], None], Callable[[frozenset[int]], None]]:
-        """``on_assigned`` / ``on_revoked`` for a lane's assignment, under the model lock."""
-
-        def assigned(parts: frozenset[int]) -> None:
-            with lock:
-                self.load(set(parts))
-
-        def revoked(parts: frozenset[int]) -> None:
-            with lock:
-                self.drop(set(parts))
-
-        return assigned, revoked
 
     def stats(self) -> dict[str, Any]:
         return {"users_saved": self.saved, "users_loaded": self.loaded,

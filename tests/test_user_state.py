@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -106,13 +105,12 @@ def test_a_partition_already_owned_is_not_reloaded_until_it_comes_back() -> None
     _, store = trained()
     new = fresh()
     state = UserState(store, new)
-    assigned, revoked = state.callbacks(threading.Lock())
-    assigned(frozenset({1}))
+    state.load({1})
     first = state.loaded
-    assigned(frozenset({1, 2}))  # a rebalance that adds partition 2 only
+    state.load({1, 2})  # a rebalance that adds partition 2 only
     assert state.loaded - first == len([i for i in range(60) if partition_of(f"u{i}") == 2])
-    revoked(frozenset({1}))
-    assigned(frozenset({1}))
+    state.drop({1})
+    state.load({1})
     assert state.loaded - first > len([i for i in range(60) if partition_of(f"u{i}") == 2])
 
 

@@ -35,6 +35,7 @@ class Deployment:
     predictions_topic: str
     log_dir: Path
     app: str = "classifier"
+    partitions: int = 4
     group: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -70,9 +71,10 @@ class Deployment:
 
     def wait_ready(self, procs: list[subprocess.Popen[bytes]], client: redis.Redis,
                    timeout: float = 120) -> None:
-        """Until every one of ``procs`` serves partitions (it published its metrics)."""
-        wait_for(lambda: workers_ready(client, self.app, procs), timeout,
-                 f"{len(procs)} {self.app} worker(s) to start", self.log_tail)
+        """Until ``procs`` share the input partitions between them, each reading some."""
+        wait_for(lambda: workers_ready(client, self.app, procs, self.partitions), timeout,
+                 f"{len(procs)} {self.app} worker(s) to share {self.partitions} partitions",
+                 self.log_tail)
 
     def log_tail(self, lines: int = 30) -> str:
         out = []
@@ -100,7 +102,7 @@ def deployment(services: Any, new_topic: Callable[..., str], tmp_path: Path,
     predictions = new_topic(partitions=partitions, prefix="predictions")
     new_topic(partitions=1, prefix="unused")  # warm the admin client
     dep = Deployment(services.bootstrap, services.redis_url, events, predictions, tmp_path,
-                     app=app)
+                     app=app, partitions=partitions)
     try:
         yield dep
     finally:
@@ -120,17 +122,24 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_timeout()}")
 
 
-def workers_ready(client: redis.Redis, app: str, procs: list[subprocess.Popen[bytes]]) -> bool:
-    """Every worker published metrics with partitions assigned; fails fast if one exited."""
+def workers_ready(client: redis.Redis, app: str, procs: list[subprocess.Popen[bytes]],
+                  partitions: int) -> bool:
+    """Every worker reads some partitions and together they read each one exactly once, as
+    their metrics say; fails fast if one exited.
+
+    A worker's metrics are up to a second old, so right after a rebalance an old owner may still
+    list partitions it gave away: the overlap keeps this false until the group has settled."""
     for proc in procs:
         if proc.poll() is not None:
             raise AssertionError(f"worker {proc.pid} exited with {proc.returncode}")
-    found = 0
+    owned: list[int] = []
     for proc in procs:
         raw = client.get(worker_metrics_key(app, proc.pid))
-        if raw and json.loads(raw).get("partitions"):
-            found += 1
-    return found == len(procs)
+        mine = json.loads(raw).get("partitions") if raw else None
+        if not mine:
+            return False
+        owned += mine
+    return sorted(owned) == list(range(partitions))
 
 
 def worker_metrics_key(app: str, pid: int) -> str:
