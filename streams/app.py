@@ -18,6 +18,7 @@ import os
 import socket
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,7 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
         lanes.append(build_lane(settings, handler, metrics, model_lock, assignment,
                                 f"{app_id}-offsets", learner))
 
-    def share(parts: set[int], lane: int) -> frozenset[int]:
+    def share(parts: Iterable[int], lane: int) -> frozenset[int]:
         return frozenset(p for p in parts if p % len(lanes) == lane)
 
     # Faust sends on_rebalance_complete from its table recovery, which can finish after the
@@ -291,12 +292,11 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
 
     @app.on_rebalance_complete.connect
     async def _recovered(sender: Any, **_: Any) -> None:
-        parts = settled
-        if parts is None:
+        if settled is None:
             log.info("table recovery finished during a new rebalance; lanes wait for it")
             return
         for i, lane in enumerate(lanes):
-            lane.assignment.post("assign", share(parts, i))  # type: ignore[attr-defined]
+            lane.assignment.post("assign", share(settled, i))  # type: ignore[attr-defined]
 
     metrics_key = f"metrics:{settings.app}:{options.worker_id}"
     redis_client = redis.Redis.from_url(settings.redis_url)
