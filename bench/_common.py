@@ -25,12 +25,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.avro import RecordCodec  # noqa: E402
-from connectors.avro_fast import encode_long  # noqa: E402
-from connectors.kafka import DeliveryFailures, make_producer  # noqa: E402
-from connectors.publish import PublishReport, publish_chunks  # noqa: E402
-from connectors.records import now_ms  # noqa: E402
-from connectors.sources.synthetic import SyntheticClassifier  # noqa: E402
+from streaminfer.connectors.avro import RecordCodec  # noqa: E402
+from streaminfer.connectors.avro_fast import encode_long  # noqa: E402
+from streaminfer.connectors.kafka import DeliveryFailures, make_producer  # noqa: E402
+from streaminfer.connectors.publish import PublishReport, publish_chunks  # noqa: E402
+from streaminfer.connectors.records import now_ms  # noqa: E402
+from streaminfer.connectors.sources.synthetic import SyntheticClassifier  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 DOCS_HEADER = """# Benchmarks

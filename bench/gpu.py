@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models import Interactions, Model, RowBatch, configure_threads, create_model
+from streaminfer.models import Interactions, Model, RowBatch, configure_threads, create_model
 
 TOLERANCES = {"off": 1e-5, "fp16": 1e-2, "bf16": 5e-2}
 DEFAULT_BATCHES = "1,32,256,1024,4096,16384"

@@ -87,7 +87,7 @@ def timed(name: str, run: Callable[[], list[float]], y: np.ndarray, note: str = 
 
 
 def streaminfer_scores(x: np.ndarray, y: np.ndarray, **config: Any) -> list[float]:
-    from models.factory import create_model
+    from streaminfer.models.factory import create_model
 
     model = create_model("classifier", num_features=x.shape[1], device="cpu", **config)
     scores = []

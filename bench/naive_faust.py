@@ -30,9 +30,9 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from connectors.avro import RecordCodec
-from connectors.records import now_ms
-from models.factory import create_model
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.records import now_ms
+from streaminfer.models.factory import create_model
 
 ENV = os.environ
 TOPIC = ENV.get("NAIVE_TOPIC", "events")

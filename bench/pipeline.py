@@ -52,10 +52,10 @@ from _common import (
     write_docs_section,
 )
 
-from streams.app import WorkerOptions, build_handler, build_hot_path, load_or_create_model
-from streams.metrics import PipelineMetrics
-from streams.pipeline import HotPath
-from streams.settings import Settings, load_settings
+from streaminfer.streams.app import WorkerOptions, build_handler, build_hot_path, load_or_create_model
+from streaminfer.streams.metrics import PipelineMetrics
+from streaminfer.streams.pipeline import HotPath
+from streaminfer.streams.settings import Settings, load_settings
 
 TARGET_RATE = 40_000
 TARGET_VS_IO = 0.70

@@ -39,9 +39,9 @@ from _common import (
     write_docs_section,
 )
 
-from connectors.avro import RecordCodec
-from connectors.kafka import make_consumer, make_producer
-from connectors.publish import publish_chunks
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.kafka import make_consumer, make_producer
+from streaminfer.connectors.publish import publish_chunks
 
 TARGET_PRODUCE = 100_000
 

@@ -43,10 +43,10 @@ from _common import (
     write_docs_section,
 )
 
-from connectors.avro import RecordCodec
-from connectors.kafka import make_producer
-from connectors.publish import publish_chunks
-from connectors.sources import SyntheticRatings
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.kafka import make_producer
+from streaminfer.connectors.publish import publish_chunks
+from streaminfer.connectors.sources import SyntheticRatings
 
 CONFIGS = {
     "(1) serve": ["--no-learn", "--top-n", "0"],

@@ -25,7 +25,7 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from connectors.redis_sink import PredictionRow, RedisPredictionSink
+from streaminfer.connectors.redis_sink import PredictionRow, RedisPredictionSink
 
 _JSON_LUA = """
 local ttl = tonumber(ARGV[1])

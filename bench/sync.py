@@ -44,21 +44,21 @@ from _common import (
 )
 from confluent_kafka import Message
 
-from connectors.avro import RecordCodec, make_codec
-from connectors.kafka import make_producer
-from connectors.publish import PublishReport, publish_chunks
-from connectors.sources import SyntheticClassifier, SyntheticRatings
-from models import Interactions, Model, create_model
-from models.sync import create_sync
-from streams.app import WorkerOptions, build_handler, build_lane, load_or_create_model
-from streams.assignment import GroupAssignment
-from streams.join import JoinState, MemoryJoinStore
-from streams.learner_setup import Restored, build_hooks
-from streams.learning import FeedbackLearner
-from streams.metrics import PipelineMetrics
-from streams.pipeline import HotPath
-from streams.settings import Settings, load_settings
-from streams.validate import EventBatch, Rejected
+from streaminfer.connectors.avro import RecordCodec, make_codec
+from streaminfer.connectors.kafka import make_producer
+from streaminfer.connectors.publish import PublishReport, publish_chunks
+from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
+from streaminfer.models import Interactions, Model, create_model
+from streaminfer.models.sync import create_sync
+from streaminfer.streams.app import WorkerOptions, build_handler, build_lane, load_or_create_model
+from streaminfer.streams.assignment import GroupAssignment
+from streaminfer.streams.join import JoinState, MemoryJoinStore
+from streaminfer.streams.learner_setup import Restored, build_hooks
+from streaminfer.streams.learning import FeedbackLearner
+from streaminfer.streams.metrics import PipelineMetrics
+from streaminfer.streams.pipeline import HotPath
+from streaminfer.streams.settings import Settings, load_settings
+from streaminfer.streams.validate import EventBatch, Rejected
 
 BATCH = 64
 

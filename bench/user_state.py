@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from connectors.sources import SyntheticRatings
-from models.factory import create_model
-from streams.learning import RatingLearner
-from streams.table_store import FaustTableStore
-from streams.user_state import UserState
-from streams.validate import RatingBatch
+from streaminfer.connectors.sources import SyntheticRatings
+from streaminfer.models.factory import create_model
+from streaminfer.streams.learning import RatingLearner
+from streaminfer.streams.table_store import FaustTableStore
+from streaminfer.streams.user_state import UserState
+from streaminfer.streams.validate import RatingBatch
 
 PARTITIONS = 6
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from connectors.avro_fast import compile_columns_encoder, compile_decoder, compile_encoder
+from streaminfer.connectors.avro_fast import compile_columns_encoder, compile_decoder, compile_encoder
 
 __all__ = [
     "SCHEMA_DIR",
@@ -40,16 +40,9 @@ __all__ = [
     "registry_client",
 ]
 
-def _schema_dir() -> Path:
-    """The repo's ``schemas/`` (source checkout, editable install) or the copy a regular
-    install puts under ``<prefix>/share/streaminfer/schemas``."""
-    beside = Path(__file__).resolve().parent.parent / "schemas"
-    if beside.is_dir():
-        return beside
-    return Path(sys.prefix) / "share" / "streaminfer" / "schemas"
-
-
-SCHEMA_DIR = _schema_dir()
+#: ``schemas/`` beside ``connectors/``: the repository's folder in a checkout, and
+#: ``streaminfer/schemas`` in an installed wheel (the same relative place).
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from connectors.kafka import make_producer, produce_waiting
+from streaminfer.connectors.kafka import make_producer, produce_waiting
 
 __all__ = [
     "DECODE",

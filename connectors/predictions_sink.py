@@ -21,8 +21,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from connectors.kafka import make_producer, produce_waiting
-from connectors.prediction import PredictionRow, Predictions
+from streaminfer.connectors.kafka import make_producer, produce_waiting
+from streaminfer.connectors.prediction import PredictionRow, Predictions
 
 __all__ = ["DeliveryError", "EncodedPredictions", "FailedDelivery", "PredictionsTopicSink"]
 

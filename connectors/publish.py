@@ -9,9 +9,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from connectors.avro import RecordCodec
-from connectors.kafka import DeliveryFailures, produce_batch
-from connectors.records import now_ms
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.kafka import DeliveryFailures, produce_batch
+from streaminfer.connectors.records import now_ms
 
 __all__ = ["PublishReport", "publish_chunks"]
 

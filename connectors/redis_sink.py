@@ -41,7 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from connectors.prediction import PredictionRow, Predictions
+from streaminfer.connectors.prediction import PredictionRow, Predictions
 
 __all__ = [
     "PackedWrite",

@@ -4,15 +4,15 @@ The stream code needs only :func:`create_model`, the :class:`Model` surface and 
 :mod:`models.checkpoint` functions; everything else is detail of one model or another.
 """
 
-from models.base import Model, ModelVersion
-from models.checkpoint import latest, load, prune, read_manifest, save
-from models.classifier import OnlineClassifier
-from models.device import Runner, configure_threads, resolve_device
-from models.factory import APPS, create_model
-from models.identity import IdentityModel
-from models.optim import OptimizerSet, build_optimizer
-from models.recommender import Interactions, MatrixFactorization, RowBatch
-from models.vocab import Vocabulary
+from streaminfer.models.base import Model, ModelVersion
+from streaminfer.models.checkpoint import latest, load, prune, read_manifest, save
+from streaminfer.models.classifier import OnlineClassifier
+from streaminfer.models.device import Runner, configure_threads, resolve_device
+from streaminfer.models.factory import APPS, create_model
+from streaminfer.models.identity import IdentityModel
+from streaminfer.models.optim import OptimizerSet, build_optimizer
+from streaminfer.models.recommender import Interactions, MatrixFactorization, RowBatch
+from streaminfer.models.vocab import Vocabulary
 
 __all__ = [
     "APPS",

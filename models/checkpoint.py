@@ -28,8 +28,8 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_save
 
-from models.base import Model, ModelVersion
-from models.factory import create_model
+from streaminfer.models.base import Model, ModelVersion
+from streaminfer.models.factory import create_model
 
 __all__ = [
     "FORMAT_VERSION",

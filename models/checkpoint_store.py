@@ -39,8 +39,8 @@ import redis
 import torch
 from safetensors import SafetensorError
 
-from models import checkpoint
-from models.base import Model
+from streaminfer.models import checkpoint
+from streaminfer.models.base import Model
 
 __all__ = [
     "CheckpointError",

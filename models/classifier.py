@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from models._inputs import as_features, as_targets
-from models._seed import seeded
-from models.base import Model, ModelVersion
-from models.device import Runner
-from models.optim import build_optimizer
-from models.standardizer import Standardizer
+from streaminfer.models._inputs import as_features, as_targets
+from streaminfer.models._seed import seeded
+from streaminfer.models.base import Model, ModelVersion
+from streaminfer.models.device import Runner
+from streaminfer.models.optim import build_optimizer
+from streaminfer.models.standardizer import Standardizer
 
 __all__ = ["OnlineClassifier"]
 

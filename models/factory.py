@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from models.base import Model
-from models.classifier import OnlineClassifier
-from models.device import configure_threads
-from models.identity import IdentityModel
-from models.recommender import MatrixFactorization
+from streaminfer.models.base import Model
+from streaminfer.models.classifier import OnlineClassifier
+from streaminfer.models.device import configure_threads
+from streaminfer.models.identity import IdentityModel
+from streaminfer.models.recommender import MatrixFactorization
 
 __all__ = ["APPS", "create_model"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import Model, ModelVersion
+from streaminfer.models.base import Model, ModelVersion
 
 __all__ = ["IdentityModel"]
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from models.base import Model
+from streaminfer.models.base import Model
 
 __all__ = ["ParamsPublisher", "read_params", "read_params_manifest"]
 

@@ -27,34 +27,34 @@ import faust
 import mode
 import redis
 
-from connectors.admin import ensure_topics as ensure_topics_on_broker
-from connectors.admin import list_topics
-from connectors.avro import make_codec
-from connectors.dead_letter import DeadLetterWriter
-from connectors.kafka import make_consumer
-from connectors.predictions_sink import PredictionsTopicSink
-from connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
-from models import checkpoint
-from models.base import Model
-from models.factory import create_model
-from models.recommender import MatrixFactorization
-from models.sync import create_sync
-from streams.assignment import (
+from streaminfer.connectors.admin import ensure_topics as ensure_topics_on_broker
+from streaminfer.connectors.admin import list_topics
+from streaminfer.connectors.avro import make_codec
+from streaminfer.connectors.dead_letter import DeadLetterWriter
+from streaminfer.connectors.kafka import make_consumer
+from streaminfer.connectors.predictions_sink import PredictionsTopicSink
+from streaminfer.connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
+from streaminfer.models import checkpoint
+from streaminfer.models.base import Model
+from streaminfer.models.factory import create_model
+from streaminfer.models.recommender import MatrixFactorization
+from streaminfer.models.sync import create_sync
+from streaminfer.streams.assignment import (
     Assignment,
     FollowedAssignment,
     GroupAssignment,
     PartitionState,
 )
-from streams.batcher import AdaptiveLimit, Batcher
-from streams.handlers import ClassifierHandler, Handler, RecommenderHandler
-from streams.join import JoinState
-from streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
-from streams.learning import FeedbackLearner, Learner, RatingLearner
-from streams.metrics import PipelineMetrics
-from streams.pipeline import HotPath, Sinks
-from streams.settings import Settings
-from streams.table_store import FaustTableStore
-from streams.user_state import UserState
+from streaminfer.streams.batcher import AdaptiveLimit, Batcher
+from streaminfer.streams.handlers import ClassifierHandler, Handler, RecommenderHandler
+from streaminfer.streams.join import JoinState
+from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
+from streaminfer.streams.learning import FeedbackLearner, Learner, RatingLearner
+from streaminfer.streams.metrics import PipelineMetrics
+from streaminfer.streams.pipeline import HotPath, Sinks
+from streaminfer.streams.settings import Settings
+from streaminfer.streams.table_store import FaustTableStore
+from streaminfer.streams.user_state import UserState
 
 __all__ = ["WorkerOptions", "build_app", "build_hot_path", "load_or_create_model"]
 

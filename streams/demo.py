@@ -29,11 +29,11 @@ import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from connectors.avro import make_codec
-from connectors.kafka import DeliveryFailures, make_producer, produce_batch
-from connectors.publish import PublishReport, publish_chunks
-from connectors.sources import SyntheticClassifier, SyntheticRatings
-from streams.settings import Settings
+from streaminfer.connectors.avro import make_codec
+from streaminfer.connectors.kafka import DeliveryFailures, make_producer, produce_batch
+from streaminfer.connectors.publish import PublishReport, publish_chunks
+from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
+from streaminfer.streams.settings import Settings
 
 __all__ = [
     "DemoError",
@@ -171,7 +171,7 @@ def worker_args(settings: Settings, given: dict[str, Any], app: str) -> list[str
     Global flags the demo got (``given``, i.e. ``ctx.obj``) are passed on; bootstrap and Redis
     always are, because the demo may have started services on other addresses.
     """
-    args = ["-m", "streams.cli", "--bootstrap", settings.bootstrap_servers,
+    args = ["-m", "streaminfer.streams.cli", "--bootstrap", settings.bootstrap_servers,
             "--redis-url", settings.redis_url]
     if given.get("schema_registry_url"):
         args += ["--schema-registry", given["schema_registry_url"]]

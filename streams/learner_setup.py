@@ -14,14 +14,14 @@ from typing import Any
 
 import redis
 
-from models.base import Model
-from models.checkpoint_store import CheckpointStore, store_from_url
-from models.params_publisher import ParamsPublisher
-from models.progressive import metrics_for, metrics_from_state
-from models.sync import Sync
-from models.tensorboard import ScalarLogger
-from streams.learning import LearnerHooks
-from streams.settings import Settings
+from streaminfer.models.base import Model
+from streaminfer.models.checkpoint_store import CheckpointStore, store_from_url
+from streaminfer.models.params_publisher import ParamsPublisher
+from streaminfer.models.progressive import metrics_for, metrics_from_state
+from streaminfer.models.sync import Sync
+from streaminfer.models.tensorboard import ScalarLogger
+from streaminfer.streams.learning import LearnerHooks
+from streaminfer.streams.settings import Settings
 
 __all__ = ["Restored", "build_hooks", "restore"]
 

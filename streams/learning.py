@@ -23,13 +23,13 @@ from typing import Any, Protocol
 import numpy as np
 from confluent_kafka import Message
 
-from connectors.avro import RecordCodec
-from models.base import Model
-from models.recommender import Interactions
-from models.sync import Sync
-from streams.join import Joined, JoinState
-from streams.user_state import UserState
-from streams.validate import EventBatch, RatingBatch, Rejected, decode_feedback
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.models.base import Model
+from streaminfer.models.recommender import Interactions
+from streaminfer.models.sync import Sync
+from streaminfer.streams.join import Joined, JoinState
+from streaminfer.streams.user_state import UserState
+from streaminfer.streams.validate import EventBatch, RatingBatch, Rejected, decode_feedback
 
 __all__ = ["FeedbackLearner", "Learner", "LearnerHooks", "RatingLearner"]
 

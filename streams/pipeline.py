@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from connectors.dead_letter import DeadLetterWriter
-from connectors.predictions_sink import EncodedPredictions, PredictionsTopicSink
-from connectors.records import now_ms
-from connectors.redis_sink import PackedWrite, RedisPredictionSink, RedisRecommendationSink
-from streams.assignment import Assignment, GroupAssignment
-from streams.batcher import Batcher
-from streams.handlers import Handler, Outputs
-from streams.learning import Learner
-from streams.metrics import PipelineMetrics
-from streams.validate import Rejected
-from streams.writer import BatchWriter
+from streaminfer.connectors.dead_letter import DeadLetterWriter
+from streaminfer.connectors.predictions_sink import EncodedPredictions, PredictionsTopicSink
+from streaminfer.connectors.records import now_ms
+from streaminfer.connectors.redis_sink import PackedWrite, RedisPredictionSink, RedisRecommendationSink
+from streaminfer.streams.assignment import Assignment, GroupAssignment
+from streaminfer.streams.batcher import Batcher
+from streaminfer.streams.handlers import Handler, Outputs
+from streaminfer.streams.learning import Learner
+from streaminfer.streams.metrics import PipelineMetrics
+from streaminfer.streams.validate import Rejected
+from streaminfer.streams.writer import BatchWriter
 
 __all__ = ["HotPath", "Prepared", "Sinks", "Staged", "commit_offsets", "score_isolating"]
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load as st_load
 
-from models.recommender import MatrixFactorization, UserRows
-from streams.join import JoinStore
+from streaminfer.models.recommender import MatrixFactorization, UserRows
+from streaminfer.streams.join import JoinStore
 
 __all__ = ["UserState", "decode_users", "encode_users", "user_key"]
 

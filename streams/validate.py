@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
-from connectors.avro import DecodeError, RecordCodec
-from connectors.records import InvalidRecord, now_ms
+from streaminfer.connectors.avro import DecodeError, RecordCodec
+from streaminfer.connectors.records import InvalidRecord, now_ms
 
 __all__ = [
     "EventBatch",

@@ -22,8 +22,8 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from connectors.admin import create_topic
-from streams.settings import Settings, load_settings
+from streaminfer.connectors.admin import create_topic
+from streaminfer.streams.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = REPO / "deploy/local/services.sh"

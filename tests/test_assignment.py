@@ -6,7 +6,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from streams.assignment import FollowedAssignment
+from streaminfer.streams.assignment import FollowedAssignment
 
 TOPIC = "events"
 

@@ -8,8 +8,8 @@ import random
 import fastavro
 import pytest
 
-from connectors.avro import _strip_logical_types, load_schema
-from connectors.avro_fast import compile_decoder, compile_encoder
+from streaminfer.connectors.avro import _strip_logical_types, load_schema
+from streaminfer.connectors.avro_fast import compile_decoder, compile_encoder
 
 SCHEMAS = ["event", "feedback", "rating", "prediction", "dead_letter"]
 

@@ -3,7 +3,7 @@ target) and when a batch closes."""
 
 from __future__ import annotations
 
-from streams.batcher import AdaptiveLimit, Batcher
+from streaminfer.streams.batcher import AdaptiveLimit, Batcher
 
 
 def test_full_fast_batches_grow_the_limit_additively() -> None:

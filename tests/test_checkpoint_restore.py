@@ -14,9 +14,9 @@ import pytest
 import redis
 from workers import deployment, publish_interleaved, read_topic, wait_for
 
-from connectors.sources import SyntheticClassifier
-from models.base import ModelVersion
-from models.checkpoint_store import LocalCheckpointStore
+from streaminfer.connectors.sources import SyntheticClassifier
+from streaminfer.models.base import ModelVersion
+from streaminfer.models.checkpoint_store import LocalCheckpointStore
 
 pytestmark = pytest.mark.services
 LEARNING = {"STREAMINFER_LEARN_BATCH_SIZE": "4", "STREAMINFER_OPTIMIZER": "sgd",

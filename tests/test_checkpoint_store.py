@@ -14,16 +14,16 @@ import redis
 import torch
 from conftest import Services
 
-from models import Interactions, create_model
-from models.base import Model
-from models.checkpoint_store import (
+from streaminfer.models import Interactions, create_model
+from streaminfer.models.base import Model
+from streaminfer.models.checkpoint_store import (
     CheckpointError,
     CheckpointStore,
     LocalCheckpointStore,
     RedisCheckpointStore,
     store_from_url,
 )
-from models.params_publisher import ParamsPublisher, read_params, read_params_manifest
+from streaminfer.models.params_publisher import ParamsPublisher, read_params, read_params_manifest
 
 REDIS_URL = "redis://127.0.0.1:6379/0"  # only parsed, never connected to
 

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, Producer
 
-from connectors.avro import RecordCodec
-from connectors.dead_letter import (
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.dead_letter import (
     DECODE,
     VALIDATION,
     BadRecord,
     DeadLetterError,
     DeadLetterWriter,
 )
-from connectors.predictions_sink import DeliveryError, PredictionsTopicSink
-from connectors.redis_sink import PredictionRow
+from streaminfer.connectors.predictions_sink import DeliveryError, PredictionsTopicSink
+from streaminfer.connectors.redis_sink import PredictionRow
 
 # Nothing listens here: every delivery times out, which is how a broker outage looks.
 _DEAD_BROKER = {"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 300, "log_level": 0}

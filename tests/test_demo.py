@@ -25,8 +25,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from conftest import Services
 
-from streams.demo import FleetStats, unpredicted, worker_args
-from streams.settings import load_settings
+from streaminfer.streams.demo import FleetStats, unpredicted, worker_args
+from streaminfer.streams.settings import load_settings
 
 PID_LINE = re.compile(r"^started worker (\d+) \(pid (\d+)\)", re.MULTILINE)
 PREDICTION_ROW = re.compile(
@@ -55,7 +55,7 @@ class Demo:
                "STREAMINFER_FEEDBACK_TOPIC": self.feedback,
                "STREAMINFER_CONSUMER_GROUP": self.group, "COLUMNS": "200"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "--bootstrap", self.bootstrap,
+            [sys.executable, "-m", "streaminfer.streams.cli", "--bootstrap", self.bootstrap,
              "--redis-url", self.redis_url, "demo", "--log-dir", str(self.log_dir), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
@@ -130,7 +130,7 @@ def running_worker(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return b"streams.cli" in cmdline and state != "Z"
+    return b"streaminfer.streams.cli" in cmdline and state != "Z"
 
 
 @pytest.fixture
@@ -218,7 +218,7 @@ def test_workers_get_the_demos_global_options() -> None:
                              redis_url="redis://127.0.0.1:6399/0")
     args = worker_args(settings, {"wire_format": "json",
                                   "kafka_properties": {"client.rack": "r1"}}, "recommender")
-    assert args[:2] == ["-m", "streams.cli"]
+    assert args[:2] == ["-m", "streaminfer.streams.cli"]
     flags = " ".join(args)
     assert "--bootstrap 127.0.0.1:19092 --redis-url redis://127.0.0.1:6399/0" in flags
     assert "--wire-format json -X client.rack=r1 worker --app recommender" in flags

@@ -31,8 +31,8 @@ import redis
 import yaml
 from pydantic import TypeAdapter
 
-from streams.cli import main as cli_main
-from streams.settings import Settings, load_settings
+from streaminfer.streams.cli import main as cli_main
+from streaminfer.streams.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -208,7 +208,7 @@ def test_entrypoint_is_the_project_script() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     entrypoint = json.loads(instruction("ENTRYPOINT")[-1])
     assert entrypoint[0] in scripts
-    assert scripts[entrypoint[0]] == "streams.cli:main"
+    assert scripts[entrypoint[0]] == "streaminfer.streams.cli:main"
 
 
 @pytest.mark.parametrize("where,args", container_commands(), ids=lambda v: str(v))

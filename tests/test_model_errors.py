@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from confluent_kafka import Message
 
-from streams.pipeline import score_isolating
-from streams.validate import EventBatch, Rejected
+from streaminfer.streams.pipeline import score_isolating
+from streaminfer.streams.validate import EventBatch, Rejected
 
 
 class PickyHandler:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models import (
+from streaminfer.models import (
     IdentityModel,
     Interactions,
     MatrixFactorization,
@@ -20,7 +20,7 @@ from models import (
     create_model,
     resolve_device,
 )
-from models.standardizer import Standardizer
+from streaminfer.models.standardizer import Standardizer
 
 NUM_FEATURES = 8
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models import Interactions, MatrixFactorization, create_model, latest, load, prune, save
-from models.checkpoint import read_manifest
+from streaminfer.models import Interactions, MatrixFactorization, create_model, latest, load, prune, save
+from streaminfer.models.checkpoint import read_manifest
 
 
 def _classifier(steps: int = 10):

@@ -18,8 +18,8 @@ import redis
 from sklearn.metrics import roc_auc_score
 from workers import deployment, publish_interleaved, wait_all_served
 
-from models.base import ModelVersion
-from models.factory import create_model
+from streaminfer.models.base import ModelVersion
+from streaminfer.models.factory import create_model
 
 pytestmark = pytest.mark.services
 river_datasets = pytest.importorskip("river.datasets")

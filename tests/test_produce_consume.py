@@ -13,8 +13,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from connectors.avro import registry_client
-from streams.cli import main
+from streaminfer.connectors.avro import registry_client
+from streaminfer.streams.cli import main
 
 pytestmark = pytest.mark.services
 

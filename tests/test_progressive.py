@@ -13,14 +13,14 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from models import create_model
-from models.progressive import (
+from streaminfer.models import create_model
+from streaminfer.models.progressive import (
     ClassifierMetrics,
     RecommenderMetrics,
     metrics_for,
     metrics_from_state,
 )
-from models.tensorboard import ScalarLogger
+from streaminfer.models.tensorboard import ScalarLogger
 
 N, BATCH, FEATURES = 50_000, 250, 8
 

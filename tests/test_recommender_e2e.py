@@ -25,12 +25,12 @@ import redis
 import torch
 from workers import Deployment, deployment, wait_all_served, wait_for
 
-from connectors.avro import RecordCodec
-from connectors.kafka import make_producer
-from connectors.records import now_ms
-from connectors.sources import SyntheticRatings
-from models.factory import create_model
-from models.recommender import Interactions
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.kafka import make_producer
+from streaminfer.connectors.records import now_ms
+from streaminfer.connectors.sources import SyntheticRatings
+from streaminfer.models.factory import create_model
+from streaminfer.models.recommender import Interactions
 
 pytestmark = pytest.mark.services
 COUNT, RATE, PARTITIONS = 20_000, 1000.0, 6

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.avro import load_schema
-from connectors.records import InvalidRecord, coerce_record, parse_event_time
+from streaminfer.connectors.avro import load_schema
+from streaminfer.connectors.records import InvalidRecord, coerce_record, parse_event_time
 
 EVENT = load_schema("event")
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from connectors.redis_sink import (
+from streaminfer.connectors.redis_sink import (
     PredictionRow,
     RecommendationRow,
     RedisPredictionSink,
@@ -146,7 +146,7 @@ def test_large_batch_split_into_calls_counts_every_row(
 ):
     sink = RedisPredictionSink(redis_client, app)
     sink.write([_row("k0", 5_000)])
-    monkeypatch.setattr("connectors.redis_sink.MAX_ROWS_PER_CALL", 2)
+    monkeypatch.setattr("streaminfer.connectors.redis_sink.MAX_ROWS_PER_CALL", 2)
 
     result = sink.write([_row(f"k{i}", 1_000 + i) for i in range(7)])
 

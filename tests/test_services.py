@@ -18,7 +18,7 @@ import redis
 from click.testing import CliRunner, Result
 from conftest import Services, kafka_answers, redis_answers, state_dir
 
-from streams.cli import main
+from streaminfer.streams.cli import main
 
 
 def _free_port() -> int:

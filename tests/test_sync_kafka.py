@@ -17,9 +17,9 @@ import torch
 from confluent_kafka.admin import AdminClient
 from sklearn.metrics import roc_auc_score
 
-from connectors.sources import SyntheticClassifier, SyntheticRatings
-from models import Interactions, Model, create_model
-from models.sync import Sync, create_sync, shared_tensors
+from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
+from streaminfer.models import Interactions, Model, create_model
+from streaminfer.models.sync import Sync, create_sync, shared_tensors
 
 pytestmark = pytest.mark.services
 

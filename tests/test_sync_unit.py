@@ -7,11 +7,11 @@ import time
 import numpy as np
 import torch
 
-from models import Interactions, Model, create_model
-from models.standardizer import Standardizer
-from models.sync import Delta, MemoryLog, SyncPosition, TableDelta, create_sync, shared_tensors
-from models.sync.delta import decode
-from models.sync.sharding import nbytes, place
+from streaminfer.models import Interactions, Model, create_model
+from streaminfer.models.standardizer import Standardizer
+from streaminfer.models.sync import Delta, MemoryLog, SyncPosition, TableDelta, create_sync, shared_tensors
+from streaminfer.models.sync.delta import decode
+from streaminfer.models.sync.sharding import nbytes, place
 
 
 def test_greedy_sharding_balances_and_tables_split_by_row_ranges() -> None:

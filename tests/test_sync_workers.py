@@ -27,8 +27,8 @@ from workers import (
     worker_metrics_key,
 )
 
-from connectors.sources import SyntheticClassifier
-from models.checkpoint_store import LocalCheckpointStore
+from streaminfer.connectors.sources import SyntheticClassifier
+from streaminfer.models.checkpoint_store import LocalCheckpointStore
 
 pytestmark = pytest.mark.services
 COUNT, RATE = 24000, 2000.0

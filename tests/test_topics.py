@@ -11,8 +11,8 @@ from click.testing import CliRunner, Result
 from confluent_kafka.admin import AdminClient
 from conftest import Services
 
-from connectors.admin import ensure_topics, list_topics
-from streams.cli import main
+from streaminfer.connectors.admin import ensure_topics, list_topics
+from streaminfer.streams.cli import main
 
 
 def _cli(*args: str, env: dict[str, str | None] | None = None) -> Result:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from connectors.sources import SyntheticRatings
-from models.factory import create_model
-from models.recommender import Interactions, MatrixFactorization
-from streams.join import MemoryJoinStore
-from streams.user_state import UserState, decode_users, encode_users, user_key
+from streaminfer.connectors.sources import SyntheticRatings
+from streaminfer.models.factory import create_model
+from streaminfer.models.recommender import Interactions, MatrixFactorization
+from streaminfer.streams.join import MemoryJoinStore
+from streaminfer.streams.user_state import UserState, decode_users, encode_users, user_key
 
 PARTITIONS = 4
 

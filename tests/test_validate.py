@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from confluent_kafka import Message
 
-from connectors.avro import RecordCodec
-from connectors.records import now_ms
-from streams.pipeline import commit_offsets
-from streams.validate import decode_events, decode_feedback, decode_ratings
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.records import now_ms
+from streaminfer.streams.pipeline import commit_offsets
+from streaminfer.streams.validate import decode_events, decode_feedback, decode_ratings
 
 CODEC = RecordCodec("event")
 

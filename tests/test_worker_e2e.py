@@ -21,10 +21,10 @@ from workers import (
     wait_for,
 )
 
-from connectors.avro import RecordCodec
-from connectors.kafka import make_producer
-from connectors.publish import publish_chunks
-from connectors.records import now_ms
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.kafka import make_producer
+from streaminfer.connectors.publish import publish_chunks
+from streaminfer.connectors.records import now_ms
 
 pytestmark = pytest.mark.services
 APP = "classifier"

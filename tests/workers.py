@@ -20,9 +20,9 @@ import numpy as np
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.avro import RecordCodec
-from connectors.kafka import make_producer
-from connectors.records import now_ms
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.kafka import make_producer
+from streaminfer.connectors.records import now_ms
 
 
 @dataclass

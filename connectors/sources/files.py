@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from connectors.records import InvalidRecord, coerce_record, now_ms
+from streaminfer.connectors.records import InvalidRecord, coerce_record, now_ms
 
 __all__ = ["FileSource", "LineError"]
 

@@ -20,7 +20,7 @@ from typing import get_args
 
 import redis
 
-from streams.settings import Settings, load_settings
+from streaminfer.streams.settings import Settings, load_settings
 
 APPS: tuple[str, ...] = get_args(Settings.model_fields["app"].annotation)
 

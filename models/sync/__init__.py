@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from models.base import Model
-from models.sync.adapter import SharedState, Table, shared_state, shared_tensors
-from models.sync.async_mode import AsyncSync
-from models.sync.base import OffSync, SyncPosition
-from models.sync.delta import Delta, TableDelta
-from models.sync.rounds import RoundSync
-from models.sync.transport import KafkaTransport, MemoryLog, Transport, ensure_topic
+from streaminfer.models.base import Model
+from streaminfer.models.sync.adapter import SharedState, Table, shared_state, shared_tensors
+from streaminfer.models.sync.async_mode import AsyncSync
+from streaminfer.models.sync.base import OffSync, SyncPosition
+from streaminfer.models.sync.delta import Delta, TableDelta
+from streaminfer.models.sync.rounds import RoundSync
+from streaminfer.models.sync.transport import KafkaTransport, MemoryLog, Transport, ensure_topic
 
 __all__ = [
     "AsyncSync",

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from models.base import Model
-from models.classifier import OnlineClassifier
-from models.recommender import MatrixFactorization, canonical_rows
-from models.vocab import Vocabulary
+from streaminfer.models.base import Model
+from streaminfer.models.classifier import OnlineClassifier
+from streaminfer.models.recommender import MatrixFactorization, canonical_rows
+from streaminfer.models.vocab import Vocabulary
 
 __all__ = ["SharedState", "Table", "canonical_rows", "shared_state", "shared_tensors"]
 

@@ -15,9 +15,9 @@ import time
 from collections import deque
 from typing import Any
 
-from models.base import Model
-from models.sync.base import Assembly, SyncBase, SyncPosition, assembly_for
-from models.sync.transport import SyncMessage, Transport
+from streaminfer.models.base import Model
+from streaminfer.models.sync.base import Assembly, SyncBase, SyncPosition, assembly_for
+from streaminfer.models.sync.transport import SyncMessage, Transport
 
 __all__ = ["AsyncSync"]
 

@@ -19,11 +19,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from models.base import Model
-from models.sync.delta import Delta, decode, encode
-from models.sync.replica import Replica
-from models.sync.sharding import place
-from models.sync.transport import SyncMessage, Transport
+from streaminfer.models.base import Model
+from streaminfer.models.sync.delta import Delta, decode, encode
+from streaminfer.models.sync.replica import Replica
+from streaminfer.models.sync.sharding import place
+from streaminfer.models.sync.transport import SyncMessage, Transport
 
 __all__ = ["OffSync", "SyncBase", "SyncPosition"]
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models.base import Model
-from models.sync.adapter import SharedState, Table, canonical_rows, shared_state
-from models.sync.delta import Delta, TableDelta
+from streaminfer.models.base import Model
+from streaminfer.models.sync.adapter import SharedState, Table, canonical_rows, shared_state
+from streaminfer.models.sync.delta import Delta, TableDelta
 
 __all__ = ["Replica"]
 

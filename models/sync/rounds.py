@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from models.base import Model
-from models.sync.base import Assembly, SyncBase, SyncPosition, assembly_for
-from models.sync.transport import SyncMessage, Transport
+from streaminfer.models.base import Model
+from streaminfer.models.sync.base import Assembly, SyncBase, SyncPosition, assembly_for
+from streaminfer.models.sync.transport import SyncMessage, Transport
 
 __all__ = ["RoundSync"]
 

@@ -30,9 +30,9 @@ class _LazyGroup(click.Group):
         if name not in _SUBCOMMANDS:
             return None
         try:
-            module = importlib.import_module(f"streams.cli.{_SUBCOMMANDS[name]}")
+            module = importlib.import_module(f"streaminfer.streams.cli.{_SUBCOMMANDS[name]}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"streams.cli.{_SUBCOMMANDS[name]}":
+            if exc.name == f"streaminfer.streams.cli.{_SUBCOMMANDS[name]}":
                 return None
             raise
         return getattr(module, name.replace("-", "_"))

@@ -4,7 +4,7 @@
 same interpreter (and virtual environment) as the demo itself.
 """
 
-from streams.cli import main
+from streaminfer.streams.cli import main
 
 if __name__ == "__main__":
     main(prog_name="streaminfer")

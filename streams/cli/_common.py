@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from streams.settings import ConfigError, Settings, load_settings
+from streaminfer.streams.settings import ConfigError, Settings, load_settings
 
 __all__ = ["settings_from"]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 from confluent_kafka import KafkaError, TopicPartition
-from streams.cli._common import settings_from
+from streaminfer.streams.cli._common import settings_from
 
-from connectors.avro import DecodeError, RecordCodec
-from connectors.kafka import make_consumer
+from streaminfer.connectors.avro import DecodeError, RecordCodec
+from streaminfer.connectors.kafka import make_consumer
 
 __all__ = ["consume", "record_to_json"]
 

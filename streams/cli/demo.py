@@ -18,9 +18,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from connectors.admin import AdminError, ensure_topics
-from streams.cli._common import settings_from
-from streams.demo import (
+from streaminfer.connectors.admin import AdminError, ensure_topics
+from streaminfer.streams.cli._common import settings_from
+from streaminfer.streams.demo import (
     DemoError,
     FleetStats,
     LocalServices,

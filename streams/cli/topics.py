@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from connectors.admin import AdminError, ensure_topics, list_topics
-from streams.cli._common import settings_from
-from streams.settings import Settings
+from streaminfer.connectors.admin import AdminError, ensure_topics, list_topics
+from streaminfer.streams.cli._common import settings_from
+from streaminfer.streams.settings import Settings
 
 __all__ = ["topics"]
 

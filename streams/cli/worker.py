@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from streams.cli._common import settings_from
+from streaminfer.streams.cli._common import settings_from
 
 __all__ = ["worker"]
 
@@ -88,7 +88,7 @@ def worker(ctx: click.Context, lanes: int, model_path: Path | None, top_n: int,
     """
     import faust
 
-    from streams.app import WorkerOptions, build_app
+    from streaminfer.streams.app import WorkerOptions, build_app
 
     settings = settings_from(ctx, **overrides)
     options = WorkerOptions(lanes=lanes, model_path=model_path, top_n=top_n,
