@@ -51,8 +51,12 @@ from _common import (
     unique_name,
     write_docs_section,
 )
-
-from streaminfer.streams.app import WorkerOptions, build_handler, build_hot_path, load_or_create_model
+from streaminfer.streams.app import (
+    WorkerOptions,
+    build_handler,
+    build_hot_path,
+    load_or_create_model,
+)
 from streaminfer.streams.metrics import PipelineMetrics
 from streaminfer.streams.pipeline import HotPath
 from streaminfer.streams.settings import Settings, load_settings

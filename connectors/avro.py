@@ -20,7 +20,6 @@ import datetime as dt
 import io
 import json
 import struct
-import sys
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
@@ -28,8 +27,11 @@ from typing import Any, Literal
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-
-from streaminfer.connectors.avro_fast import compile_columns_encoder, compile_decoder, compile_encoder
+from streaminfer.connectors.avro_fast import (
+    compile_columns_encoder,
+    compile_decoder,
+    compile_encoder,
+)
 
 __all__ = [
     "SCHEMA_DIR",

@@ -40,7 +40,6 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from streaminfer.connectors.prediction import PredictionRow, Predictions
 
 __all__ = [

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from streaminfer.models.base import Model, ModelVersion
 
 __all__ = ["IdentityModel"]

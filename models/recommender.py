@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-
 from streaminfer.models._inputs import as_targets
 from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.device import Runner
 from streaminfer.models.optim import build_optimizer
 from streaminfer.models.vocab import Vocabulary
+from torch import nn
 
 #: Users ranked per matmul in ``top_n_many``: bounds the (users x items) score matrix.
 _TOP_N_CHUNK = 256

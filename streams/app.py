@@ -26,7 +26,6 @@ from typing import Any
 import faust
 import mode
 import redis
-
 from streaminfer.connectors.admin import ensure_topics as ensure_topics_on_broker
 from streaminfer.connectors.admin import list_topics
 from streaminfer.connectors.avro import make_codec

@@ -11,13 +11,18 @@ from typing import Any, Protocol
 
 import numpy as np
 from confluent_kafka import Message
-
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.prediction import Predictions
 from streaminfer.connectors.redis_sink import RecommendationRow
 from streaminfer.models.base import Model
 from streaminfer.models.recommender import Interactions, MatrixFactorization
-from streaminfer.streams.validate import EventBatch, RatingBatch, Rejected, decode_events, decode_ratings
+from streaminfer.streams.validate import (
+    EventBatch,
+    RatingBatch,
+    Rejected,
+    decode_events,
+    decode_ratings,
+)
 
 __all__ = ["ClassifierHandler", "Handler", "Outputs", "RecommenderHandler"]
 

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from confluent_kafka import Message
-
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.models.base import Model
 from streaminfer.models.recommender import Interactions

@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, Message, TopicPartition
-
 from streaminfer.connectors.dead_letter import DeadLetterWriter
 from streaminfer.connectors.predictions_sink import EncodedPredictions, PredictionsTopicSink
 from streaminfer.connectors.records import now_ms
-from streaminfer.connectors.redis_sink import PackedWrite, RedisPredictionSink, RedisRecommendationSink
+from streaminfer.connectors.redis_sink import (
+    PackedWrite,
+    RedisPredictionSink,
+    RedisRecommendationSink,
+)
 from streaminfer.streams.assignment import Assignment, GroupAssignment
 from streaminfer.streams.batcher import Batcher
 from streaminfer.streams.handlers import Handler, Outputs

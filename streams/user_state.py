@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.numpy import load as st_load
-
 from streaminfer.models.recommender import MatrixFactorization, UserRows
 from streaminfer.streams.join import JoinStore
 

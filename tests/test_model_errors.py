@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from confluent_kafka import Message
-
 from streaminfer.streams.pipeline import score_isolating
 from streaminfer.streams.validate import EventBatch, Rejected
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-
 from streaminfer.models import (
     IdentityModel,
     Interactions,

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from streaminfer.models import Interactions, MatrixFactorization, create_model, latest, load, prune, save
+from streaminfer.models import (
+    Interactions,
+    MatrixFactorization,
+    create_model,
+    latest,
+    load,
+    prune,
+    save,
+)
 from streaminfer.models.checkpoint import read_manifest
 
 

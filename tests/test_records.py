@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from streaminfer.connectors.avro import load_schema
 from streaminfer.connectors.records import InvalidRecord, coerce_record, parse_event_time
 

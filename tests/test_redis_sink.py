@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import redis
-
 from streaminfer.connectors.redis_sink import (
     PredictionRow,
     RecommendationRow,

@@ -6,10 +6,16 @@ import time
 
 import numpy as np
 import torch
-
 from streaminfer.models import Interactions, Model, create_model
 from streaminfer.models.standardizer import Standardizer
-from streaminfer.models.sync import Delta, MemoryLog, SyncPosition, TableDelta, create_sync, shared_tensors
+from streaminfer.models.sync import (
+    Delta,
+    MemoryLog,
+    SyncPosition,
+    TableDelta,
+    create_sync,
+    shared_tensors,
+)
 from streaminfer.models.sync.delta import decode
 from streaminfer.models.sync.sharding import nbytes, place
 

@@ -7,7 +7,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
 from streaminfer.connectors.sources import SyntheticRatings
 from streaminfer.models.factory import create_model
 from streaminfer.models.recommender import Interactions, MatrixFactorization

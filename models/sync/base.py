@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-
 from streaminfer.models.base import Model
 from streaminfer.models.sync.delta import Delta, decode, encode
 from streaminfer.models.sync.replica import Replica

@@ -16,8 +16,12 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-
-from streaminfer.connectors.kafka import DeliveryFailures, make_consumer, make_producer, produce_waiting
+from streaminfer.connectors.kafka import (
+    DeliveryFailures,
+    make_consumer,
+    make_producer,
+    produce_waiting,
+)
 
 __all__ = ["KafkaTransport", "MemoryLog", "SyncMessage", "Transport", "ensure_topic"]
 

@@ -9,10 +9,9 @@ from typing import Any
 
 import click
 from confluent_kafka import KafkaError, TopicPartition
-from streaminfer.streams.cli._common import settings_from
-
 from streaminfer.connectors.avro import DecodeError, RecordCodec
 from streaminfer.connectors.kafka import make_consumer
+from streaminfer.streams.cli._common import settings_from
 
 __all__ = ["consume", "record_to_json"]
 

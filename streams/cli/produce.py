@@ -10,12 +10,16 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from streaminfer.streams.cli._common import settings_from
-
 from streaminfer.connectors.avro import load_schema, make_codec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.publish import publish_chunks
-from streaminfer.connectors.sources import FileSource, LineError, SyntheticClassifier, SyntheticRatings
+from streaminfer.connectors.sources import (
+    FileSource,
+    LineError,
+    SyntheticClassifier,
+    SyntheticRatings,
+)
+from streaminfer.streams.cli._common import settings_from
 
 __all__ = ["produce"]
 
