@@ -51,6 +51,7 @@ from _common import (
     unique_name,
     write_docs_section,
 )
+
 from streaminfer.streams.app import (
     WorkerOptions,
     build_handler,

@@ -42,6 +42,7 @@ from _common import (
     unique_name,
     write_docs_section,
 )
+
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.publish import publish_chunks

@@ -43,6 +43,7 @@ from _common import (
     write_docs_section,
 )
 from confluent_kafka import Message
+
 from streaminfer.connectors.avro import RecordCodec, make_codec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.publish import PublishReport, publish_chunks

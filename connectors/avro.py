@@ -27,11 +27,13 @@ from typing import Any, Literal
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+
 from streaminfer.connectors.avro_fast import (
     compile_columns_encoder,
     compile_decoder,
     compile_encoder,
 )
+from streaminfer.errors import DecodeError
 
 __all__ = [
     "SCHEMA_DIR",
@@ -49,10 +51,6 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 
 WireFormat = Literal["single-object", "confluent", "json"]
-
-
-class DecodeError(ValueError):
-    """Bytes that are not a record this codec can read; the message says why."""
 
 
 def _strip_logical_types(schema: Any) -> Any:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
+
 from streaminfer.connectors.kafka import make_producer, produce_waiting
 
 __all__ = [

@@ -47,11 +47,15 @@ class PredictionRow:
 
 @dataclass
 class Predictions:
-    """One batch's predictions as columns; row ``i`` is ``event_ids[i]``, ``keys[i]``, ..."""
+    """One batch's predictions as columns; row ``i`` is ``event_ids[i]``, ``keys[i]``, ...
+
+    ``outputs`` maps each declared output name to its column of floats (``{"score": [...]}``
+    for the built-in apps); the first output is the primary ``scores``.
+    """
 
     event_ids: list[str]
     keys: list[str]
-    scores: list[float]
+    outputs: dict[str, list[float]]
     event_ts: list[int]
     processed_ts: int
     model_name: str
@@ -60,35 +64,41 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    @property
+    def scores(self) -> list[float]:
+        """The primary (first) output."""
+        return next(iter(self.outputs.values()))
+
     def records(self) -> list[dict[str, Any]]:
-        """Records for ``schemas/prediction.avsc`` (``scores`` left to its default)."""
-        name, version, processed = self.model_name, self.model_version, self.processed_ts
-        return [
-            {"event_id": eid, "key": key, "model_name": name, "model_version": version,
-             "score": score, "event_ts": ts, "processed_ts": processed}
-            for eid, key, score, ts in zip(self.event_ids, self.keys, self.scores,
-                                           self.event_ts, strict=True)
-        ]
+        """One record per row for the predictions topic's schema."""
+        columns, constants = self.columns()
+        names = list(columns)
+        return [{**constants, **dict(zip(names, values, strict=True))}
+                for values in zip(*columns.values(), strict=True)]
 
     def columns(self) -> tuple[dict[str, list[Any]], dict[str, Any]]:
         """``(per-row columns, per-batch constants)`` for a columns encoder."""
-        return ({"event_id": self.event_ids, "key": self.keys, "score": self.scores,
+        return ({"event_id": self.event_ids, "key": self.keys, **self.outputs,
                  "event_ts": self.event_ts},
                 {"model_name": self.model_name, "model_version": self.model_version,
                  "processed_ts": self.processed_ts})
 
     def rows(self) -> list[PredictionRow]:
+        """Rows for code that handles a few at a time (the primary output as ``score``, all
+        outputs as ``scores`` when there are several)."""
+        columns = list(self.outputs.values())
+        extra = len(columns) > 1
         return [
-            PredictionRow(eid, key, score, self.model_version, ts, self.processed_ts,
-                          self.model_name)
-            for eid, key, score, ts in zip(self.event_ids, self.keys, self.scores,
-                                           self.event_ts, strict=True)
+            PredictionRow(eid, key, values[0], self.model_version, ts, self.processed_ts,
+                          self.model_name, tuple(values) if extra else ())
+            for eid, key, ts, *values in zip(self.event_ids, self.keys, self.event_ts,
+                                             *columns, strict=True)
         ]
 
     @classmethod
     def from_rows(cls, rows: Sequence[PredictionRow]) -> Predictions:
         """Columns of ``rows``, which must share model, version and processing time."""
         first = rows[0]
-        return cls([r.event_id for r in rows], [r.key for r in rows], [r.score for r in rows],
-                   [r.event_ts for r in rows], first.processed_ts, first.model_name,
-                   first.model_version)
+        return cls([r.event_id for r in rows], [r.key for r in rows],
+                   {"score": [r.score for r in rows]}, [r.event_ts for r in rows],
+                   first.processed_ts, first.model_name, first.model_version)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
+
 from streaminfer.connectors.kafka import make_producer, produce_waiting
 from streaminfer.connectors.prediction import PredictionRow, Predictions
 

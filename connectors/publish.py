@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Producer
+
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import DeliveryFailures, produce_batch
 from streaminfer.connectors.records import now_ms

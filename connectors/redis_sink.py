@@ -6,8 +6,9 @@ script, atomic per batch): a row is applied only if it is at least as new as wha
 
 Key layout (``{app}`` is the settings' app name, ``{key}``/``{user}`` the entity key)::
 
-    pred:{app}:{key}   hash    event_id, event_ts, processed_ts (int ms), score (float text),
-                               model_name, model_version, scores (JSON array, "[]" if none)
+    pred:{app}:{key}   hash    event_id, event_ts, processed_ts (int ms), model_name,
+                               model_version, and one field per declared output (the
+                               built-in apps: score), as float text
     recs:{user}        zset    member = item id, score = recommender score (top-N only;
                                replaced as a whole on every applied write)
     recs_meta:{user}   hash    event_id, event_ts, processed_ts, model_version of that top-N
@@ -40,6 +41,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from streaminfer.connectors.prediction import PredictionRow, Predictions
 
 __all__ = [
@@ -76,21 +78,25 @@ end
 """
 
 # KEYS[i] = pred hash of row i; ARGV[1..5] = ttl, processed_ts, model_name, model_version,
-# values per row (3, or 4 when rows carry extra scores) -- constant for a batch, sent once;
-# then per row: event_id, event_ts, score[, scores as JSON].
+# m = number of output fields -- constant for a batch, sent once; ARGV[6..5+m] = the output
+# field names; then per row: event_id, event_ts, value_1..value_m.
 _PREDICTION_LUA = _LUA_NEWER + """
 local ttl, pts, name, ver = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local stride = tonumber(ARGV[5])
+local m = tonumber(ARGV[5])
+local stride = 2 + m
+local first = 6 + m
 local applied = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local b = 6 + (i - 1) * stride
+  local b = first + (i - 1) * stride
   if newer(key, ARGV[b + 1], ARGV[b]) then
-    local scores = '[]'
-    if stride == 4 then scores = ARGV[b + 3] end
-    redis.call('HSET', key, 'event_id', ARGV[b], 'event_ts', ARGV[b + 1],
-      'processed_ts', pts, 'score', ARGV[b + 2], 'model_name', name,
-      'model_version', ver, 'scores', scores)
+    local fields = {'event_id', ARGV[b], 'event_ts', ARGV[b + 1], 'processed_ts', pts,
+      'model_name', name, 'model_version', ver}
+    for j = 1, m do
+      fields[#fields + 1] = ARGV[5 + j]
+      fields[#fields + 1] = ARGV[b + 1 + j]
+    end
+    redis.call('HSET', key, unpack(fields))
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     applied = applied + 1
   end
@@ -225,30 +231,27 @@ class RedisPredictionSink:
             groups.setdefault((row.processed_ts, row.model_name, row.model_version),
                               []).append(row)
         for (processed_ts, name, version), group in groups.items():
-            scores = ([json.dumps([float(s) for s in r.scores]) if r.scores else "[]"
-                       for r in group] if any(r.scores for r in group) else None)
+            outputs: dict[str, list[Any]] = {"score": [r.score for r in group]}
+            if any(r.scores for r in group):
+                outputs["scores"] = [json.dumps([float(s) for s in r.scores]) for r in group]
             result += self.write_packed(self._pack(
                 processed_ts, name, version, [r.key for r in group], [r.event_id for r in group],
-                [r.event_ts for r in group], [r.score for r in group], scores))
+                [r.event_ts for r in group], outputs))
         return result
-
-    def write_columns(self, batch: Predictions) -> WriteResult:
-        """The hot path's write: the same rule, packed straight from the batch's columns."""
-        return self.write_packed(self.pack_columns(batch))
 
     def pack_columns(self, batch: Predictions) -> PackedWrite:
         """The script calls that write ``batch``, built without talking to Redis (the hot
         path builds them on the lane's thread while the writer thread waits on Redis)."""
         keep = _latest_index(batch.keys, batch.event_ts, batch.event_ids)
         if len(keep) == len(batch):
-            keys, ids, ts, scores = batch.keys, batch.event_ids, batch.event_ts, batch.scores
+            keys, ids, ts, outputs = batch.keys, batch.event_ids, batch.event_ts, batch.outputs
         else:
             keys = [batch.keys[i] for i in keep]
             ids = [batch.event_ids[i] for i in keep]
             ts = [batch.event_ts[i] for i in keep]
-            scores = [batch.scores[i] for i in keep]
+            outputs = {name: [col[i] for i in keep] for name, col in batch.outputs.items()}
         return self._pack(batch.processed_ts, batch.model_name, batch.model_version, keys, ids,
-                          ts, scores, None, stale=len(batch) - len(keep))
+                          ts, outputs, stale=len(batch) - len(keep))
 
     def write_packed(self, packed: PackedWrite) -> WriteResult:
         """Run the script calls of :meth:`pack_columns`; returns once Redis has replied."""
@@ -263,19 +266,18 @@ class RedisPredictionSink:
         return result
 
     def _pack(self, processed_ts: int, name: str, version: str, keys: list[str],
-              ids: list[str], ts: list[int], scores: list[float], extra: list[str] | None,
+              ids: list[str], ts: list[int], outputs: dict[str, list[Any]],
               stale: int = 0) -> PackedWrite:
-        """``extra``: per-row extra scores as JSON, or None when no row has any."""
+        """``outputs``: hash field name -> one value per row."""
         commands = []
         prefix = self._prefix
+        names = list(outputs)
         for lo in range(0, len(keys), MAX_ROWS_PER_CALL):
             hi = lo + MAX_ROWS_PER_CALL
             chunk = [prefix + k for k in keys[lo:hi]]
             args: list[Any] = ["EVALSHA", self._script.sha, len(chunk), *chunk, self.ttl_s,
-                               int(processed_ts), name, version, 3 if extra is None else 4]
-            columns = (ids[lo:hi], ts[lo:hi], scores[lo:hi])
-            if extra is not None:
-                columns += (extra[lo:hi],)
+                               int(processed_ts), name, version, len(names), *names]
+            columns = (ids[lo:hi], ts[lo:hi], *(col[lo:hi] for col in outputs.values()))
             for row in zip(*columns, strict=True):
                 args += row
             commands.append((hiredis.pack_command(tuple(args)), len(chunk)))

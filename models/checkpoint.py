@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_save
+
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.factory import create_model
 

@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlparse
 import redis
 import torch
 from safetensors import SafetensorError
+
 from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
+
 from streaminfer.models._inputs import as_features, as_targets
 from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.device import Runner
 from streaminfer.models.optim import build_optimizer
 from streaminfer.models.standardizer import Standardizer
-from torch import nn
 
 __all__ = ["OnlineClassifier"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from streaminfer.models.base import Model
 from streaminfer.models.classifier import OnlineClassifier
 from streaminfer.models.device import configure_threads

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from streaminfer.models.base import Model, ModelVersion
 
 __all__ = ["IdentityModel"]

@@ -23,6 +23,7 @@ import redis
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
+
 from streaminfer.models.base import Model
 
 __all__ = ["ParamsPublisher", "read_params", "read_params_manifest"]

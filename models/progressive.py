@@ -25,6 +25,7 @@ import torch
 
 __all__ = [
     "ClassifierMetrics",
+    "MulticlassMetrics",
     "ProgressiveMetrics",
     "RecommenderMetrics",
     "metrics_for",
@@ -258,20 +259,66 @@ class RecommenderMetrics:
         return f"RecommenderMetrics(count={self.count})"
 
 
-_KINDS: dict[str, type[ClassifierMetrics] | type[RecommenderMetrics]] = {
+class MulticlassMetrics:
+    """Running accuracy and count of served class predictions (the predicted class index
+    against the observed one)."""
+
+    kind = "multiclass"
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.correct = 0
+
+    def update(self, scores: Any, targets: Any) -> None:
+        """Add a batch of predicted classes and the classes that were observed."""
+        s, y = _pair(scores, targets)
+        self.correct += int((np.rint(s) == np.rint(y)).sum())
+        self.count += int(s.size)
+
+    def snapshot(self) -> dict[str, float]:
+        n = self.count
+        return {"count": float(n), "accuracy": self.correct / n if n else math.nan}
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "count": self.count, "correct": self.correct}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> MulticlassMetrics:
+        _check_kind(state, cls.kind)
+        metrics = cls()
+        metrics.count, metrics.correct = int(state["count"]), int(state["correct"])
+        return metrics
+
+    def merge(self, other: MulticlassMetrics) -> MulticlassMetrics:
+        """Add what ``other`` saw; returns ``self``."""
+        if not isinstance(other, MulticlassMetrics):
+            raise ValueError(f"cannot merge {other!r} into {self!r}")
+        self.count += other.count
+        self.correct += other.correct
+        return self
+
+    def __repr__(self) -> str:
+        return f"MulticlassMetrics(count={self.count})"
+
+
+Metrics = ClassifierMetrics | RecommenderMetrics | MulticlassMetrics
+
+_KINDS: dict[str, type[ClassifierMetrics] | type[RecommenderMetrics] | type[MulticlassMetrics]] = {
     "classifier": ClassifierMetrics,
     "recommender": RecommenderMetrics,
+    "multiclass": MulticlassMetrics,
 }
 
 
-def metrics_for(app: str) -> ClassifierMetrics | RecommenderMetrics:
-    """Fresh progressive metrics for ``app`` (``"classifier"`` or ``"recommender"``)."""
-    if app not in _KINDS:
-        raise ValueError(f"no progressive metrics for app {app!r}; known: {sorted(_KINDS)}")
-    return _KINDS[app]()
+def metrics_for(kind: str) -> Metrics:
+    """Fresh progressive metrics of ``kind``: ``classifier`` (AUC, log-loss), ``recommender``
+    (RMSE, MAE) or ``multiclass`` (accuracy)."""
+    if kind not in _KINDS:
+        raise ValueError(f"no progressive metrics of kind {kind!r}; known: {sorted(_KINDS)}")
+    return _KINDS[kind]()
 
 
-def metrics_from_state(state: dict[str, Any]) -> ClassifierMetrics | RecommenderMetrics:
+def metrics_from_state(state: dict[str, Any]) -> Metrics:
     """Rebuild whichever metrics ``state()`` wrote (it records its ``kind``)."""
     kind = state.get("kind")
     if kind not in _KINDS:

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
+
 from streaminfer.models._inputs import as_targets
 from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.device import Runner
 from streaminfer.models.optim import build_optimizer
 from streaminfer.models.vocab import Vocabulary
-from torch import nn
 
 #: Users ranked per matmul in ``top_n_many``: bounds the (users x items) score matrix.
 _TOP_N_CHUNK = 256
@@ -45,6 +46,10 @@ class Interactions:
 
     def __len__(self) -> int:
         return len(self.users)
+
+    def take(self, index: Sequence[int]) -> Interactions:
+        """The pairs at ``index`` (a batch's rows that survived validation)."""
+        return Interactions([self.users[i] for i in index], [self.items[i] for i in index])
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +333,19 @@ class MatrixFactorization(Model):
         for row, seen in zip(index.tolist(), rows.seen, strict=True):
             items = (self.items.row(i, grow=False) for i in seen)
             self._seen[row] = {i for i in items if i is not None}
+
+    def export_keys(self, keys: Iterable[str]) -> list[tuple[str, bytes]]:
+        """Known users' rows as bytes, one record per user: the keyed state's changelog."""
+        from streaminfer.models.user_rows import encode_users
+
+        rows = self.export_users(keys)
+        return list(zip(rows.ids, encode_users(rows), strict=True))
+
+    def import_keys(self, records: Sequence[tuple[str, bytes]]) -> None:
+        """Inverse of :meth:`export_keys` (a partition's users, after a rebalance)."""
+        from streaminfer.models.user_rows import decode_users
+
+        self.import_users(decode_users(records))
 
     def _user_optim_state(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The optimiser's per-row tensors of the user tables, named ``<table>.<state>``."""

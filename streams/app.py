@@ -1,344 +1,349 @@
-"""The Faust application around the hot path: membership, tables, lifecycle, metrics.
+"""An app: what a worker reads, how it makes features, which model scores them, what it
+writes, and what it learns from. Everything here is a plain declaration (no I/O): the
+:class:`~streaminfer.streams.worker.Worker` connects, restores and runs it.
 
-Faust's worker owns group membership (group ``{consumer_group}-{app}``), through a small
-*owners* topic with as many partitions as the input topic: the partitions of it that Faust
-assigns to this worker are the input partitions this worker's hot-path lanes read (manual
-assignment, see ``streams.assignment``), and Faust moves the join table's changelog partitions
-with them. Faust also runs the metrics timer and handles signals and shutdown; the events
-themselves never pass through Faust's per-message dispatch (see docs/design.md).
+::
+
+    import streaminfer as si
+    from torch import nn
+
+    app = si.App(
+        "churn",
+        input=si.Input("customers", schema="customer.avsc", key="customer_id"),
+        features=si.Features(si.numeric("age", "balance"), si.categorical("plan", ["a", "b"])),
+        model=nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 2)),
+        outputs=si.Outputs(["p_churn", "p_upsell"]),
+        learning=si.Learning(topic="customer-labels", label="label"),
+    )
+
+``streaminfer worker --app mypackage.module:app`` serves it. The attribute may also be a
+function ``(settings) -> App``, for apps whose shape depends on settings (the built-ins are).
 """
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import json
-import logging
-import math
-import os
-import socket
-import tempfile
-import threading
-from collections.abc import Iterable
+import re
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import faust
-import mode
-import redis
-from streaminfer.connectors.admin import ensure_topics as ensure_topics_on_broker
-from streaminfer.connectors.admin import list_topics
-from streaminfer.connectors.avro import make_codec
-from streaminfer.connectors.dead_letter import DeadLetterWriter
-from streaminfer.connectors.kafka import make_consumer
-from streaminfer.connectors.predictions_sink import PredictionsTopicSink
-from streaminfer.connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
-from streaminfer.models import checkpoint
+import numpy as np
+from torch import nn
+
+from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model
-from streaminfer.models.factory import create_model
-from streaminfer.models.recommender import MatrixFactorization
-from streaminfer.models.sync import create_sync
-from streaminfer.streams.assignment import (
-    Assignment,
-    FollowedAssignment,
-    GroupAssignment,
-    PartitionState,
-)
-from streaminfer.streams.batcher import AdaptiveLimit, Batcher
-from streaminfer.streams.handlers import ClassifierHandler, Handler, RecommenderHandler
-from streaminfer.streams.join import JoinState
-from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
-from streaminfer.streams.learning import FeedbackLearner, Learner, RatingLearner
-from streaminfer.streams.metrics import PipelineMetrics
-from streaminfer.streams.pipeline import HotPath, Sinks
-from streaminfer.streams.settings import Settings
-from streaminfer.streams.table_store import FaustTableStore
-from streaminfer.streams.user_state import UserState
+from streaminfer.models.module import FileModel, Loss, TorchModel
+from streaminfer.streams.features import Features
+from streaminfer.streams.settings import BUILT_IN
 
-__all__ = ["WorkerOptions", "build_app", "build_hot_path", "load_or_create_model"]
+if TYPE_CHECKING:
+    from streaminfer.streams.settings import Settings
 
-log = logging.getLogger(__name__)
+__all__ = ["App", "Input", "KeyedState", "Learning", "Outputs", "load_app"]
 
-_LANE_CONSUMER = {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
-                  "max.poll.interval.ms": 60_000}
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+SchemaSpec = str | Path | dict[str, Any]
+
+
+def _resolve_schema(spec: SchemaSpec, base: Path | None) -> dict[str, Any]:
+    """A schema dict from a dict, JSON text, a ``.avsc`` path or a shipped schema's name."""
+    from streaminfer.connectors.avro import load_schema
+
+    if isinstance(spec, dict):
+        return spec
+    text = str(spec)
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"schema: invalid JSON: {exc}") from None
+    path = Path(text)
+    if path.suffix == ".avsc":
+        if not path.is_absolute() and not path.exists() and base is not None:
+            path = base / path
+        if not path.is_file():
+            raise ConfigError(f"schema file {text} not found (looked in the working directory"
+                              f"{' and ' + str(base) if base else ''})")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"schema file {path}: invalid JSON: {exc}") from None
+    try:
+        return load_schema(text)
+    except KeyError as exc:
+        raise ConfigError(f"schema: {exc.args[0]}") from None
 
 
 @dataclass(frozen=True)
-class WorkerOptions:
-    """Per-process choices that are not deployment settings."""
+class Input:
+    """The input topic and the shape of its records.
 
-    lanes: int = 1
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    model_path: Path | None = None
-    identity_model: bool = False
-    top_n: int = 10
-    web_port: int | None = None
+    ``schema`` is a ``.avsc`` path (relative paths are looked up beside the app's module
+    too), an Avro schema dict, JSON text, the name of a shipped schema (``"event"``), or
+    ``"registry:SUBJECT"`` for the newest version of a Schema Registry subject. Records may
+    be Avro (single-object or registry framing) or JSON of the same shape.
+    ``key``/``event_id``/``event_time`` name record fields; ``None`` takes the Kafka key,
+    ``topic:partition:offset`` and the Kafka timestamp instead.
+    """
+
+    topic: str
+    schema: SchemaSpec
+    key: str | None = "key"
+    event_id: str | None = "event_id"
+    event_time: str | None = "ts"
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
+@dataclass(frozen=True)
+class Outputs:
+    """What each prediction holds and where it goes.
+
+    ``names`` are the model's output columns, in order (``(n,)`` for one, ``(n, k)`` for
+    ``k``): fields of the Redis hash ``pred:{app}:{key}`` (beside ``event_id``, ``event_ts``,
+    ``processed_ts``, ``model_name``, ``model_version``) and of the predictions topic's
+    records, whose Avro schema is generated from them. ``activation`` turns an ``nn.Module``'s
+    raw outputs into scores. ``top_n`` > 0 keeps a sorted set ``recs:{key}`` of the model's
+    best items (the model must offer ``top_n_many(keys, n)``).
+    """
+
+    names: Sequence[str] = ("score",)
+    activation: Literal["sigmoid", "softmax", "none"] = "sigmoid"
+    topic: str | None = "predictions"
+    top_n: int = 0
+
+    def __post_init__(self) -> None:
+        names = tuple(self.names)
+        object.__setattr__(self, "names", names)
+        if not names:
+            raise ConfigError("outputs.names: at least one output is needed")
+        reserved = {"event_id", "event_ts", "processed_ts", "model_name", "model_version",
+                    "key"}
+        for name in names:
+            if not _FIELD.match(name) or name in reserved:
+                raise ConfigError(f"outputs.names: {name!r} must be an identifier and not one "
+                                  f"of {sorted(reserved)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"outputs.names: duplicate names in {list(names)}")
+        if self.top_n < 0:
+            raise ConfigError(f"outputs.top_n must be >= 0, got {self.top_n}")
+
+    def prediction_schema(self, app: str) -> dict[str, Any]:
+        """The predictions topic's Avro schema. A single output named ``score`` uses the
+        shipped generic ``schemas/prediction.avsc``, so existing readers keep working."""
+        from streaminfer.connectors.avro import load_schema
+
+        if self.names == ("score",):
+            return load_schema("prediction")
+        namespace = "streaminfer." + re.sub(r"[^A-Za-z0-9_]", "_", app)
+        return {
+            "type": "record", "name": "Prediction", "namespace": namespace,
+            "doc": f"A prediction of the {app} app (generated from its declared outputs).",
+            "fields": [
+                {"name": "event_id", "type": "string"},
+                {"name": "key", "type": "string"},
+                {"name": "model_name", "type": "string"},
+                {"name": "model_version", "type": "string"},
+                *({"name": name, "type": "float"} for name in self.names),
+                {"name": "event_ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+                {"name": "processed_ts",
+                 "type": {"type": "long", "logicalType": "timestamp-millis"}},
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Learning:
+    """Online learning: where labels come from and what the model minimises.
+
+    With ``topic`` set, label records arrive on that topic (co-partitioned with the input)
+    and are joined to the features the event was scored with by ``join_on``. Without it,
+    ``label`` is a field of the input itself: each batch is scored, then learnt from
+    (test-then-train, like ratings).
+    ``loss``: ``bce`` (labels in [0, 1]), ``ce`` (label = class index), ``mse``, or a
+    callable ``loss(raw outputs, labels)``; it also picks the progressive metrics (AUC and
+    log-loss, accuracy, RMSE and MAE). ``optimizer``/``lr``/``l2`` configure an ``nn.Module``'s
+    optimiser; a built-in :class:`~streaminfer.models.base.Model` brings its own.
+    """
+
+    label: str = "label"
+    topic: str | None = None
+    schema: SchemaSpec = "feedback"
+    join_on: str = "event_id"
+    event_time: str | None = "ts"
+    loss: Loss = "bce"
+    optimizer: Literal["sgd", "adagrad", "adam"] = "adam"
+    lr: float = 1e-3
+    l2: float = 0.0
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.l2 < 0 or self.batch_size < 1:
+            raise ConfigError(f"learning: lr must be > 0, l2 >= 0 and batch_size >= 1 (got "
+                              f"lr={self.lr}, l2={self.l2}, batch_size={self.batch_size})")
+
+    @property
+    def metrics(self) -> str | None:
+        """Which progressive metrics suit the loss (``None`` for a custom loss)."""
+        return {"bce": "classifier", "mse": "recommender", "ce": "multiclass"}.get(
+            self.loss if isinstance(self.loss, str) else "")
+
+    def served(self, scores: np.ndarray) -> np.ndarray:
+        """One number per row to keep beside the features until the label comes: the
+        score for ``bce``/``mse``, the predicted class for ``ce``."""
+        if scores.ndim == 1:
+            return scores.astype(np.float32)
+        if self.loss == "ce":
+            return scores.argmax(axis=1).astype(np.float32)
+        return scores[:, 0].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class KeyedState:
+    """Per-key model state (e.g. user embedding rows) that moves with its partition.
+
+    After each learning step the rows of the batch's keys go to a changelog-backed table
+    (``{group}-{app}-{name}-changelog``); when a partition is assigned, its keys' rows are
+    loaded into the model. The model must offer ``export_keys(keys) -> [(key, bytes)]`` and
+    ``import_keys([(key, bytes)])``.
+    """
+
+    name: str = "keys"
+
+
+ModelSpec = nn.Module | Model | str | Path | Callable[["Settings"], Any]
+
+
+@dataclass
+class App:
+    """A streaminfer app: input, features, model, outputs, and optionally learning and
+    keyed state. Building one does no I/O.
+
+    >>> import streaminfer as si
+    >>> from torch import nn
+    >>> app = si.App("demo", input=si.Input("events", schema="event"),
+    ...              features=si.Features(si.array("features", 8)),
+    ...              model=nn.Linear(8, 1))
+    >>> app.group_suffix, app.outputs.names
+    ('demo', ('score',))
+    """
+
+    name: str
+    input: Input
+    model: ModelSpec
+    features: Callable[[dict[str, Any]], Any] | None = None
+    outputs: Outputs = field(default_factory=Outputs)
+    learning: Learning | None = None
+    state: KeyedState | None = None
+    #: where the app was defined: relative schema paths are looked up there too
+    origin: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(f"app name {self.name!r} must be letters, digits, '_', '.', '-'")
+        if not isinstance(self.input, Input):
+            raise ConfigError(f"app {self.name}: input must be streaminfer.Input")
+        if self.origin is None:  # the module that built the app (past dataclass __init__)
+            caller = sys._getframe(2).f_globals.get("__file__")
+            if caller and Path(caller).is_file():
+                self.origin = Path(caller).resolve().parent
+        if isinstance(self.model, str | Path) and self.learning is not None:
+            raise ConfigError(f"app {self.name}: a model file ({self.model}) is served as "
+                              "is and cannot learn; drop learning= or give an nn.Module")
+
+    @property
+    def group_suffix(self) -> str:
+        """What the consumer group, Redis keys and internal topics are named after."""
+        return self.name
+
+    @property
+    def decode_fields(self) -> list[str] | None:
+        """Input fields the worker needs to decode (``None``: all of them)."""
+        if isinstance(self.features, Features):
+            fields = list(self.features.fields)
+            if self.learning is not None and self.learning.topic is None:
+                fields.append(self.learning.label)
+            return list(dict.fromkeys(fields))
         return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+
+    def input_schema(self, registry_url: str | None = None) -> dict[str, Any]:
+        """The input's Avro schema, resolved (the registry is asked for ``registry:``)."""
+        return _schema(self.input.schema, self.origin, registry_url)
+
+    def label_schema(self, registry_url: str | None = None) -> dict[str, Any]:
+        assert self.learning is not None
+        return _schema(self.learning.schema, self.origin, registry_url)
+
+    def build_model(self, settings: Settings) -> Model:
+        """A fresh model: the declared one, wrapped in the :class:`Model` surface."""
+        spec = self.model
+        if callable(spec) and not isinstance(spec, nn.Module | Model):
+            spec = spec(settings)
+        if isinstance(spec, Model):
+            return spec
+        learning = self.learning or Learning()
+        if isinstance(spec, nn.Module):
+            return TorchModel(spec, name=self.name, loss=learning.loss,
+                              activation=self.outputs.activation, optimizer=learning.optimizer,
+                              lr=learning.lr, l2=learning.l2, device=settings.device)
+        if isinstance(spec, str | Path):
+            path = Path(spec)
+            if not path.is_absolute() and not path.exists() and self.origin is not None:
+                path = self.origin / path
+            return FileModel(path, name=self.name, activation=self.outputs.activation,
+                             device=settings.device)
+        raise ConfigError(f"app {self.name}: model must be an nn.Module, a streaminfer Model, "
+                          f"a TorchScript/.pt2 path or a function of settings, got "
+                          f"{type(spec).__name__}")
 
 
-def input_topic(settings: Settings) -> str:
-    return settings.events_topic if settings.app == "classifier" else settings.ratings_topic
+def _schema(spec: SchemaSpec, origin: Path | None, registry_url: str | None) -> dict[str, Any]:
+    if isinstance(spec, str) and spec.startswith("registry:"):
+        subject = spec.removeprefix("registry:")
+        if not registry_url:
+            raise ConfigError(f"schema {spec!r} needs a schema registry (--schema-registry)")
+        from streaminfer.connectors.avro import registry_client
+
+        try:
+            latest = registry_client(registry_url).get_latest_version(subject)
+        except Exception as exc:
+            raise ConfigError(f"schema registry has no subject {subject!r}: {exc}") from None
+        return json.loads(latest.schema.schema_str)
+    return _resolve_schema(spec, origin)
 
 
-def group_id(settings: Settings) -> str:
-    return f"{settings.consumer_group}-{settings.app}"
+def load_app(spec: str, settings: Settings) -> App:
+    """The app named by ``spec``: a built-in name or ``package.module:attribute``.
 
-
-def learns_from_feedback(settings: Settings) -> bool:
-    return settings.learn and settings.app == "classifier"
-
-
-def load_or_create_model(settings: Settings, options: WorkerOptions) -> Model:
-    """A model from ``--model`` (safetensors checkpoint) or a fresh seeded one."""
-    if options.model_path is not None:
-        model, _manifest = checkpoint.load(options.model_path, device=settings.device)
-        if model.name != settings.app:
-            raise ValueError(f"{options.model_path} holds a {model.name!r} model, "
-                             f"but the app is {settings.app!r}")
-        return model
-    app = "identity" if options.identity_model else settings.app
-    return create_model(app, num_features=settings.num_features, seed=settings.seed,
-                        device=settings.device, amp=settings.amp, lr=settings.lr,
-                        optimizer=settings.optimizer, l2=settings.l2,
-                        **({"hidden": settings.hidden} if app == "classifier" else {}))
-
-
-def build_handler(settings: Settings, model: Model, options: WorkerOptions) -> Handler:
-    codec = make_codec("rating" if settings.app == "recommender" else "event", "json",
-                       settings.schema_registry_url, input_topic(settings))
-    if settings.app == "recommender" and isinstance(model, MatrixFactorization):
-        return RecommenderHandler(model, codec, top_n=options.top_n)
-    return ClassifierHandler(model, codec, settings.num_features)
-
-
-def build_sinks(settings: Settings) -> Sinks:
-    """A lane's own sinks: producers are not shared between threads."""
-    out_codec = make_codec("prediction", settings.effective_wire_format,
-                           settings.schema_registry_url, settings.predictions_topic)
-    client = redis.Redis.from_url(settings.redis_url)
-    return Sinks(
-        redis=RedisPredictionSink(client, settings.app, settings.redis_ttl_s),
-        topic=PredictionsTopicSink(settings.kafka_config(), settings.predictions_topic,
-                                   out_codec.encode, encode_many=out_codec.encode_many,
-                                   encode_columns=out_codec.encode_columns),
-        dead_letters=DeadLetterWriter(settings.kafka_config(), settings.dlq_topic),
-        recommendations=RedisRecommendationSink(client, settings.redis_ttl_s)
-        if settings.app == "recommender" else None,
-    )
-
-
-def build_lane(settings: Settings, handler: Handler, metrics: PipelineMetrics,
-               model_lock: threading.Lock, assignment: Assignment, group: str,
-               learner: Learner | None = None) -> HotPath:
-    consumer = make_consumer(settings.kafka_config(), group, **_LANE_CONSUMER)
-    limit = AdaptiveLimit(settings.latency_target_ms, settings.batch_max_records)
-    batcher = Batcher(consumer, limit, settings.batch_max_wait_ms / 1000, settings.batch_max_bytes)
-    return HotPath(consumer, assignment, batcher, handler, build_sinks(settings), metrics,
-                   model_lock=model_lock, learner=learner)
-
-
-def build_hot_path(settings: Settings, handler: Handler, metrics: PipelineMetrics,
-                   model_lock: threading.Lock) -> HotPath:
-    """A standalone lane that joins the consumer group itself (benchmarks, simple uses)."""
-    assignment = GroupAssignment([input_topic(settings)])
-    return build_lane(settings, handler, metrics, model_lock, assignment, group_id(settings))
-
-
-def ensure_topics(settings: Settings, partitions: int, *compacted: str) -> int:
-    """Create what the worker reads and writes, with the input topic's partition count
-    (``partitions`` if it does not exist yet); returns that count."""
-    config = settings.kafka_config()
-    topic = input_topic(settings)
-    existing = {t.name: t.partitions for t in list_topics(config)}
-    partitions = existing.get(topic, partitions)
-    wanted = [topic, settings.predictions_topic, settings.dlq_topic(topic), *compacted]
-    if learns_from_feedback(settings):
-        wanted += [settings.feedback_topic, settings.dlq_topic(settings.feedback_topic)]
-    statuses = ensure_topics_on_broker(
-        config, dict.fromkeys(wanted, partitions),
-        configs={name: {"cleanup.policy": "compact"} for name in compacted})
-    feedback = next((s for s in statuses if s.name == settings.feedback_topic), None)
-    if feedback is not None and feedback.partitions != partitions:
-        raise RuntimeError(
-            f"{settings.feedback_topic!r} has {feedback.partitions} partitions but {topic!r} has "
-            f"{partitions}: feedback must be co-partitioned with its events (same partition "
-            "count, same key) to join them")
-    return partitions
-
-
-def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -> faust.App:
-    """A Faust app whose worker runs ``options.lanes`` hot-path threads."""
-    app_id = group_id(settings)
-    owners_name = f"{app_id}-owners"
-    changelogs = [f"{app_id}-join-changelog" if settings.app == "classifier"
-                  else f"{app_id}-users-changelog"]
-    n = ensure_topics(settings, partitions, owners_name, *changelogs)
-    brokers = [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")]
-    datadir = Path(tempfile.gettempdir()) / "streaminfer-faust" / app_id  # memory store: unused
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        app_id, broker=brokers, store="memory://", topic_partitions=n,
-        web_enabled=options.web_port is not None, web_port=options.web_port or 6066,
-        topic_replication_factor=1, producer_acks=-1, broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0, stream_recovery_delay=0.0,
-        # Changelog writes come a batch of users at a time: let them share requests (Faust's
-        # defaults, no linger and 16 KB batches, cost a socket write per few records).
-        producer_linger=0.005, producer_max_batch_size=1_000_000,
-        datadir=str(datadir),
-    )
-    owners = app.topic(owners_name, partitions=n, value_serializer="raw")
-
-    @app.agent(owners)
-    async def _owners(stream: Any) -> None:
-        """Never receives anything: subscribing makes Faust assign the owners' partitions."""
-        async for _ in stream:
-            pass
-
-    store = checkpoint_store(settings)
-    restored = restore(settings, store) if settings.learn else Restored()
-    model = restored.model or load_or_create_model(settings, options)
-    handler = build_handler(settings, model, options)
-    metrics = PipelineMetrics()
-    model_lock = threading.Lock()
-    lanes: list[HotPath] = []
-    topics = [input_topic(settings)]
-
-    def written_offsets() -> dict[tuple[str, int], int]:
-        merged: dict[tuple[str, int], int] = {}
-        for lane in lanes:
-            merged.update(lane.written_offsets())
-        return merged
-
-    learner: Learner | None = None
-    if settings.learn:
-        sync = None
-        if settings.sync_mode != "off":
-            sync = create_sync(
-                settings.sync_mode, model, kafka_config=settings.kafka_config(),
-                topic=f"{app_id}-sync", worker_id=options.worker_id,
-                every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
-                round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards,
-                start_position=restored.manifest.get("sync") or None)
-        hooks = build_hooks(settings, model, restored, options.worker_id, written_offsets,
-                            sync, store)
-        if learns_from_feedback(settings):
-            table = app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
-            join = JoinState(FaustTableStore(table, app), int(settings.join_window_s * 1000))
-            codec = make_codec("feedback", "json", settings.schema_registry_url,
-                               settings.feedback_topic)
-            learner = FeedbackLearner(model, settings.effective_learn_batch_size, hooks,
-                                      feedback_topic=settings.feedback_topic, join=join,
-                                      codec=codec)
-            topics.append(settings.feedback_topic)
-        else:
-            users = None
-            if isinstance(model, MatrixFactorization):
-                table = app.Table("users", partitions=n, key_type=bytes, value_type=bytes)
-                users = UserState(FaustTableStore(table, app), model)
-            learner = RatingLearner(model, settings.effective_learn_batch_size, hooks,
-                                    users=users)
-    # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's own
-    # state; with parameter sync the shared state comes from the sync log instead).
-    start_offsets = restored.start_offsets if settings.sync_mode == "off" else {}
-
-    partition_state: PartitionState | None = None
-    if isinstance(learner, FeedbackLearner):
-        partition_state = learner.join
-    elif isinstance(learner, RatingLearner):
-        partition_state = learner.users
-    for _ in range(options.lanes):
-        assignment = FollowedAssignment(topics, start_offsets=start_offsets)
-        if partition_state is not None:
-            assignment.carry(partition_state, model_lock)
-        lanes.append(build_lane(settings, handler, metrics, model_lock, assignment,
-                                f"{app_id}-offsets", learner))
-
-    def share(parts: Iterable[int], lane: int) -> frozenset[int]:
-        return frozenset(p for p in parts if p % len(lanes) == lane)
-
-    # Faust sends on_rebalance_complete from its table recovery, which can finish after the
-    # next rebalance has begun; the assignment read at that moment may be one this worker no
-    # longer holds. So lanes get the partitions of the latest rebalance, recorded as Faust
-    # assigns them and withdrawn as soon as the next one revokes them.
-    settled: frozenset[int] | None = None
-
-    @app.on_partitions_revoked.connect
-    async def _revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-        nonlocal settled
-        settled = None
-        parts = {tp.partition for tp in revoked if tp.topic == owners_name}
-        if not parts:
-            return
-        done = [lane.assignment.post("revoke", share(parts, i))  # type: ignore[attr-defined]
-                for i, lane in enumerate(lanes)]
-        loop = asyncio.get_running_loop()
-        for event in done:  # each lane commits what it wrote before the partitions move
-            await loop.run_in_executor(None, event.wait, 30.0)
-
-    @app.on_partitions_assigned.connect
-    async def _assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
-        nonlocal settled
-        settled = frozenset(tp.partition for tp in assigned if tp.topic == owners_name)
-
-    @app.on_rebalance_complete.connect
-    async def _recovered(sender: Any, **_: Any) -> None:
-        if settled is None:
-            log.info("table recovery finished during a new rebalance; lanes wait for it")
-            return
-        for i, lane in enumerate(lanes):
-            lane.assignment.post("assign", share(settled, i))  # type: ignore[attr-defined]
-
-    metrics_key = f"metrics:{settings.app}:{options.worker_id}"
-    redis_client = redis.Redis.from_url(settings.redis_url)
-
-    @app.service
-    class HotPathService(mode.Service):
-        """Starts the lanes with the worker; stops them (and commits) on shutdown."""
-
-        async def on_start(self) -> None:
-            self._stop = threading.Event()
-            self._threads = []
-            for i, lane in enumerate(lanes):
-                thread = threading.Thread(target=self._run_lane, args=(lane,),
-                                          name=f"hot-path-{i}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
-            log.info("streaminfer %s worker %s: %d lane(s) on %s, model %s %s",
-                     settings.app, options.worker_id, len(lanes), topics, model.name,
-                     model.version)
-
-        def _run_lane(self, hot_path: HotPath) -> None:
-            try:
-                hot_path.run(self._stop)
-            except Exception:
-                log.exception("hot path lane crashed; stopping the worker")
-                os.kill(os.getpid(), 15)
-
-        async def on_stop(self) -> None:
-            self._stop.set()
-            loop = asyncio.get_running_loop()
-            for thread in self._threads:
-                await loop.run_in_executor(None, thread.join, 30.0)
-
-    @app.timer(1.0)
-    async def publish_metrics() -> None:
-        snapshot = {**metrics.snapshot(), "model_version": str(model.version),
-                    "worker": options.worker_id,
-                    "partitions": sorted({p for lane in lanes for _, p in lane.assignment.owned})}
-        if learner is not None:
-            with model_lock:
-                snapshot["learning"] = learner.snapshot()
-        text = json.dumps(_finite(snapshot))  # strict JSON: NaN (e.g. AUC of one class) -> null
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: redis_client.set(metrics_key, text, ex=10))
-
+    The attribute is an :class:`App` or a function ``(settings) -> App``. As with uvicorn or
+    ``faust -A``, the working directory is importable, so ``--app myapp:app`` finds
+    ``./myapp.py``.
+    """
+    target = BUILT_IN.get(spec, spec)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"app {spec!r}: expected a built-in name ({sorted(BUILT_IN)}) or "
+                          "'package.module:attribute'")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(f"app {spec!r}: no module {module_name!r} (from "
+                              f"{Path.cwd()})") from None
+        raise
+    try:
+        found = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"app {spec!r}: module {module_name!r} has no attribute "
+                          f"{attr!r}") from None
+    app = found if isinstance(found, App) else found(settings) if callable(found) else None
+    if not isinstance(app, App):
+        raise ConfigError(f"app {spec!r} is a {type(found).__name__}, not a streaminfer.App "
+                          "or a function of settings returning one")
     return app

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+
 from streaminfer.connectors.avro import make_codec
 from streaminfer.connectors.kafka import DeliveryFailures, make_producer, produce_batch
 from streaminfer.connectors.publish import PublishReport, publish_chunks

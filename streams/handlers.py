@@ -1,111 +1,162 @@
-"""Per-app logic of the hot path: how to decode a batch, score it and shape the outputs.
+"""An app's part of the hot path: decode a batch, make features, score it, shape the outputs.
 
-The pipeline knows only this small surface, so adding an app means adding a handler.
+The pipeline knows only :class:`Handler`'s three calls, and :class:`AppHandler` makes them out
+of any :class:`~streaminfer.streams.app.App`, so the pipeline never asks which app it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from confluent_kafka import Message
-from streaminfer.connectors.avro import RecordCodec
+
 from streaminfer.connectors.prediction import Predictions
 from streaminfer.connectors.redis_sink import RecommendationRow
+from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model
-from streaminfer.models.recommender import Interactions, MatrixFactorization
-from streaminfer.streams.validate import (
-    EventBatch,
-    RatingBatch,
-    Rejected,
-    decode_events,
-    decode_ratings,
-)
+from streaminfer.streams.app import Learning, Outputs
+from streaminfer.streams.batch import Batch, Rejected
+from streaminfer.streams.decode import InvalidRows, RecordDecoder
+from streaminfer.streams.learning import labels_of
 
-__all__ = ["ClassifierHandler", "Handler", "Outputs", "RecommenderHandler"]
+__all__ = ["AppHandler", "Handler", "Outputs", "Written"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
-class Outputs:
+class Written:
     """What one batch writes: predictions for Redis and the topic, optional top-N lists."""
 
     predictions: Predictions
     recommendations: list[RecommendationRow] = field(default_factory=list)
 
 
-class Batch(Protocol):
-    messages: list[Message]
-    event_ids: list[str]
-    ts: np.ndarray
-
-    def __len__(self) -> int: ...
-    def take(self, index: Sequence[int]) -> Any: ...
-
-
 class Handler(Protocol):
     model: Model
 
-    def decode(self, messages: Sequence[Message]) -> tuple[Any, list[Rejected]]: ...
-    def score(self, batch: Any) -> np.ndarray: ...
-    def outputs(self, batch: Any, scores: np.ndarray, processed_ts: int) -> Outputs: ...
-
-
-def _predictions(batch: Any, keys: list[str], scores: np.ndarray, model: Model,
-                 processed_ts: int) -> Predictions:
-    return Predictions(batch.event_ids, keys, scores.tolist(), batch.ts.tolist(), processed_ts,
-                       model.name, str(model.version))
+    def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]: ...
+    def score(self, batch: Batch) -> np.ndarray: ...
+    def outputs(self, batch: Batch, scores: np.ndarray, processed_ts: int) -> Written: ...
 
 
 @dataclass
-class ClassifierHandler:
-    """Events with a feature vector -> probability of the positive class."""
+class AppHandler:
+    """Decode with the app's input schema, featurise, score with its model.
 
-    model: Model
-    codec: RecordCodec
-    num_features: int
-
-    def decode(self, messages: Sequence[Message]) -> tuple[EventBatch, list[Rejected]]:
-        return decode_events(messages, self.codec, self.num_features)
-
-    def score(self, batch: EventBatch) -> np.ndarray:
-        return self.model.predict(batch.features).numpy()
-
-    def outputs(self, batch: EventBatch, scores: np.ndarray, processed_ts: int) -> Outputs:
-        return Outputs(_predictions(batch, batch.keys, scores, self.model, processed_ts))
-
-
-@dataclass
-class RecommenderHandler:
-    """Ratings -> predicted rating; the top-N items of every user in the batch refreshed.
-
-    Learning from the same ratings (test-then-train) is ``streams.learning.RatingLearner``'s.
+    A feature function that fails on some rows costs those rows only: rows it names
+    (:class:`~streaminfer.streams.decode.InvalidRows`) or, for any other error, rows that
+    fail on their own go to the dead-letter topic; the rest of the batch is scored.
     """
 
-    model: MatrixFactorization
-    codec: RecordCodec
-    top_n: int = 10
+    model: Model
+    decoder: RecordDecoder
+    features: Callable[[dict[str, Any]], Any] | None
+    outputs_spec: Outputs
+    #: learning from a label column of the input: rows without a usable label are rejected
+    #: before they are scored
+    inline_labels: Learning | None = None
 
-    def decode(self, messages: Sequence[Message]) -> tuple[RatingBatch, list[Rejected]]:
-        return decode_ratings(messages, self.codec)
+    def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]:
+        batch, rejected = self.decoder.decode(messages)
+        if len(batch) and self.inline_labels is not None:
+            batch, _ = labels_of(batch, self.inline_labels, rejected)
+        if len(batch):
+            batch = self._featurize(batch, rejected)
+        return batch, rejected
 
-    def score(self, batch: RatingBatch) -> np.ndarray:
-        return self.model.predict(Interactions(batch.users, batch.items)).numpy()
+    def _featurize(self, batch: Batch, rejected: list[Rejected]) -> Batch:
+        if self.features is None:
+            batch.features = batch.columns
+            return batch
+        try:
+            x = self.features(batch.columns)
+        except InvalidRows as exc:
+            for row, reason in sorted(exc.reasons.items()):
+                rejected.append(Rejected(batch.messages[row], f"field {exc.field!r}: {reason}",
+                                         "validation"))
+            keep = [i for i in range(len(batch)) if i not in exc.reasons]
+            return self._featurize(batch.take(keep), rejected) if keep else Batch.empty()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            log.warning("feature function failed on a batch of %d (%r); finding the rows",
+                        len(batch), exc)
+            return self._featurize_rows(batch, rejected)
+        batch.features = x
+        return _drop_non_finite(batch, rejected)
 
-    def outputs(self, batch: RatingBatch, scores: np.ndarray, processed_ts: int) -> Outputs:
-        out = Outputs(_predictions(batch, batch.users, scores, self.model, processed_ts))
-        if self.top_n:
-            newest: dict[str, tuple[int, str]] = {}
-            for user, ts, eid in zip(batch.users, batch.ts.tolist(), batch.event_ids,
-                                     strict=True):
-                if user not in newest or (ts, eid) > newest[user]:
-                    newest[user] = (ts, eid)
-            version = str(self.model.version)
-            ranked = self.model.top_n_many(list(newest), self.top_n)
-            for (user, (ts, eid)), best in zip(newest.items(), ranked, strict=True):
-                out.recommendations.append(RecommendationRow(
-                    user=user, items=tuple(i for i, _ in best),
-                    scores=tuple(s for _, s in best), event_id=eid, event_ts=ts,
-                    processed_ts=processed_ts, model_version=version))
+    def _featurize_rows(self, batch: Batch, rejected: list[Rejected]) -> Batch:
+        assert self.features is not None
+        keep = []
+        for i in range(len(batch)):
+            try:
+                self.features(batch.take([i]).columns)
+            except Exception as exc:
+                rejected.append(Rejected(batch.messages[i], f"features: {exc!r}", "validation"))
+            else:
+                keep.append(i)
+        if not keep:
+            return Batch.empty()
+        batch = batch.take(keep)
+        batch.features = self.features(batch.columns)
+        return _drop_non_finite(batch, rejected)
+
+    def score(self, batch: Batch) -> np.ndarray:
+        return _numpy(self.model.predict(batch.features))
+
+    def outputs(self, batch: Batch, scores: np.ndarray, processed_ts: int) -> Written:
+        names = self.outputs_spec.names
+        if scores.ndim == 1:
+            if len(names) != 1:
+                raise ConfigError(f"the model returned one output per row but the app "
+                                  f"declares {len(names)}: {list(names)}")
+            columns = {names[0]: scores.tolist()}
+        else:
+            if scores.shape[1] != len(names):
+                raise ConfigError(f"the model returned {scores.shape[1]} outputs per row but "
+                                  f"the app declares {len(names)}: {list(names)}")
+            columns = {name: scores[:, j].tolist() for j, name in enumerate(names)}
+        model = self.model
+        out = Written(Predictions(batch.event_ids, batch.keys, columns, batch.ts.tolist(),
+                                  processed_ts, model.name, str(model.version)))
+        if self.outputs_spec.top_n:
+            out.recommendations = self._top_n(batch, processed_ts)
         return out
+
+    def _top_n(self, batch: Batch, processed_ts: int) -> list[RecommendationRow]:
+        """Each key's best items, once per key of the batch (for its newest event)."""
+        newest: dict[str, tuple[int, str]] = {}
+        for key, ts, eid in zip(batch.keys, batch.ts.tolist(), batch.event_ids, strict=True):
+            if key not in newest or (ts, eid) > newest[key]:
+                newest[key] = (ts, eid)
+        version = str(self.model.version)
+        ranked = self.model.top_n_many(list(newest), self.outputs_spec.top_n)  # type: ignore[attr-defined]
+        return [RecommendationRow(user=key, items=tuple(i for i, _ in best),
+                                  scores=tuple(s for _, s in best), event_id=eid, event_ts=ts,
+                                  processed_ts=processed_ts, model_version=version)
+                for (key, (ts, eid)), best in zip(newest.items(), ranked, strict=True)]
+
+
+def _numpy(scores: Any) -> np.ndarray:
+    if isinstance(scores, torch.Tensor):
+        return scores.detach().cpu().numpy()
+    return np.asarray(scores, np.float32)
+
+
+def _drop_non_finite(batch: Batch, rejected: list[Rejected]) -> Batch:
+    x = batch.features
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        return batch
+    finite = np.isfinite(x).all(axis=1) if x.ndim == 2 else np.isfinite(x)
+    if finite.all():
+        return batch
+    for i in np.flatnonzero(~finite).tolist():
+        rejected.append(Rejected(batch.messages[i], "field 'features': NaN or infinite value",
+                                 "validation"))
+    return batch.take(np.flatnonzero(finite).tolist())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+
 from streaminfer.models.base import Model
 from streaminfer.models.checkpoint_store import CheckpointStore, store_from_url
 from streaminfer.models.params_publisher import ParamsPublisher

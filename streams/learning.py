@@ -4,10 +4,10 @@ Runs under the hot path's model lock, after a batch's inference and before its o
 written, so the serving model changes only between batches and every prediction carries the
 version (``v1+u<updates>``) it was made with.
 
-* ``FeedbackLearner`` (classifier): feedback records arrive on their own topic, are joined to
-  the features seen at prediction time (``streams.join``), and feed optimiser steps.
-* ``RatingLearner`` (recommender): a rating is both the thing to predict and its feedback
-  (test-then-train): the batch's ratings were scored first, then are learned from.
+* ``FeedbackLearner``: label records arrive on their own topic, are joined to the features
+  seen at prediction time (``streams.join``), and feed optimiser steps (the classifier).
+* ``InlineLearner``: the label is a field of the input itself (test-then-train): the batch
+  was scored first, then is learned from (the recommender's ratings).
 
 Both report progressive (test-then-train) metrics from the scores that were actually served.
 """
@@ -22,15 +22,17 @@ from typing import Any, Protocol
 
 import numpy as np
 from confluent_kafka import Message
-from streaminfer.connectors.avro import RecordCodec
+
+from streaminfer.errors import InvalidRecord
 from streaminfer.models.base import Model
-from streaminfer.models.recommender import Interactions
 from streaminfer.models.sync import Sync
+from streaminfer.streams.app import Learning
+from streaminfer.streams.batch import Batch, Rejected, take_rows
+from streaminfer.streams.decode import RecordDecoder
 from streaminfer.streams.join import Joined, JoinState
 from streaminfer.streams.user_state import UserState
-from streaminfer.streams.validate import EventBatch, RatingBatch, Rejected, decode_feedback
 
-__all__ = ["FeedbackLearner", "Learner", "LearnerHooks", "RatingLearner"]
+__all__ = ["FeedbackLearner", "InlineLearner", "Learner", "LearnerHooks", "labels_of"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class Learner:
     learned: int = 0
     _last_side_work: float = field(default_factory=time.monotonic)
 
-    def process(self, batch: Any, scores: np.ndarray, feedback: list[Message],
+    def process(self, batch: Batch, scores: np.ndarray, feedback: list[Message],
                 rejected: list[Rejected]) -> None:
         raise NotImplementedError
 
@@ -75,10 +77,9 @@ class Learner:
             self.hooks.progressive.update(served, y)
         size = self.learn_batch_size
         for start in range(0, len(y), size):
-            part = slice(start, start + size)
-            chunk = x[part] if not isinstance(x, Interactions) else Interactions(
-                x.users[part], x.items[part])
-            self.model.learn(chunk, y[part])
+            rows = range(start, min(start + size, len(y)))
+            chunk = x[start:start + size] if isinstance(x, np.ndarray) else take_rows(x, rows)
+            self.model.learn(chunk, y[start:start + size])
             self.steps += 1
             if self.hooks.sync is not None:
                 self.hooks.sync.after_learn()
@@ -119,44 +120,84 @@ class Learner:
             self.hooks.sync.close()
 
 
+def _usable(labels: np.ndarray, learning: Learning) -> np.ndarray:
+    """Row mask of usable labels for the loss (``bce``: [0, 1]; ``ce``: class indices;
+    otherwise finite)."""
+    ok = np.isfinite(labels)
+    if learning.loss == "bce":
+        ok &= (labels >= 0) & (labels <= 1)
+    elif learning.loss == "ce":
+        ok &= (labels >= 0) & (np.rint(labels) == labels)
+    return ok
+
+
+def _label_reason(learning: Learning) -> str:
+    return {"bce": "expected a number in [0, 1]",
+            "ce": "expected a class index (integer >= 0)"}.get(
+        learning.loss if isinstance(learning.loss, str) else "", "expected a finite number")
+
+
+def labels_of(batch: Batch, learning: Learning, rejected: list[Rejected]
+              ) -> tuple[Batch, np.ndarray]:
+    """The batch's label column as float32, rows with unusable labels rejected (naming the
+    field and what the loss needs)."""
+    raw = batch.columns[learning.label]
+    try:
+        labels = np.asarray(raw, np.float64)
+    except (TypeError, ValueError):
+        labels = np.asarray([v if isinstance(v, int | float) else np.nan for v in raw],
+                            np.float64)
+    ok = _usable(labels, learning)
+    if not ok.all():
+        reason = str(InvalidRecord(learning.label, _label_reason(learning)))
+        for i in np.flatnonzero(~ok).tolist():
+            rejected.append(Rejected(batch.messages[i], reason, "validation"))
+        keep = np.flatnonzero(ok).tolist()
+        batch, labels = batch.take(keep), labels[keep]
+    return batch, labels.astype(np.float32)
+
+
 @dataclass
 class FeedbackLearner(Learner):
-    """Classifier: join the batch's feedback to remembered events, then learn."""
+    """Labels from their own topic: join them to remembered events, then learn."""
 
     join: JoinState | None = None
-    codec: RecordCodec | None = None
+    labels: RecordDecoder | None = None
+    learning: Learning = field(default_factory=Learning)
 
-    def process(self, batch: EventBatch, scores: np.ndarray, feedback: list[Message],
+    def process(self, batch: Batch, scores: np.ndarray, feedback: list[Message],
                 rejected: list[Rejected]) -> None:
-        assert self.join is not None and self.codec is not None
+        assert self.join is not None and self.labels is not None
         joined = Joined()
         if len(batch):
-            self._remember(batch, scores, joined)
+            self._remember(batch, self.learning.served(scores), joined)
         if feedback:
-            fb, bad = decode_feedback(feedback, self.codec)
+            fb, bad = self.labels.decode(feedback)
             rejected.extend(bad)
+            fb, labels = labels_of(fb, self.learning, rejected)
             by_partition: dict[int, list[int]] = {}
             for row, msg in enumerate(fb.messages):
                 by_partition.setdefault(msg.partition(), []).append(row)
             for partition, rows in by_partition.items():
                 part = self.join.add_feedback(
                     partition, [fb.messages[r].offset() for r in rows],
-                    [fb.event_ids[r] for r in rows], fb.labels[rows], fb.ts[rows])
+                    [fb.event_ids[r] for r in rows], labels[rows], fb.ts[rows])
                 _extend(joined, part)
         self.join.expire()
         if len(joined):
             x, y, served = joined.arrays()
             self._learn(x, y, served)
 
-    def _remember(self, batch: EventBatch, scores: np.ndarray, joined: Joined) -> None:
+    def _remember(self, batch: Batch, served: np.ndarray, joined: Joined) -> None:
         assert self.join is not None
         partitions = np.fromiter((m.partition() for m in batch.messages), np.int64, len(batch))
+        features = np.asarray(batch.features, np.float32)
         for partition in np.unique(partitions).tolist():
             rows = np.flatnonzero(partitions == partition)
             first_offset = batch.messages[int(rows[0])].offset()
             part = self.join.add_events(partition, first_offset,
                                         [batch.event_ids[r] for r in rows.tolist()],
-                                        batch.ts[rows], batch.features[rows], scores[rows])
+                                        batch.ts[rows], features[rows], served[rows])
             _extend(joined, part)
 
     def snapshot(self) -> dict[str, Any]:
@@ -168,26 +209,30 @@ class FeedbackLearner(Learner):
 
 
 @dataclass
-class RatingLearner(Learner):
-    """Recommender: test-then-train on the ratings themselves.
+class InlineLearner(Learner):
+    """The label is a column of the input: test-then-train on each scored batch.
 
-    ``users`` (optional) keeps each touched user's rows in the partition's table after the
+    ``state`` (optional) keeps each touched key's rows in the partition's table after the
     step, so they move with the partition (``streams.user_state``).
     """
 
-    users: UserState | None = None
+    learning: Learning = field(default_factory=Learning)
+    state: UserState | None = None
 
-    def process(self, batch: RatingBatch, scores: np.ndarray, feedback: list[Message],
+    def process(self, batch: Batch, scores: np.ndarray, feedback: list[Message],
                 rejected: list[Rejected]) -> None:
-        if len(batch):
-            self._learn(Interactions(batch.users, batch.items), batch.ratings, scores)
-            if self.users is not None:
-                self.users.save(batch.users, [m.partition() for m in batch.messages])
+        if not len(batch):
+            return
+        # The handler already rejected rows without a usable label (``labels_of``).
+        labels = np.asarray(batch.columns[self.learning.label], np.float32)
+        self._learn(batch.features, labels, self.learning.served(scores))
+        if self.state is not None:
+            self.state.save(batch.keys, [m.partition() for m in batch.messages])
 
     def snapshot(self) -> dict[str, Any]:
         out = super().snapshot()
-        if self.users is not None:
-            out.update(self.users.stats())
+        if self.state is not None:
+            out.update(self.state.stats())
         return out
 
 

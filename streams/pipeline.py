@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, Message, TopicPartition
+
 from streaminfer.connectors.dead_letter import DeadLetterWriter
 from streaminfer.connectors.predictions_sink import EncodedPredictions, PredictionsTopicSink
 from streaminfer.connectors.records import now_ms
@@ -27,11 +28,11 @@ from streaminfer.connectors.redis_sink import (
     RedisRecommendationSink,
 )
 from streaminfer.streams.assignment import Assignment, GroupAssignment
+from streaminfer.streams.batch import Rejected
 from streaminfer.streams.batcher import Batcher
-from streaminfer.streams.handlers import Handler, Outputs
+from streaminfer.streams.handlers import Handler, Written
 from streaminfer.streams.learning import Learner
 from streaminfer.streams.metrics import PipelineMetrics
-from streaminfer.streams.validate import Rejected
 from streaminfer.streams.writer import BatchWriter
 
 __all__ = ["HotPath", "Prepared", "Sinks", "Staged", "commit_offsets", "score_isolating"]
@@ -54,7 +55,7 @@ class Prepared:
 class Staged:
     """A batch's sink writes, encoded and packed, waiting only for I/O."""
 
-    outputs: Outputs
+    outputs: Written
     topic_records: EncodedPredictions | None
     redis_calls: PackedWrite | None
 
@@ -68,7 +69,7 @@ class Sinks:
     dead_letters: DeadLetterWriter
     recommendations: RedisRecommendationSink | None = None
 
-    def stage(self, outputs: Outputs) -> Staged:
+    def stage(self, outputs: Written) -> Staged:
         """The CPU part of the writes (encoding records, packing script arguments), which the
         hot path does on the lane's thread so the writer thread only waits on I/O."""
         if not len(outputs.predictions):

@@ -14,13 +14,19 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streaminfer.errors import ConfigError
+
+#: ``--app NAME`` for the apps that ship with streaminfer (written with the public API).
+BUILT_IN = {
+    "classifier": "streaminfer.streams.apps.classifier:app",
+    "recommender": "streaminfer.streams.apps.recommender:app",
+}
+
 WireFormat = Literal["auto", "single-object", "confluent", "json"]
 
 __all__ = ["ConfigError", "Settings", "WireFormat", "load_settings"]
 
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the field and what was expected."""
 
 
 class Settings(BaseSettings):
@@ -34,7 +40,7 @@ class Settings(BaseSettings):
     wire_format: WireFormat = "auto"
     kafka_properties: dict[str, str] = Field(default_factory=dict)
 
-    app: Literal["classifier", "recommender"] = "classifier"
+    app: str = Field("classifier", min_length=1)  # a built-in name or "package.module:attr"
     events_topic: str = "events"
     feedback_topic: str = "feedback"
     ratings_topic: str = "ratings"
@@ -52,6 +58,7 @@ class Settings(BaseSettings):
     num_features: int = Field(8, gt=0, le=65_536)
     seed: int = 0
     redis_ttl_s: int = Field(0, ge=0)
+    top_n: int = Field(10, ge=0)  # the recommender's items per user in recs:{user}
 
     learn: bool = True
     optimizer: Literal["sgd", "adagrad", "adam"] | None = None
@@ -72,6 +79,14 @@ class Settings(BaseSettings):
     checkpoint_keep: int = Field(5, gt=0)
     publish_params_every_s: float = Field(30.0, ge=0)
     tensorboard_dir: str | None = None
+
+    @field_validator("app")
+    @classmethod
+    def _app_spec(cls, value: str) -> str:
+        if value not in BUILT_IN and ":" not in value:
+            raise ValueError(f"must be a built-in app ({', '.join(sorted(BUILT_IN))}) or "
+                             "'package.module:attribute'")
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -101,14 +116,6 @@ class Settings(BaseSettings):
         if self.wire_format != "auto":
             return self.wire_format
         return "confluent" if self.schema_registry_url else "single-object"
-
-    @property
-    def effective_learn_batch_size(self) -> int:
-        """Examples per optimiser step: 128 for the classifier (fewer, cheaper steps), 32 for
-        the recommender (its per-row updates shrink with the batch's mean loss)."""
-        if self.learn_batch_size is not None:
-            return self.learn_batch_size
-        return 128 if self.app == "classifier" else 32
 
     def dlq_topic(self, topic: str) -> str:
         return f"{topic}{self.dlq_suffix}"

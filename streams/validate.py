@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Message
+
 from streaminfer.connectors.avro import DecodeError, RecordCodec
 from streaminfer.connectors.records import InvalidRecord, now_ms
 

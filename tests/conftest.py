@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient
+
 from streaminfer.connectors.admin import create_topic
 from streaminfer.streams.settings import Settings, load_settings
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from confluent_kafka import TopicPartition
+
 from streaminfer.streams.assignment import FollowedAssignment
 
 TOPIC = "events"

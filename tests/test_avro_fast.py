@@ -7,6 +7,7 @@ import random
 
 import fastavro
 import pytest
+
 from streaminfer.connectors.avro import _strip_logical_types, load_schema
 from streaminfer.connectors.avro_fast import compile_decoder, compile_encoder
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 import redis
+from workers import deployment, publish_interleaved, read_topic, wait_for
+
 from streaminfer.connectors.sources import SyntheticClassifier
 from streaminfer.models.base import ModelVersion
 from streaminfer.models.checkpoint_store import LocalCheckpointStore
-from workers import deployment, publish_interleaved, read_topic, wait_for
 
 pytestmark = pytest.mark.services
 LEARNING = {"STREAMINFER_LEARN_BATCH_SIZE": "4", "STREAMINFER_OPTIMIZER": "sgd",

@@ -13,6 +13,7 @@ import pytest
 import redis
 import torch
 from conftest import Services
+
 from streaminfer.models import Interactions, create_model
 from streaminfer.models.base import Model
 from streaminfer.models.checkpoint_store import (

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, Producer
+
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.dead_letter import (
     DECODE,

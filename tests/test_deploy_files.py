@@ -30,6 +30,7 @@ import pytest
 import redis
 import yaml
 from pydantic import TypeAdapter
+
 from streaminfer.streams.cli import main as cli_main
 from streaminfer.streams.settings import Settings, load_settings
 

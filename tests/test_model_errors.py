@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from confluent_kafka import Message
+
 from streaminfer.streams.pipeline import score_isolating
 from streaminfer.streams.validate import EventBatch, Rejected
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+
 from streaminfer.models import (
     IdentityModel,
     Interactions,

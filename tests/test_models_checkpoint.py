@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from streaminfer.models import (
     Interactions,
     MatrixFactorization,

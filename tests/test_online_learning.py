@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import redis
 from sklearn.metrics import roc_auc_score
+from workers import deployment, publish_interleaved, wait_all_served
+
 from streaminfer.models.base import ModelVersion
 from streaminfer.models.factory import create_model
-from workers import deployment, publish_interleaved, wait_all_served
 
 pytestmark = pytest.mark.services
 river_datasets = pytest.importorskip("river.datasets")

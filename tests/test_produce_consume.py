@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+
 from streaminfer.connectors.avro import registry_client
 from streaminfer.streams.cli import main
 

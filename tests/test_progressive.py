@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+
 from streaminfer.models import create_model
 from streaminfer.models.progressive import (
     ClassifierMetrics,

@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 import redis
 import torch
+from workers import Deployment, deployment, wait_all_served, wait_for
+
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.records import now_ms
 from streaminfer.connectors.sources import SyntheticRatings
 from streaminfer.models.factory import create_model
 from streaminfer.models.recommender import Interactions
-from workers import Deployment, deployment, wait_all_served, wait_for
 
 pytestmark = pytest.mark.services
 COUNT, RATE, PARTITIONS = 20_000, 1000.0, 6

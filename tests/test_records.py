@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from streaminfer.connectors.avro import load_schema
 from streaminfer.connectors.records import InvalidRecord, coerce_record, parse_event_time
 

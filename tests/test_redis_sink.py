@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+
 from streaminfer.connectors.redis_sink import (
     PredictionRow,
     RecommendationRow,

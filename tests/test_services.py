@@ -17,6 +17,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from conftest import Services, kafka_answers, redis_answers, state_dir
+
 from streaminfer.streams.cli import main
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from confluent_kafka.admin import AdminClient
 from sklearn.metrics import roc_auc_score
+
 from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
 from streaminfer.models import Interactions, Model, create_model
 from streaminfer.models.sync import Sync, create_sync, shared_tensors

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import torch
+
 from streaminfer.models import Interactions, Model, create_model
 from streaminfer.models.standardizer import Standardizer
 from streaminfer.models.sync import (

@@ -19,8 +19,6 @@ import pytest
 import redis
 import torch
 from sklearn.metrics import roc_auc_score
-from streaminfer.connectors.sources import SyntheticClassifier
-from streaminfer.models.checkpoint_store import LocalCheckpointStore
 from workers import (
     deployment,
     publish_interleaved,
@@ -28,6 +26,9 @@ from workers import (
     wait_for,
     worker_metrics_key,
 )
+
+from streaminfer.connectors.sources import SyntheticClassifier
+from streaminfer.models.checkpoint_store import LocalCheckpointStore
 
 pytestmark = pytest.mark.services
 COUNT, RATE = 24000, 2000.0

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 from confluent_kafka.admin import AdminClient
 from conftest import Services
+
 from streaminfer.connectors.admin import ensure_topics, list_topics
 from streaminfer.streams.cli import main
 

@@ -7,11 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+
 from streaminfer.connectors.sources import SyntheticRatings
 from streaminfer.models.factory import create_model
 from streaminfer.models.recommender import Interactions, MatrixFactorization
+from streaminfer.models.user_rows import decode_users, encode_users
 from streaminfer.streams.join import MemoryJoinStore
-from streaminfer.streams.user_state import UserState, decode_users, encode_users, user_key
+from streaminfer.streams.user_state import UserState, user_key
 
 PARTITIONS = 4
 

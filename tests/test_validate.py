@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from confluent_kafka import Message
+
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.records import now_ms
 from streaminfer.streams.pipeline import commit_offsets

@@ -14,16 +14,17 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from streaminfer.connectors.avro import RecordCodec
-from streaminfer.connectors.kafka import make_producer
-from streaminfer.connectors.publish import publish_chunks
-from streaminfer.connectors.records import now_ms
 from workers import (
     deployment,
     read_topic,
     redis_predictions,
     wait_for,
 )
+
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.kafka import make_producer
+from streaminfer.connectors.publish import publish_chunks
+from streaminfer.connectors.records import now_ms
 
 pytestmark = pytest.mark.services
 APP = "classifier"

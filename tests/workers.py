@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import redis
 from confluent_kafka import Consumer, TopicPartition
+
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.records import now_ms

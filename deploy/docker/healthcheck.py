@@ -19,6 +19,7 @@ import sys
 from typing import get_args
 
 import redis
+
 from streaminfer.streams.settings import Settings, load_settings
 
 APPS: tuple[str, ...] = get_args(Settings.model_fields["app"].annotation)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from streaminfer.models.base import Model
 from streaminfer.models.classifier import OnlineClassifier
 from streaminfer.models.recommender import MatrixFactorization, canonical_rows

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+
 from streaminfer.models.base import Model
 from streaminfer.models.sync.delta import Delta, decode, encode
 from streaminfer.models.sync.replica import Replica

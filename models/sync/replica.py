@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from streaminfer.models.base import Model
 from streaminfer.models.sync.adapter import SharedState, Table, canonical_rows, shared_state
 from streaminfer.models.sync.delta import Delta, TableDelta

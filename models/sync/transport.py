@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from streaminfer.connectors.kafka import (
     DeliveryFailures,
     make_consumer,

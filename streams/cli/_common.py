@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+
 from streaminfer.streams.settings import ConfigError, Settings, load_settings
 
 __all__ = ["settings_from"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from confluent_kafka import KafkaError, TopicPartition
+
 from streaminfer.connectors.avro import DecodeError, RecordCodec
 from streaminfer.connectors.kafka import make_consumer
 from streaminfer.streams.cli._common import settings_from

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
 from streaminfer.connectors.admin import AdminError, ensure_topics
 from streaminfer.streams.cli._common import settings_from
 from streaminfer.streams.demo import (

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from streaminfer.connectors.avro import load_schema, make_codec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.publish import publish_chunks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from streaminfer.connectors.admin import AdminError, ensure_topics, list_topics
 from streaminfer.streams.cli._common import settings_from
 from streaminfer.streams.settings import Settings

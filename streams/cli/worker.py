@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from streaminfer.streams.cli._common import settings_from
 
 __all__ = ["worker"]
@@ -86,6 +87,7 @@ def worker(ctx: click.Context, lanes: int, model_path: Path | None, top_n: int,
     Stop with Ctrl-C or SIGTERM: the current batch is finished and committed.
     """
     import faust
+
     from streaminfer.streams.app import WorkerOptions, build_app
 
     settings = settings_from(ctx, **overrides)

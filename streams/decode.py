@@ -1,0 +1,320 @@
+"""From Kafka messages to a columns :class:`~streaminfer.streams.batch.Batch`, for any schema.
+
+The decoder reads each record with the input's codec (compiled Avro, fastavro for evolved
+writers, or JSON), takes the event id, key and event time out, and gathers every field into a
+column: flat and nested records (``"outer.inner"``), arrays, enums, maps and ``["null", T]``
+unions. A record the Avro reader decoded with exactly the reader schema is trusted as typed;
+JSON and resolved records get each field checked, so a wrong type is a rejection that names
+the field, never a crash later in the model.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Message
+
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.records import now_ms, parse_event_time
+from streaminfer.errors import DecodeError, InvalidRecord
+from streaminfer.streams.batch import Batch, Rejected
+
+__all__ = ["MAX_FUTURE_MS", "MIN_TS", "Column", "InvalidRows", "RecordDecoder", "columns_of"]
+
+MIN_TS = 946_684_800_000  # 2000-01-01: older event times are treated as corrupt
+MAX_FUTURE_MS = 24 * 3600 * 1000  # event times more than a day ahead are treated as corrupt
+
+_NUMBER = {"float": "number", "double": "number", "int": "integer", "long": "integer",
+           "boolean": "boolean", "string": "string", "enum": "string", "bytes": "bytes",
+           "fixed": "bytes", "array": "array", "map": "map"}
+
+
+class InvalidRows(ValueError):
+    """Raised by a feature function: these rows (index -> reason) cannot be used; the rest
+    of the batch can. ``field`` names the column."""
+
+    def __init__(self, field: str, reasons: dict[int, str]) -> None:
+        super().__init__(f"field {field!r}: {len(reasons)} invalid row(s)")
+        self.field = field
+        self.reasons = reasons
+
+
+@dataclass(frozen=True)
+class Column:
+    """One field of the input schema as the decoder gathers it."""
+
+    name: str  # "a" or "outer.inner"
+    path: tuple[str, ...]
+    kind: str  # number | integer | boolean | string | bytes | array | map | timestamp | any
+    nullable: bool = False
+    has_default: bool = False
+    default: Any = None
+
+    def check(self, value: Any) -> Any:
+        """``value`` if it fits the column (JSON or resolved records); raises naming the field."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise InvalidRecord(self.name, "missing (null) but the field is not nullable")
+        kind = self.kind
+        ok = True
+        if kind == "number":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif kind in ("integer", "timestamp"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if not ok and isinstance(value, float) and value.is_integer():
+                return int(value)
+        elif kind == "boolean":
+            ok = isinstance(value, bool)
+        elif kind == "string":
+            ok = isinstance(value, str)
+        elif kind == "bytes":
+            ok = isinstance(value, bytes | str)
+        elif kind == "array":
+            ok = isinstance(value, list)
+        elif kind == "map":
+            ok = isinstance(value, dict)
+        if not ok:
+            raise InvalidRecord(self.name, f"expected {kind}, got {type(value).__name__} "
+                                f"{_short(value)}")
+        return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(ftype: Any) -> tuple[str, bool]:
+    """(kind, nullable) of an Avro field type."""
+    if isinstance(ftype, list):
+        others = [t for t in ftype if t != "null"]
+        nullable = len(others) != len(ftype)
+        if len(others) == 1:
+            return _kind(others[0])[0], nullable
+        return "any", nullable
+    if isinstance(ftype, dict):
+        if str(ftype.get("logicalType", "")).startswith("timestamp"):
+            return "timestamp", False
+        return _NUMBER.get(ftype.get("type"), "any"), False
+    return _NUMBER.get(ftype, "any"), False
+
+
+def _record_type(ftype: Any) -> tuple[dict[str, Any] | None, bool]:
+    if isinstance(ftype, dict) and ftype.get("type") == "record":
+        return ftype, False
+    if isinstance(ftype, list):
+        others = [t for t in ftype if t != "null"]
+        if len(others) == 1 and len(others) != len(ftype):
+            inner, _ = _record_type(others[0])
+            return inner, True
+    return None, False
+
+
+def columns_of(schema: dict[str, Any], prefix: tuple[str, ...] = (),
+               nullable: bool = False) -> list[Column]:
+    """Every leaf field of a record schema, nested records flattened to dotted names."""
+    if schema.get("type") != "record":
+        raise DecodeError(f"an input schema must be an Avro record, got {schema.get('type')!r}")
+    out: list[Column] = []
+    for field in schema["fields"]:
+        path = (*prefix, field["name"])
+        inner, inner_nullable = _record_type(field["type"])
+        if inner is not None:
+            out += columns_of(inner, path, nullable or inner_nullable)
+            continue
+        kind, is_null = _kind(field["type"])
+        out.append(Column(".".join(path), path, kind, nullable or is_null, "default" in field,
+                          field.get("default")))
+    return out
+
+
+def _getter(columns: Sequence[Column]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """One call that returns every column's value of a record (``KeyError`` if any is
+    missing): ``itemgetter`` for flat schemas, a small function where fields nest."""
+    if all(len(c.path) == 1 for c in columns):
+        if len(columns) == 1:
+            name = columns[0].name
+            return lambda record: (record[name],)
+        return operator.itemgetter(*(c.name for c in columns))
+
+    def get(record: dict[str, Any]) -> tuple[Any, ...]:
+        values = []
+        for column in columns:
+            value: Any = record
+            for part in column.path:
+                value = None if value is None else value[part]
+            values.append(value)
+        return tuple(values)
+
+    return get
+
+
+def _lookup(record: dict[str, Any], column: Column) -> Any:
+    value: Any = record
+    for part in column.path:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise InvalidRecord(column.name, f"expected a record at {part!r}")
+        if part not in value:
+            if column.has_default:
+                return column.default
+            if column.nullable:
+                return None
+            raise InvalidRecord(column.name, "missing")
+        value = value[part]
+    return value
+
+
+def _array(kind: str, values: list[Any]) -> Any:
+    """A column's values as the batch holds them: numbers as arrays, the rest as lists."""
+    if kind in ("number", "integer", "timestamp", "boolean"):
+        if any(v is None for v in values):
+            return np.asarray([math.nan if v is None else v for v in values], np.float64)
+        dtype = {"number": np.float64, "boolean": np.bool_}.get(kind, np.int64)
+        return np.asarray(values, dtype)
+    return values
+
+
+class RecordDecoder:
+    """Decodes a batch of one input's messages into a :class:`Batch` and its rejects.
+
+    ``key``/``event_id``/``event_time`` name fields of the record; ``None`` takes the Kafka
+    record key, ``"topic:partition:offset"`` and the Kafka timestamp instead. ``fields``
+    limits the columns gathered (default: every field of the schema).
+    """
+
+    def __init__(self, codec: RecordCodec, *, key: str | None, event_id: str | None,
+                 event_time: str | None, fields: Sequence[str] | None = None) -> None:
+        self.codec = codec
+        schema = codec.schema.raw
+        every = {c.name: c for c in columns_of(schema)}
+        for role, name in (("key", key), ("event_id", event_id), ("event_time", event_time)):
+            if name is not None and name not in every:
+                raise InvalidRecord(name, f"the input's {role} field is not in schema "
+                                    f"{schema.get('name')!r} (fields: {sorted(every)})")
+        wanted = list(fields) if fields is not None else list(every)
+        unknown = [f for f in wanted if f not in every]
+        if unknown:
+            raise InvalidRecord(unknown[0], f"not a field of schema {schema.get('name')!r} "
+                                f"(fields: {sorted(every)})")
+        self.key, self.event_id, self.event_time = key, event_id, event_time
+        roles = [n for n in (event_id, key, event_time) if n is not None]
+        self._roles = [every[n] for n in roles]
+        self.columns = [every[n] for n in wanted]
+        self._get = _getter([*self._roles, *self.columns])
+        self._n_roles = len(roles)
+
+    def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]:
+        """Valid records as columns, and the rejected rest (each says field and reason)."""
+        now = now_ms()
+        high = now + MAX_FUTURE_MS
+        kept: list[Message] = []
+        rows: list[tuple[Any, ...]] = []
+        ids: list[str] = []
+        keys: list[str] = []
+        times: list[int] = []
+        rejected: list[Rejected] = []
+        decode, get, n_roles = self.codec.decode_typed, self._get, self._n_roles
+        has_id, has_key, has_ts = (self.event_id is not None, self.key is not None,
+                                   self.event_time is not None)
+        for msg in messages:
+            try:
+                record, typed = decode(msg.value())
+                values = get(record) if typed else None
+                if values is not None:
+                    i = 0
+                    if has_id:
+                        event_id = values[0]
+                        i = 1
+                    if has_key:
+                        key = values[i]
+                        i += 1
+                    if has_ts:
+                        ts = values[i]
+                    if not ((not has_id or event_id) and (not has_key or key)
+                            and (not has_ts or MIN_TS <= ts <= high)):
+                        values = None  # find and name the problem the slow way
+                if values is None:
+                    values = self._checked(record, now)
+                    event_id, key, ts = values[-3:]
+                    values = values[:-3]
+                    roles = 0
+                else:
+                    roles = n_roles
+                if not has_id:
+                    event_id = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
+                if not has_key:
+                    key = self._kafka_key(msg)
+                if not has_ts:
+                    ts = self._kafka_time(msg, now)
+            except DecodeError as exc:
+                rejected.append(Rejected(msg, str(exc), "decode"))
+                continue
+            except InvalidRecord as exc:
+                rejected.append(Rejected(msg, str(exc), "validation"))
+                continue
+            kept.append(msg)
+            rows.append(values[roles:] if roles else values)
+            ids.append(event_id)
+            keys.append(key)
+            times.append(ts)
+        if rows:
+            by_column = list(zip(*rows, strict=True))
+            columns = {c.name: _array(c.kind, list(v))
+                       for c, v in zip(self.columns, by_column, strict=True)}
+        else:
+            columns = {c.name: _array(c.kind, []) for c in self.columns}
+        return Batch(kept, ids, keys, np.asarray(times, np.int64), columns), rejected
+
+    def _checked(self, record: dict[str, Any], now: int) -> tuple[Any, ...]:
+        """Column values checked one by one, then (event_id, key, ts); raises naming the
+        first bad field."""
+        event_id = key = ts = None
+        if self.event_id is not None:
+            event_id = _id_text(record, self.event_id)
+        if self.key is not None:
+            key = _id_text(record, self.key)
+        if self.event_time is not None:
+            ts = _event_time(record.get(self.event_time), self.event_time, now)
+        values = tuple(c.check(_lookup(record, c)) for c in self.columns)
+        return (*values, event_id, key, ts)
+
+    @staticmethod
+    def _kafka_key(msg: Message) -> str:
+        raw = msg.key()
+        if not raw:
+            raise InvalidRecord(None, "the record has no Kafka key and the input names no "
+                                "key field")
+        try:
+            return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            raise InvalidRecord(None, "the Kafka key is not UTF-8 text") from None
+
+    @staticmethod
+    def _kafka_time(msg: Message, now: int) -> int:
+        return _event_time(msg.timestamp()[1], "kafka timestamp", now)
+
+
+def _id_text(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise InvalidRecord(name, f"expected a non-empty string, got {_short(value)}")
+    return value
+
+
+def _event_time(value: Any, name: str, now: int) -> int:
+    if value is None or isinstance(value, bool):
+        raise InvalidRecord(name, f"expected epoch milliseconds, got {value!r}")
+    ts = parse_event_time(value, name) if not isinstance(value, int) else value
+    if ts < MIN_TS or ts > now + MAX_FUTURE_MS:
+        raise InvalidRecord(name, f"event time {ts} is before 2000 or more than a day ahead")
+    return ts

@@ -1,0 +1,423 @@
+"""The worker: one process of an app's consumer group, around the hot path.
+
+Faust's worker owns group membership (group ``{consumer_group}-{app}``), through a small
+*owners* topic with as many partitions as the input topic: the partitions of it that Faust
+assigns to this worker are the input partitions this worker's hot-path lanes read (manual
+assignment, see ``streams.assignment``), and Faust moves the join table's and the keyed
+state's changelog partitions with them. Faust also runs the metrics timer and handles signals
+and shutdown; the events themselves never pass through Faust's per-message dispatch (see
+docs/design.md).
+
+``Worker(app, settings)`` does no I/O; :meth:`Worker.start` creates topics, restores the
+newest checkpoint and builds the Faust app; :meth:`Worker.run` runs it until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+import mode
+import redis
+
+from streaminfer.connectors.admin import ensure_topics, list_topics
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.dead_letter import DeadLetterWriter
+from streaminfer.connectors.kafka import make_consumer
+from streaminfer.connectors.predictions_sink import PredictionsTopicSink
+from streaminfer.connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
+from streaminfer.errors import ConfigError
+from streaminfer.models import checkpoint
+from streaminfer.models.base import Model
+from streaminfer.models.identity import IdentityModel
+from streaminfer.streams.app import App
+from streaminfer.streams.assignment import (
+    Assignment,
+    FollowedAssignment,
+    GroupAssignment,
+    PartitionState,
+)
+from streaminfer.streams.batcher import AdaptiveLimit, Batcher
+from streaminfer.streams.decode import RecordDecoder
+from streaminfer.streams.handlers import AppHandler
+from streaminfer.streams.join import JoinState
+from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
+from streaminfer.streams.learning import FeedbackLearner, InlineLearner, Learner
+from streaminfer.streams.metrics import PipelineMetrics
+from streaminfer.streams.pipeline import HotPath, Sinks
+from streaminfer.streams.settings import Settings
+from streaminfer.streams.table_store import FaustTableStore
+from streaminfer.streams.user_state import UserState
+from streaminfer.streams.wiring import create_kafka_sync
+
+__all__ = ["Worker", "WorkerOptions", "build_handler", "build_hot_path", "build_lane"]
+
+log = logging.getLogger(__name__)
+
+_LANE_CONSUMER = {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+                  "max.poll.interval.ms": 60_000}
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Per-process choices that are not deployment settings."""
+
+    lanes: int = 1
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    model_path: Path | None = None
+    identity_model: bool = False
+    web_port: int | None = None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def build_handler(app: App, settings: Settings, model: Model) -> AppHandler:
+    """Decode with the app's schema (JSON and any framing accepted), featurise, score."""
+    codec = RecordCodec(app.input_schema(settings.schema_registry_url), "json",
+                        registry_url=settings.schema_registry_url, topic=app.input.topic)
+    decoder = RecordDecoder(codec, key=app.input.key, event_id=app.input.event_id,
+                            event_time=app.input.event_time, fields=app.decode_fields)
+    inline = app.learning if (settings.learn and app.learning is not None
+                              and app.learning.topic is None) else None
+    return AppHandler(model, decoder, app.features, app.outputs, inline_labels=inline)
+
+
+def build_sinks(app: App, settings: Settings) -> Sinks:
+    """A lane's own sinks: producers are not shared between threads."""
+    client = redis.Redis.from_url(settings.redis_url)
+    topic = None
+    if app.outputs.topic is not None:
+        codec = RecordCodec(app.outputs.prediction_schema(app.name),
+                            settings.effective_wire_format,
+                            registry_url=settings.schema_registry_url, topic=app.outputs.topic)
+        topic = PredictionsTopicSink(settings.kafka_config(), app.outputs.topic, codec.encode,
+                                     encode_many=codec.encode_many,
+                                     encode_columns=codec.encode_columns)
+    return Sinks(
+        redis=RedisPredictionSink(client, app.name, settings.redis_ttl_s),
+        topic=topic,
+        dead_letters=DeadLetterWriter(settings.kafka_config(), settings.dlq_topic),
+        recommendations=RedisRecommendationSink(client, settings.redis_ttl_s)
+        if app.outputs.top_n else None,
+    )
+
+
+def build_lane(app: App, settings: Settings, handler: AppHandler, metrics: PipelineMetrics,
+               model_lock: threading.Lock, assignment: Assignment, group: str,
+               learner: Learner | None = None) -> HotPath:
+    consumer = make_consumer(settings.kafka_config(), group, **_LANE_CONSUMER)
+    limit = AdaptiveLimit(settings.latency_target_ms, settings.batch_max_records)
+    batcher = Batcher(consumer, limit, settings.batch_max_wait_ms / 1000, settings.batch_max_bytes)
+    return HotPath(consumer, assignment, batcher, handler, build_sinks(app, settings), metrics,
+                   model_lock=model_lock, learner=learner)
+
+
+def build_hot_path(app: App, settings: Settings, handler: AppHandler, metrics: PipelineMetrics,
+                   model_lock: threading.Lock) -> HotPath:
+    """A standalone lane that joins the consumer group itself (benchmarks, simple uses)."""
+    assignment = GroupAssignment([app.input.topic])
+    return build_lane(app, settings, handler, metrics, model_lock, assignment,
+                      f"{settings.consumer_group}-{app.name}")
+
+
+class Worker:
+    """One worker process of ``app``: ``Worker(app, settings).run()``.
+
+    >>> from streaminfer.streams.settings import Settings
+    >>> from streaminfer.streams.app import load_app
+    >>> settings = Settings()
+    >>> worker = Worker(load_app("classifier", settings), settings)   # no I/O yet
+    >>> worker.group, worker.topics()[:2]
+    ('streaminfer-classifier', ['events', 'predictions'])
+    """
+
+    def __init__(self, app: App, settings: Settings, options: WorkerOptions | None = None,
+                 *, partitions: int = 4) -> None:
+        self.app = app
+        self.settings = settings
+        self.options = options or WorkerOptions()
+        self.partitions = partitions
+        self.group = f"{settings.consumer_group}-{app.name}"
+        self.learning = app.learning if settings.learn else None
+        self.label_topic = self.learning.topic if self.learning is not None else None
+        self.lanes: list[HotPath] = []
+        self.model: Model | None = None
+        self.learner: Learner | None = None
+        self.metrics = PipelineMetrics()
+        self.model_lock = threading.Lock()
+        self._owners = f"{self.group}-owners"
+        self._settled: frozenset[int] | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._redis: redis.Redis | None = None
+
+    # -- topics -----------------------------------------------------------------------------
+    def changelogs(self) -> list[str]:
+        """The compacted topics behind this worker's tables (Faust names them so)."""
+        names = []
+        if self.label_topic is not None:
+            names.append(f"{self.group}-join-changelog")
+        if self.learning is not None and self.app.state is not None:
+            names.append(f"{self.group}-{self.app.state.name}-changelog")
+        return names
+
+    def topics(self) -> list[str]:
+        """Every topic this worker reads or writes (internal ones last)."""
+        names = [self.app.input.topic]
+        if self.app.outputs.topic is not None:
+            names.append(self.app.outputs.topic)
+        names.append(self.settings.dlq_topic(self.app.input.topic))
+        if self.label_topic is not None:
+            names += [self.label_topic, self.settings.dlq_topic(self.label_topic)]
+        return [*names, self._owners, *self.changelogs()]
+
+    def ensure_topics(self) -> int:
+        """Create what the worker uses with the input topic's partition count (``partitions``
+        if it does not exist yet); returns that count."""
+        config = self.settings.kafka_config()
+        topic = self.app.input.topic
+        existing = {t.name: t.partitions for t in list_topics(config)}
+        n = existing.get(topic, self.partitions)
+        compacted = set(self.changelogs())
+        statuses = ensure_topics(config, dict.fromkeys(self.topics(), n),
+                                 configs={name: {"cleanup.policy": "compact"}
+                                          for name in compacted})
+        labels = next((s for s in statuses if s.name == self.label_topic), None)
+        if labels is not None and labels.partitions != n:
+            raise ConfigError(
+                f"{self.label_topic!r} has {labels.partitions} partitions but {topic!r} has "
+                f"{n}: labels must be co-partitioned with their events (same partition count, "
+                "same key) to join them")
+        return n
+
+    # -- model ------------------------------------------------------------------------------
+    def fresh_model(self) -> Model:
+        """The app's model as declared (or ``--model``'s checkpoint loaded into it)."""
+        if self.options.identity_model:
+            return IdentityModel()
+        model = self.app.build_model(self.settings)
+        if self.options.model_path is not None:
+            manifest = checkpoint.read_manifest(self.options.model_path)
+            checkpoint.check_fits(manifest, model, self.options.model_path)
+            checkpoint.load_into(model, self.options.model_path)
+        return model
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> faust.App:
+        """Create topics, restore the newest checkpoint, build the lanes and the Faust app."""
+        settings, app = self.settings, self.app
+        n = self.ensure_topics()
+        brokers = [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")]
+        datadir = Path(tempfile.gettempdir()) / "streaminfer-faust" / self.group
+        datadir.parent.mkdir(parents=True, exist_ok=True)
+        faust_app = faust.App(
+            self.group, broker=brokers, store="memory://", topic_partitions=n,
+            web_enabled=self.options.web_port is not None,
+            web_port=self.options.web_port or 6066,
+            topic_replication_factor=1, producer_acks=-1, broker_session_timeout=10.0,
+            broker_heartbeat_interval=2.0, stream_recovery_delay=0.0,
+            # Changelog writes come a batch of keys at a time: let them share requests
+            # (Faust's defaults, no linger and 16 KB batches, cost a socket write per few).
+            producer_linger=0.005, producer_max_batch_size=1_000_000,
+            datadir=str(datadir),
+        )
+        owners = faust_app.topic(self._owners, partitions=n, value_serializer="raw")
+        faust_app.agent(owners)(_own_partitions)
+
+        store = checkpoint_store(settings)
+        fresh = self.fresh_model()
+        restored = restore(settings, app, store, fresh) if self.learning else Restored()
+        model = self.model = restored.model or fresh
+        handler = build_handler(app, settings, model)
+        topics = [app.input.topic]
+        learner = self.learner = self._build_learner(faust_app, n, model, restored, store)
+        if self.label_topic is not None:
+            topics.append(self.label_topic)
+        # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's
+        # own state; with parameter sync the shared state comes from the sync log instead).
+        start_offsets = restored.start_offsets if settings.sync_mode == "off" else {}
+        partition_state: PartitionState | None = None
+        if isinstance(learner, FeedbackLearner):
+            partition_state = learner.join
+        elif isinstance(learner, InlineLearner):
+            partition_state = learner.state
+        for _ in range(self.options.lanes):
+            assignment = FollowedAssignment(topics, start_offsets=start_offsets)
+            if partition_state is not None:
+                assignment.carry(partition_state, self.model_lock)
+            self.lanes.append(build_lane(app, settings, handler, self.metrics, self.model_lock,
+                                         assignment, f"{self.group}-offsets", learner))
+
+        faust_app.on_partitions_revoked.connect(self.on_partitions_revoked)
+        faust_app.on_partitions_assigned.connect(self.on_partitions_assigned)
+        faust_app.on_rebalance_complete.connect(self.on_rebalance_complete)
+        faust_app.service(_LaneService(self))  # type: ignore[arg-type]
+        faust_app.timer(1.0)(self.publish_metrics)
+        self._redis = redis.Redis.from_url(settings.redis_url)
+        return faust_app
+
+    def _build_learner(self, faust_app: faust.App, n: int, model: Model, restored: Restored,
+                       store: Any) -> Learner | None:
+        learning, settings = self.learning, self.settings
+        if learning is None:
+            return None
+        sync = None
+        if settings.sync_mode != "off":
+            sync = create_kafka_sync(
+                settings.sync_mode, model, kafka_config=settings.kafka_config(),
+                topic=f"{self.group}-sync", worker_id=self.options.worker_id,
+                every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
+                round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards,
+                start_position=restored.manifest.get("sync") or None)
+        hooks = build_hooks(settings, self.app, model, restored, self.options.worker_id,
+                            self.written_offsets, sync, store)
+        batch_size = settings.learn_batch_size or learning.batch_size
+        if learning.topic is not None:
+            table = faust_app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
+            join = JoinState(FaustTableStore(table, faust_app),
+                             int(settings.join_window_s * 1000))
+            codec = RecordCodec(self.app.label_schema(settings.schema_registry_url), "json",
+                                registry_url=settings.schema_registry_url, topic=learning.topic)
+            labels = RecordDecoder(codec, key=learning.join_on, event_id=learning.join_on,
+                                   event_time=learning.event_time,
+                                   fields=[learning.label])
+            return FeedbackLearner(model, batch_size, hooks, feedback_topic=learning.topic,
+                                   join=join, labels=labels, learning=learning)
+        state = None
+        if self.app.state is not None:
+            table = faust_app.Table(self.app.state.name, partitions=n, key_type=bytes,
+                                    value_type=bytes)
+            state = UserState(FaustTableStore(table, faust_app), model)  # type: ignore[arg-type]
+        return InlineLearner(model, batch_size, hooks, learning=learning, state=state)
+
+    def run(self, loglevel: str = "info") -> None:
+        """Start and run until SIGTERM/SIGINT; the current batch is finished and committed."""
+        faust.Worker(self.start(), loglevel=loglevel, quiet=True).execute_from_commandline()
+
+    def written_offsets(self) -> dict[tuple[str, int], int]:
+        merged: dict[tuple[str, int], int] = {}
+        for lane in self.lanes:
+            merged.update(lane.written_offsets())
+        return merged
+
+    # -- membership -------------------------------------------------------------------------
+    def _share(self, parts: Iterable[int], lane: int) -> frozenset[int]:
+        return frozenset(p for p in parts if p % len(self.lanes) == lane)
+
+    async def on_partitions_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
+        """Each lane commits what it wrote before its partitions move."""
+        self._settled = None
+        parts = {tp.partition for tp in revoked if tp.topic == self._owners}
+        if not parts:
+            return
+        done = [lane.assignment.post("revoke", self._share(parts, i))  # type: ignore[attr-defined]
+                for i, lane in enumerate(self.lanes)]
+        loop = asyncio.get_running_loop()
+        for event in done:
+            await loop.run_in_executor(None, event.wait, 30.0)
+
+    async def on_partitions_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
+        """Record this rebalance's partitions; lanes take them once tables are recovered.
+
+        Faust sends ``on_rebalance_complete`` from its table recovery, which can finish after
+        the next rebalance has begun; the assignment read at that moment may be one this
+        worker no longer holds. So lanes get the partitions recorded here, and the record is
+        withdrawn as soon as the next rebalance revokes them.
+        """
+        self._settled = frozenset(tp.partition for tp in assigned if tp.topic == self._owners)
+
+    async def on_rebalance_complete(self, sender: Any, **_: Any) -> None:
+        if self._settled is None:
+            log.info("table recovery finished during a new rebalance; lanes wait for it")
+            return
+        for i, lane in enumerate(self.lanes):
+            lane.assignment.post("assign", self._share(self._settled, i))  # type: ignore[attr-defined]
+
+    # -- lanes ------------------------------------------------------------------------------
+    def start_lanes(self) -> None:
+        for i, lane in enumerate(self.lanes):
+            thread = threading.Thread(target=self._run_lane, args=(lane,),
+                                      name=f"hot-path-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        assert self.model is not None
+        log.info("streaminfer %s worker %s: %d lane(s) on %s, model %s %s", self.app.name,
+                 self.options.worker_id, len(self.lanes), self.app.input.topic,
+                 self.model.name, self.model.version)
+
+    def _run_lane(self, hot_path: HotPath) -> None:
+        try:
+            hot_path.run(self._stop)
+        except Exception:
+            log.exception("hot path lane crashed; stopping the worker")
+            os.kill(os.getpid(), 15)
+
+    def stop_lanes(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30.0)
+
+    # -- metrics ----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """What the live view and the metrics key show: rates, latency, model, learning."""
+        assert self.model is not None
+        snap = {**self.metrics.snapshot(), "model_version": str(self.model.version),
+                "worker": self.options.worker_id,
+                "partitions": sorted({p for lane in self.lanes
+                                      for _, p in lane.assignment.owned})}
+        if self.learner is not None:
+            with self.model_lock:
+                snap["learning"] = self.learner.snapshot()
+        return snap
+
+    async def publish_metrics(self) -> None:
+        """The JSON snapshot under ``metrics:{app}:{worker}`` (10 s expiry). A Redis outage
+        is logged, never raised: a Faust timer that raises would crash the worker."""
+        text = json.dumps(_finite(self.snapshot()))  # strict JSON: NaN -> null
+        key = f"metrics:{self.app.name}:{self.options.worker_id}"
+        client = self._redis
+        assert client is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: client.set(key, text, ex=10))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics not published to Redis (%s); will retry", exc)
+
+
+class _LaneService(mode.Service):
+    """Starts the lanes with the Faust worker; stops them (and commits) on shutdown."""
+
+    def __init__(self, worker: Worker, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.worker = worker
+
+    async def on_start(self) -> None:
+        self.worker.start_lanes()
+
+    async def on_stop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.worker.stop_lanes)
+
+
+async def _own_partitions(stream: Any) -> None:
+    """Never receives anything: subscribing makes Faust assign the owners' partitions."""
+    async for _ in stream:
+        pass
