@@ -28,17 +28,22 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_save
 
+from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.factory import create_model
+from streaminfer.models.module import TorchModel, qualified_name
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "build_manifest",
+    "check_fits",
     "checkpoints",
     "latest",
     "load",
     "load_bytes",
+    "load_into",
+    "model_class",
     "prune",
     "read_manifest",
     "save",
@@ -71,6 +76,7 @@ def build_manifest(
     manifest: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "name": model.name,
+        "model_class": model_class(model),
         "version": str(model.version),
         "base_version": model.version.base,
         "updates": model.version.updates,
@@ -142,16 +148,49 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def load(
-    path: str | Path, *, device: str | torch.device = "auto", amp: str | None = None
+    path: str | Path, *, device: str | torch.device = "auto", amp: str | None = None,
+    into: Model | None = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Rebuild the model saved at ``path`` on ``device``; returns ``(model, manifest)``.
 
     ``amp`` overrides the saved AMP mode (e.g. a GPU checkpoint with fp16 loaded on CPU).
+    ``into``: load the weights into this model (an app's own) instead of building a built-in
+    model from the manifest's config.
     """
     ckpt = _checkpoint_dir(Path(path))
     manifest = read_manifest(ckpt)
     tensors = load_file(str(ckpt / manifest["tensors"]), device="cpu")
-    return _rebuild(manifest, tensors, device=device, amp=amp), manifest
+    return _rebuild(manifest, tensors, device=device, amp=amp, into=into), manifest
+
+
+def model_class(model: Model) -> str:
+    """What a checkpoint of ``model`` holds: the user's ``nn.Module`` class for a wrapped
+    module, else the model's own class (``package.module.Class``)."""
+    return qualified_name(model.module if isinstance(model, TorchModel) else model)
+
+
+def check_fits(manifest: dict[str, Any], model: Model, where: str | Path) -> None:
+    """Refuse a checkpoint of another model class than ``model`` (raises ``ConfigError``)."""
+    saved = manifest.get("model_class")
+    if saved is not None and saved != model_class(model):
+        raise ConfigError(f"{where} holds a {saved} model, but the app's model is "
+                          f"{model_class(model)}")
+
+
+def load_into(model: Model, path: str | Path) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``model`` (the app's freshly built model);
+    returns the manifest. Only tensors are read (safetensors), nothing is unpickled."""
+    ckpt = _checkpoint_dir(Path(path))
+    manifest = read_manifest(ckpt)
+    check_fits(manifest, model, ckpt)
+    _restore(model, manifest, load_file(str(ckpt / manifest["tensors"]), device="cpu"))
+    return manifest
+
+
+def _restore(model: Model, manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Model:
+    model.load_state_dict(tensors)
+    model.version = ModelVersion.parse(manifest["version"])
+    return model
 
 
 def _rebuild(
@@ -160,14 +199,16 @@ def _rebuild(
     *,
     device: str | torch.device,
     amp: str | None,
+    into: Model | None = None,
 ) -> Model:
+    if into is not None:
+        check_fits(manifest, into, "checkpoint")
+        return _restore(into, manifest, tensors)
     config = dict(manifest["config"])
     if amp is not None:
         config["amp"] = amp
     model = create_model(manifest["name"], device=device, **config)
-    model.load_state_dict(tensors)
-    model.version = ModelVersion.parse(manifest["version"])
-    return model
+    return _restore(model, manifest, tensors)
 
 
 def save_bytes(
@@ -184,14 +225,16 @@ def load_bytes(
     *,
     device: str | torch.device = "auto",
     amp: str | None = None,
+    into: Model | None = None,
 ) -> Model:
-    """Inverse of :func:`save_bytes`: rebuild the model from its manifest and tensor bytes."""
+    """Inverse of :func:`save_bytes`: rebuild the model from its manifest and tensor bytes
+    (or load them ``into`` a given model)."""
     if manifest.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"checkpoint format {manifest.get('format')!r} is not supported "
             f"(expected {FORMAT_VERSION})"
         )
-    return _rebuild(manifest, safetensors_load(data), device=device, amp=amp)
+    return _rebuild(manifest, safetensors_load(data), device=device, amp=amp, into=into)
 
 
 def _checkpoints(root: Path, name: str | None) -> list[tuple[float, str, Path]]:

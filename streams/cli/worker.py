@@ -12,9 +12,11 @@ __all__ = ["worker"]
 
 
 @click.command()
-@click.option("--app", type=click.Choice(["classifier", "recommender"]),
-              help="Which stream app to run [env STREAMINFER_APP; default classifier]. "
-              "classifier reads --events-topic, recommender reads --ratings-topic.")
+@click.option("--app", metavar="NAME|MODULE:ATTR",
+              help="The app to run [env STREAMINFER_APP; default classifier]: a built-in "
+              "(classifier reads --events-topic, recommender reads --ratings-topic) or your "
+              "own, as package.module:attribute naming a streaminfer.App or a function "
+              "(settings) -> App; the working directory is importable.")
 @click.option("--workers-in-process", "lanes", type=click.IntRange(1, 64), default=1,
               show_default=True, help="Hot-path consumer threads in this process (each owns "
               "part of the partitions). Start more processes to use more cores.")
@@ -24,8 +26,9 @@ __all__ = ["worker"]
 @click.option("--group", "consumer_group", help="Consumer group prefix; the group is "
               "PREFIX-APP [default streaminfer].")
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path),
-              help="Checkpoint (safetensors + manifest) to serve; default: a fresh model "
-              "from --seed.")
+              help="Checkpoint (safetensors + manifest) to load into the app's model; "
+              "default: the model as the app declares it (built-ins: a fresh one from "
+              "--seed). A newer checkpoint in --checkpoint-url still wins.")
 @click.option("--num-features", type=click.IntRange(min=1),
               help="Classifier feature vector length [default 8].")
 @click.option("--seed", type=int, help="Seed of a fresh model [default 0].")
@@ -45,8 +48,8 @@ __all__ = ["worker"]
               help="Mixed precision for inference on GPU [default off].")
 @click.option("--redis-ttl", "redis_ttl_s", type=click.IntRange(min=0),
               help="Expire prediction keys after this many seconds (0 = never).")
-@click.option("--top-n", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Recommender: items kept per user in recs:{user} (0 = off).")
+@click.option("--top-n", type=click.IntRange(min=0),
+              help="Recommender: items kept per user in recs:{user} (0 = off) [default 10].")
 @click.option("--learn/--no-learn", default=None, help="Learn online from feedback (classifier)"
               " or from the ratings themselves (recommender) [default: learn].")
 @click.option("--feedback-topic", help="Classifier labels, joined to events by event_id; "
@@ -77,7 +80,7 @@ __all__ = ["worker"]
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context
-def worker(ctx: click.Context, lanes: int, model_path: Path | None, top_n: int,
+def worker(ctx: click.Context, lanes: int, model_path: Path | None,
            identity_model: bool, web_port: int | None, loglevel: str, **overrides: object) -> None:
     """Consume events, score them in micro-batches, write predictions to Redis and Kafka.
 
@@ -86,12 +89,15 @@ def worker(ctx: click.Context, lanes: int, model_path: Path | None, top_n: int,
     Offsets are committed only after Redis and the predictions topic confirmed a batch.
     Stop with Ctrl-C or SIGTERM: the current batch is finished and committed.
     """
-    import faust
-
-    from streaminfer.streams.app import WorkerOptions, build_app
+    from streaminfer.errors import StreaminferError
+    from streaminfer.streams.app import load_app
+    from streaminfer.streams.worker import Worker, WorkerOptions
 
     settings = settings_from(ctx, **overrides)
-    options = WorkerOptions(lanes=lanes, model_path=model_path, top_n=top_n,
+    options = WorkerOptions(lanes=lanes, model_path=model_path,
                             identity_model=identity_model, web_port=web_port)
-    app = build_app(settings, options)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    try:
+        worker = Worker(load_app(settings.app, settings), settings, options)
+    except StreaminferError as exc:
+        raise click.ClickException(str(exc)) from None
+    worker.run(loglevel)
