@@ -48,7 +48,6 @@ from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.publish import PublishReport, publish_chunks
 from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
 from streaminfer.models import Interactions, Model, create_model
-from streaminfer.models.sync import create_sync
 from streaminfer.streams.app import WorkerOptions, build_handler, build_lane, load_or_create_model
 from streaminfer.streams.assignment import GroupAssignment
 from streaminfer.streams.join import JoinState, MemoryJoinStore
@@ -58,6 +57,7 @@ from streaminfer.streams.metrics import PipelineMetrics
 from streaminfer.streams.pipeline import HotPath
 from streaminfer.streams.settings import Settings, load_settings
 from streaminfer.streams.validate import EventBatch, Rejected
+from streaminfer.streams.wiring import create_kafka_sync
 
 BATCH = 64
 
@@ -106,8 +106,8 @@ def run_isolated(app: str, mode: str, bootstrap: str, updates: int, every: int,
     data = [_batches(app, updates, w)[:updates] for w in range(2)]
     steps = min(len(d) for d in data)  # recommender halves split by user parity: may differ
     syncs = [
-        create_sync(mode, m, kafka_config=config, topic=topic, worker_id=f"b{w}", shards=4,
-                    every_updates=every, every_ms=every_ms, round_timeout_ms=2000)
+        create_kafka_sync(mode, m, kafka_config=config, topic=topic, worker_id=f"b{w}", shards=4,
+                          every_updates=every, every_ms=every_ms, round_timeout_ms=2000)
         for w, m in enumerate(models)
     ]
     _warm_up(syncs)
@@ -282,7 +282,7 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
         sync = None
         if config.sync_mode != "off":
             sync_topics.append(unique_name(f"bench-sync-{config.sync_mode}"))
-            sync = create_sync(
+            sync = create_kafka_sync(
                 config.sync_mode, model, kafka_config=settings.kafka_config(),
                 topic=sync_topics[-1], worker_id=options.worker_id,
                 every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,

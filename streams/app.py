@@ -37,7 +37,6 @@ from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
 from streaminfer.models.factory import create_model
 from streaminfer.models.recommender import MatrixFactorization
-from streaminfer.models.sync import create_sync
 from streaminfer.streams.assignment import (
     Assignment,
     FollowedAssignment,
@@ -54,6 +53,7 @@ from streaminfer.streams.pipeline import HotPath, Sinks
 from streaminfer.streams.settings import Settings
 from streaminfer.streams.table_store import FaustTableStore
 from streaminfer.streams.user_state import UserState
+from streaminfer.streams.wiring import create_kafka_sync
 
 __all__ = ["WorkerOptions", "build_app", "build_hot_path", "load_or_create_model"]
 
@@ -222,7 +222,7 @@ def build_app(settings: Settings, options: WorkerOptions, partitions: int = 4) -
     if settings.learn:
         sync = None
         if settings.sync_mode != "off":
-            sync = create_sync(
+            sync = create_kafka_sync(
                 settings.sync_mode, model, kafka_config=settings.kafka_config(),
                 topic=f"{app_id}-sync", worker_id=options.worker_id,
                 every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,

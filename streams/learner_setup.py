@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from streaminfer.connectors.params_publisher import ParamsPublisher
 from streaminfer.models.base import Model
-from streaminfer.models.checkpoint_store import CheckpointStore, store_from_url
-from streaminfer.models.params_publisher import ParamsPublisher
+from streaminfer.models.checkpoint_store import CheckpointStore
 from streaminfer.models.progressive import metrics_for, metrics_from_state
 from streaminfer.models.sync import Sync
 from streaminfer.models.tensorboard import ScalarLogger
 from streaminfer.streams.learning import LearnerHooks
 from streaminfer.streams.settings import Settings
+from streaminfer.streams.wiring import store_from_url
 
 __all__ = ["Restored", "build_hooks", "restore"]
 
