@@ -389,7 +389,7 @@ def stage_breakdown(args: argparse.Namespace, topic: str, predictions: str,
         t2 = time.perf_counter()
         outputs = handler.outputs(batch, scores, int(time.time() * 1000))
         t3 = time.perf_counter()
-        sinks.redis.write_columns(outputs.predictions)
+        sinks.redis.write_packed(sinks.redis.pack_columns(outputs.predictions))
         t4 = time.perf_counter()
         if sinks.topic is not None:
             sinks.topic.write_batch(outputs.predictions)

@@ -232,10 +232,6 @@ class RedisPredictionSink:
                 [r.event_ts for r in group], [r.score for r in group], scores))
         return result
 
-    def write_columns(self, batch: Predictions) -> WriteResult:
-        """The hot path's write: the same rule, packed straight from the batch's columns."""
-        return self.write_packed(self.pack_columns(batch))
-
     def pack_columns(self, batch: Predictions) -> PackedWrite:
         """The script calls that write ``batch``, built without talking to Redis (the hot
         path builds them on the lane's thread while the writer thread waits on Redis)."""

@@ -35,15 +35,6 @@ class Outputs:
     recommendations: list[RecommendationRow] = field(default_factory=list)
 
 
-class Batch(Protocol):
-    messages: list[Message]
-    event_ids: list[str]
-    ts: np.ndarray
-
-    def __len__(self) -> int: ...
-    def take(self, index: Sequence[int]) -> Any: ...
-
-
 class Handler(Protocol):
     model: Model
 
