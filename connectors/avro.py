@@ -33,9 +33,10 @@ from streaminfer.connectors.avro_fast import (
     compile_encoder,
 )
 
+from streaminfer.errors import DecodeError
+
 __all__ = [
     "SCHEMA_DIR",
-    "DecodeError",
     "RecordCodec",
     "load_schema",
     "make_codec",
@@ -49,10 +50,6 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 
 WireFormat = Literal["single-object", "confluent", "json"]
-
-
-class DecodeError(ValueError):
-    """Bytes that are not a record this codec can read; the message says why."""
 
 
 def _strip_logical_types(schema: Any) -> Any:

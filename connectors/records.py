@@ -12,16 +12,9 @@ import math
 import time
 from typing import Any
 
-__all__ = ["InvalidRecord", "coerce_record", "now_ms", "parse_event_time"]
+from streaminfer.errors import InvalidRecord
 
-
-class InvalidRecord(ValueError):
-    """A record that does not fit its schema; ``field`` names the culprit."""
-
-    def __init__(self, field: str | None, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"field {field!r}: {reason}" if field else reason)
+__all__ = ["coerce_record", "now_ms", "parse_event_time"]
 
 
 def now_ms() -> int:

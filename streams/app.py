@@ -55,6 +55,8 @@ from streaminfer.streams.table_store import FaustTableStore
 from streaminfer.streams.user_state import UserState
 from streaminfer.streams.wiring import create_kafka_sync
 
+from streaminfer.errors import ConfigError
+
 __all__ = ["WorkerOptions", "build_app", "build_hot_path", "load_or_create_model"]
 
 log = logging.getLogger(__name__)
@@ -102,8 +104,8 @@ def load_or_create_model(settings: Settings, options: WorkerOptions) -> Model:
     if options.model_path is not None:
         model, _manifest = checkpoint.load(options.model_path, device=settings.device)
         if model.name != settings.app:
-            raise ValueError(f"{options.model_path} holds a {model.name!r} model, "
-                             f"but the app is {settings.app!r}")
+            raise ConfigError(f"{options.model_path} holds a {model.name!r} model, "
+                              f"but the app is {settings.app!r}")
         return model
     app = "identity" if options.identity_model else settings.app
     return create_model(app, num_features=settings.num_features, seed=settings.seed,
@@ -168,7 +170,7 @@ def ensure_topics(settings: Settings, partitions: int, *compacted: str) -> int:
         configs={name: {"cleanup.policy": "compact"} for name in compacted})
     feedback = next((s for s in statuses if s.name == settings.feedback_topic), None)
     if feedback is not None and feedback.partitions != partitions:
-        raise RuntimeError(
+        raise ConfigError(
             f"{settings.feedback_topic!r} has {feedback.partitions} partitions but {topic!r} has "
             f"{partitions}: feedback must be co-partitioned with its events (same partition "
             "count, same key) to join them")

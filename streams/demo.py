@@ -34,6 +34,8 @@ from streaminfer.connectors.publish import PublishReport, publish_chunks
 from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
 from streaminfer.streams.settings import Settings
 
+from streaminfer.errors import StreaminferError
+
 __all__ = [
     "DemoError",
     "FleetStats",
@@ -51,7 +53,7 @@ SERVICES_SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local" / 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 
 
-class DemoError(RuntimeError):
+class DemoError(StreaminferError, RuntimeError):
     """Something the demo cannot go on without; the message says what and where to look."""
 
 

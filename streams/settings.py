@@ -14,13 +14,11 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streaminfer.errors import ConfigError
+
 WireFormat = Literal["auto", "single-object", "confluent", "json"]
 
-__all__ = ["ConfigError", "Settings", "WireFormat", "load_settings"]
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the field and what was expected."""
+__all__ = ["Settings", "WireFormat", "load_settings"]
 
 
 class Settings(BaseSettings):

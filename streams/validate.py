@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Message
-from streaminfer.connectors.avro import DecodeError, RecordCodec
-from streaminfer.connectors.records import InvalidRecord, now_ms
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.records import now_ms
+
+from streaminfer.errors import DecodeError, InvalidRecord
 
 __all__ = [
     "EventBatch",

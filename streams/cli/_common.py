@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from streaminfer.streams.settings import ConfigError, Settings, load_settings
+from streaminfer.streams.settings import Settings, load_settings
+
+from streaminfer.errors import ConfigError
 
 __all__ = ["settings_from"]
 
