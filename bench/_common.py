@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from streaminfer.connectors.admin import AdminError, ensure_topics  # noqa: E402
 from streaminfer.connectors.avro import RecordCodec  # noqa: E402
 from streaminfer.connectors.avro_fast import encode_long  # noqa: E402
 from streaminfer.connectors.kafka import DeliveryFailures, make_producer  # noqa: E402
@@ -47,14 +48,11 @@ def unique_name(prefix: str) -> str:
 
 
 def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
-    """Create ``names`` and wait until the broker confirms them."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
-        operation_timeout=30,
-    )
-    for future in futures.values():
-        future.result(timeout=30)
+    """Create ``names`` (fresh, uniquely named) and wait until the broker's metadata shows them."""
+    statuses = ensure_topics({"bootstrap.servers": bootstrap}, dict.fromkeys(names, partitions))
+    existing = [s.describe() for s in statuses if not s.created]
+    if existing:  # the old AdminClient call raised TOPIC_ALREADY_EXISTS here
+        raise AdminError(f"bench topics must be new: {existing}")
 
 
 def delete_topics(bootstrap: str, names: Sequence[str]) -> None:

@@ -10,7 +10,7 @@ All in one run, side by side, on fresh pre-filled topics (the local broker and R
 (d) ``latency``: (b) running live while another process produces at half of (b)'s rate.
 
 (a) and (b) run ``HotPath.run`` in a thread of this process, built by
-``streams.app.build_hot_path`` for a fresh consumer group; throughput counts the events after the
+``streams.worker.build_hot_path`` for a fresh consumer group; throughput counts the events after the
 first batch over the time from the first to the last batch, so start-up is excluded. Latency is
 event time (stamped when produced) -> batch written to Redis and Kafka, from
 ``PipelineMetrics``; on a pre-filled topic it measures the backlog, hence (d).
@@ -52,15 +52,11 @@ from _common import (
     write_docs_section,
 )
 
-from streaminfer.streams.app import (
-    WorkerOptions,
-    build_handler,
-    build_hot_path,
-    load_or_create_model,
-)
+from streaminfer.streams.app import load_app
 from streaminfer.streams.metrics import PipelineMetrics
 from streaminfer.streams.pipeline import HotPath
 from streaminfer.streams.settings import Settings, load_settings
+from streaminfer.streams.worker import Worker, WorkerOptions, build_handler, build_hot_path
 
 TARGET_RATE = 40_000
 TARGET_VS_IO = 0.70
@@ -170,10 +166,11 @@ class _Clock:
 def _hot_path(args: argparse.Namespace, topic: str, predictions: str, identity: bool,
               window: int) -> tuple[HotPath, PipelineMetrics]:
     settings = _settings(args, topic, predictions)
-    options = WorkerOptions(identity_model=identity)
-    handler = build_handler(settings, load_or_create_model(settings, options), options)
+    app = load_app(settings.app, settings)
+    model = Worker(app, settings, WorkerOptions(identity_model=identity)).fresh_model()
+    handler = build_handler(app, settings, model)
     metrics = PipelineMetrics(window=window)
-    return build_hot_path(settings, handler, metrics, threading.Lock()), metrics
+    return build_hot_path(app, settings, handler, metrics, threading.Lock()), metrics
 
 
 def _wait_for(metrics: PipelineMetrics, count: int, timeout: float, thread: threading.Thread,
@@ -390,7 +387,7 @@ def stage_breakdown(args: argparse.Namespace, topic: str, predictions: str,
         t2 = time.perf_counter()
         outputs = handler.outputs(batch, scores, int(time.time() * 1000))
         t3 = time.perf_counter()
-        sinks.redis.write_columns(outputs.predictions)
+        sinks.redis.write_packed(sinks.redis.pack_columns(outputs.predictions))
         t4 = time.perf_counter()
         if sinks.topic is not None:
             sinks.topic.write_batch(outputs.predictions)
@@ -525,7 +522,7 @@ def _docs(args: argparse.Namespace, results: list[Result], checks: list[tuple[st
 Pre-filled {args.partitions}-partition topics of Avro single-object events
 ({args.num_features} features, {args.keys:,} keys): {args.count:,} events for (a) and (b),
 {args.naive_count:,} for (c). (a) and (b) run `HotPath` (decode, validate, score, guarded Lua
-write to Redis, predictions topic, commit) in a thread built by `streams.app.build_hot_path`,
+write to Redis, predictions topic, commit) in a thread built by `streams.worker.build_hot_path`,
 best of {args.rounds} alternating rounds; (c) is `bench/naive_faust.py`, a Faust agent that
 scores one event at a time and writes one Redis `HSET` per event. Each of (a)-(c) is capped at
 {args.phase_seconds:.0f} s. Rates count the events after the first batch over first -> last

@@ -107,7 +107,7 @@ def run_worker(args: argparse.Namespace, name: str, flags: list[str], topic: str
            "STREAMINFER_CONSUMER_GROUP": unique_name("bench-reco")}
     log = (log_dir / f"worker-{name[1]}.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from streams.cli import main; main()", "worker", *flags],
+        [sys.executable, "-m", "streaminfer", "worker", *flags],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     key = f"metrics:recommender:{socket.gethostname()}-{proc.pid}"
     first: tuple[float, int] | None = None

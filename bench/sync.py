@@ -6,7 +6,7 @@ Two parts, one run, side by side (the machine is small and shared: compare ratio
   a synthetic stream and sync through a fresh topic; the same loop with ``mode="off"`` is the
   baseline. Rounds (or deltas) applied per second, bytes per publish, ms per 1k updates.
 * **Pipeline**: pre-filled, co-partitioned events and feedback topics (every event's label,
-  same key), drained by the classifier hot path (``streams.app.build_lane``) in a thread of
+  same key), drained by the classifier hot path (``streams.worker.build_lane``) in a thread of
   this process, for a fresh consumer group each time, in four configurations:
   (1) learning off (no learner, reads the events topic only: half the records);
   (2) learning on (``FeedbackLearner`` joining feedback to events in a ``MemoryJoinStore``),
@@ -49,16 +49,18 @@ from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.publish import PublishReport, publish_chunks
 from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
 from streaminfer.models import Interactions, Model, create_model
-from streaminfer.models.sync import create_sync
-from streaminfer.streams.app import WorkerOptions, build_handler, build_lane, load_or_create_model
+from streaminfer.streams.app import load_app
 from streaminfer.streams.assignment import GroupAssignment
+from streaminfer.streams.batch import Batch, Rejected
+from streaminfer.streams.decode import RecordDecoder
 from streaminfer.streams.join import JoinState, MemoryJoinStore
 from streaminfer.streams.learner_setup import Restored, build_hooks
 from streaminfer.streams.learning import FeedbackLearner
 from streaminfer.streams.metrics import PipelineMetrics
 from streaminfer.streams.pipeline import HotPath
 from streaminfer.streams.settings import Settings, load_settings
-from streaminfer.streams.validate import EventBatch, Rejected
+from streaminfer.streams.wiring import create_kafka_sync
+from streaminfer.streams.worker import Worker, WorkerOptions, build_handler, build_lane
 
 BATCH = 64
 
@@ -107,8 +109,8 @@ def run_isolated(app: str, mode: str, bootstrap: str, updates: int, every: int,
     data = [_batches(app, updates, w)[:updates] for w in range(2)]
     steps = min(len(d) for d in data)  # recommender halves split by user parity: may differ
     syncs = [
-        create_sync(mode, m, kafka_config=config, topic=topic, worker_id=f"b{w}", shards=4,
-                    every_updates=every, every_ms=every_ms, round_timeout_ms=2000)
+        create_kafka_sync(mode, m, kafka_config=config, topic=topic, worker_id=f"b{w}", shards=4,
+                          every_updates=every, every_ms=every_ms, round_timeout_ms=2000)
         for w, m in enumerate(models)
     ]
     _warm_up(syncs)
@@ -175,7 +177,7 @@ class _CountingLearner(FeedbackLearner):
 
     feedback_seen: int = 0
 
-    def process(self, batch: EventBatch, scores: np.ndarray, feedback: list[Message],
+    def process(self, batch: Batch, scores: np.ndarray, feedback: list[Message],
                 rejected: list[Rejected]) -> None:
         self.feedback_seen += len(feedback)
         super().process(batch, scores, feedback, rejected)
@@ -270,32 +272,38 @@ def _lane_settings(args: argparse.Namespace, topics: dict[str, str], config: Con
 
 def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
            sync_topics: list[str]) -> tuple[HotPath, _CountingLearner | None]:
-    """The lane a worker would run (``streams.app``), with a memory join store and no
+    """The lane a worker would run (``streams.worker``), with a memory join store and no
     checkpoints or params publishing, reading through its own consumer group. A sync gets a
     fresh topic (appended to ``sync_topics``): an earlier run's deltas would be replayed."""
     settings = _lane_settings(args, topics, config)
     options = WorkerOptions(worker_id=f"bench-{uuid.uuid4().hex[:6]}")
-    model = load_or_create_model(settings, options)
-    handler = build_handler(settings, model, options)
+    app = load_app(settings.app, settings)
+    model = Worker(app, settings, options).fresh_model()
+    handler = build_handler(app, settings, model)
     learner: _CountingLearner | None = None
     subscribed = [settings.events_topic]
     if config.learn:
         sync = None
         if config.sync_mode != "off":
             sync_topics.append(unique_name(f"bench-sync-{config.sync_mode}"))
-            sync = create_sync(
+            sync = create_kafka_sync(
                 config.sync_mode, model, kafka_config=settings.kafka_config(),
                 topic=sync_topics[-1], worker_id=options.worker_id,
                 every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
                 round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards)
-        hooks = build_hooks(settings, model, Restored(), options.worker_id, dict, sync, None)
+        hooks = build_hooks(settings, app, model, Restored(), options.worker_id, dict, sync,
+                            None)
         join = JoinState(MemoryJoinStore(), int(settings.join_window_s * 1000))
-        codec = make_codec("feedback", "json", None, settings.feedback_topic)
-        learner = _CountingLearner(model, settings.effective_learn_batch_size, hooks,
-                                   feedback_topic=settings.feedback_topic, join=join,
-                                   codec=codec)
+        learning = app.learning
+        assert learning is not None
+        labels = RecordDecoder(make_codec("feedback", "json", None, settings.feedback_topic),
+                               key=learning.join_on, event_id=learning.join_on,
+                               event_time=learning.event_time, fields=[learning.label])
+        learner = _CountingLearner(model, settings.learn_batch_size or learning.batch_size,
+                                   hooks, feedback_topic=settings.feedback_topic, join=join,
+                                   labels=labels, learning=learning)
         subscribed.append(settings.feedback_topic)
-    hot = build_lane(settings, handler, PipelineMetrics(window=1000), threading.Lock(),
+    hot = build_lane(app, settings, handler, PipelineMetrics(window=1000), threading.Lock(),
                      GroupAssignment(subscribed), unique_name("bench-sync-group"), learner)
     return hot, learner
 
@@ -466,7 +474,7 @@ def _docs(args: argparse.Namespace, isolated: list[dict[str, Any]],
 
 Pre-filled {args.partitions}-partition events and feedback topics: {args.count:,} events
 ({args.num_features} features, {args.keys:,} keys) and each one's label with the same key
-(co-partitioned). Each configuration runs the lane `streams.app.build_lane` builds, in a thread
+(co-partitioned). Each configuration runs the lane `streams.worker.build_lane` builds, in a thread
 of the bench process, for a fresh consumer group of `GroupAssignment` (events, plus feedback
 when learning), until everything was read; best of {args.rounds} alternating round(s) by
 events/s.

@@ -27,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streaminfer.connectors.sources import SyntheticRatings
 from streaminfer.models.factory import create_model
-from streaminfer.streams.learning import RatingLearner
+from streaminfer.models.recommender import Interactions
+from streaminfer.streams.app import Learning
+from streaminfer.streams.batch import Batch
+from streaminfer.streams.learning import InlineLearner
 from streaminfer.streams.table_store import FaustTableStore
 from streaminfer.streams.user_state import UserState
-from streaminfer.streams.validate import RatingBatch
 
 PARTITIONS = 6
 
@@ -59,16 +61,18 @@ class _Msg:
         return self._p
 
 
-def batches(size: int, count: int) -> list[RatingBatch]:
+def batches(size: int, count: int) -> list[Batch]:
     events, ratings = next(SyntheticRatings(seed=3).chunks(count, count))
     out = []
     for start in range(0, count, size):
         part = events[start : start + size]
         users = [e["user"] for e in part]
         msgs = [_Msg(int(u[1:]) % PARTITIONS) for u in users]
-        out.append(RatingBatch(msgs, [e["event_id"] for e in part], users,  # type: ignore[arg-type]
-                               [e["item"] for e in part], np.zeros(len(part), np.int64),
-                               ratings[start : start + size]))
+        items = [e["item"] for e in part]
+        out.append(Batch(msgs, [e["event_id"] for e in part], users,  # type: ignore[arg-type]
+                         np.zeros(len(part), np.int64),
+                         {"user": users, "item": items, "rating": ratings[start : start + size]},
+                         Interactions(users, items)))
     return out
 
 
@@ -85,7 +89,8 @@ def run(size: int, store: str, loop: asyncio.AbstractEventLoop) -> tuple[float, 
     model = create_model("recommender", device="cpu")
     kind = {"per record": _PerRecordStore, "batched": FaustTableStore}.get(store)
     users = UserState(kind(_Table(), _App(loop)), model) if kind else None  # type: ignore[arg-type]
-    learner = RatingLearner(model, 32, users=users)  # type: ignore[arg-type]
+    learner = InlineLearner(model, 32, learning=Learning(label="rating", loss="mse"),
+                            state=users)
     data = batches(size, 20_000)
     scores = np.zeros(size, np.float32)
     times = []

@@ -16,18 +16,22 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streaminfer.errors import ConfigError, StreaminferError
+
 __all__ = [
     "AdminError",
     "TopicInfo",
     "TopicStatus",
-    "create_topic",
     "ensure_topics",
     "list_topics",
 ]
 
 
-class AdminError(RuntimeError):
-    """The broker refused or did not answer an admin request; the message names the topic."""
+class AdminError(StreaminferError, RuntimeError):
+    """The broker refused or did not answer an admin request; the message names the topic.
+
+    Not a :class:`ConfigError`: the request may be fine and the broker down or slow.
+    """
 
 
 @dataclass(frozen=True)
@@ -94,18 +98,22 @@ def ensure_topics(
 ) -> list[TopicStatus]:
     """Create each ``name -> partitions`` topic that is missing; never alters an existing one.
 
-    ``configs`` gives topic configs by name (e.g. ``cleanup.policy=compact`` for changelogs).
+    The one place streaminfer creates topics (workers, CLI, parameter sync, tests, benches).
+    ``configs`` gives topic configs by name (e.g. ``cleanup.policy=compact`` for changelogs);
+    ``replication=-1`` takes the broker's default replication factor.
 
     Returns once every topic is visible in the broker's metadata with all its partitions, so a
     producer or consumer started next sees it.
     """
     for name, partitions in topics.items():
         if not name:
-            raise ValueError("topic name must not be empty")
+            raise ConfigError("topic name must not be empty")
         if partitions < 1:
-            raise ValueError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
-    if replication < 1:
-        raise ValueError(f"replication must be >= 1, got {replication}")
+            raise ConfigError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
+    if replication < 1 and replication != -1:
+        raise ConfigError(
+            f"replication must be >= 1 (or -1: the broker's default), got {replication}"
+        )
     if not topics:
         return []
     admin = _admin(config)
@@ -150,17 +158,6 @@ def _wait_visible(
         if time.monotonic() >= deadline:
             raise AdminError(f"topics {pending} not visible in metadata after {timeout:.0f}s")
         time.sleep(0.1)
-
-
-def create_topic(
-    config: Mapping[str, Any],
-    name: str,
-    partitions: int,
-    replication: int = 1,
-    timeout: float = 30.0,
-) -> TopicStatus:
-    """Create one topic if missing (see :func:`ensure_topics`)."""
-    return ensure_topics(config, {name: partitions}, replication, timeout)[0]
 
 
 def list_topics(

@@ -37,7 +37,6 @@ from streaminfer.errors import DecodeError
 
 __all__ = [
     "SCHEMA_DIR",
-    "DecodeError",
     "RecordCodec",
     "load_schema",
     "make_codec",

@@ -26,13 +26,12 @@ from typing import Any
 from confluent_kafka import KafkaError, Message
 
 from streaminfer.connectors.kafka import make_producer, produce_waiting
+from streaminfer.errors import DeadLetterError
 
 __all__ = [
     "DECODE",
     "MODEL",
     "VALIDATION",
-    "BadRecord",
-    "DeadLetterError",
     "DeadLetterWriter",
 ]
 
@@ -42,26 +41,6 @@ VALIDATION = "validation"
 MODEL = "model"
 
 HEADER_PREFIX = "streaminfer."
-
-
-class BadRecord(ValueError):
-    """Raised (or returned) by decoders/validators for a record that belongs in the DLQ.
-
-    ``reason`` says what was wrong and where, ``error_type`` is the stable class the DLQ counts
-    by, ``field`` names the offending field when there is one.
-    """
-
-    def __init__(self, reason: str, error_type: str, field: str | None = None) -> None:
-        self.reason = reason
-        self.error_type = error_type
-        self.field = field
-        super().__init__(
-            f"{error_type}: field {field!r}: {reason}" if field else f"{error_type}: {reason}"
-        )
-
-
-class DeadLetterError(RuntimeError):
-    """Some dead letters were not delivered; the source offsets must not be committed."""
 
 
 class DeadLetterWriter:
@@ -117,18 +96,6 @@ class DeadLetterWriter:
         produce_waiting(self._producer, topic, value, key, timestamp=failed_ts, headers=headers,
                         on_delivery=self._reporter(f"{source_topic}[{partition}]@{offset}"))
         self.sent[error_type] += 1
-
-    def send_message(self, msg: Message, error: BadRecord) -> None:
-        """Dead-letter a consumed message as-is, for ``error``."""
-        self.send(
-            msg.topic() or "",
-            msg.partition() or 0,
-            msg.offset() or 0,
-            msg.key(),
-            msg.value(),
-            error.reason if error.field is None else f"field {error.field!r}: {error.reason}",
-            error.error_type,
-        )
 
     def _reporter(self, source: str) -> Callable[[KafkaError | None, Message], None]:
         """A delivery callback that knows its source record (DR messages lose their headers)."""

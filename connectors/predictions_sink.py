@@ -23,8 +23,14 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from streaminfer.connectors.kafka import make_producer, produce_waiting
 from streaminfer.connectors.prediction import PredictionRow, Predictions
+from streaminfer.errors import DeliveryError
 
-__all__ = ["DeliveryError", "EncodedPredictions", "FailedDelivery", "PredictionsTopicSink"]
+__all__ = [
+    "EncodedPredictions",
+    "FailedDelivery",
+    "PredictionsDeliveryError",
+    "PredictionsTopicSink",
+]
 
 Encode = Callable[[dict[str, Any]], bytes]
 EncodeMany = Callable[[list[dict[str, Any]]], list[bytes]]
@@ -56,8 +62,12 @@ class FailedDelivery:
     error: str
 
 
-class DeliveryError(RuntimeError):
-    """Some records of a batch were not delivered; offsets must not be committed."""
+class PredictionsDeliveryError(DeliveryError):
+    """Some predictions of a batch were not delivered; offsets must not be committed.
+
+    A :class:`streaminfer.errors.DeliveryError` that also names the failed records (``failed``)
+    and how many were still unacknowledged, so the worker's log says which events to look for.
+    """
 
     def __init__(self, topic: str, total: int, failed: list[FailedDelivery], undelivered: int):
         self.topic = topic
@@ -132,8 +142,9 @@ class PredictionsTopicSink:
             self._fatal = err
 
     def write_batch(self, rows: Sequence[PredictionRow] | Predictions) -> None:
-        """Produce all ``rows`` and wait for every acknowledgement; raise ``DeliveryError`` if any
-        record failed or is still pending after ``flush_timeout_s``."""
+        """Produce all ``rows`` and wait for every acknowledgement; raise
+        ``PredictionsDeliveryError`` if any record failed or is still pending after
+        ``flush_timeout_s``."""
         self.send(rows)
         self.confirm()
 
@@ -182,7 +193,7 @@ class PredictionsTopicSink:
         if self._failed or undelivered:
             listed = rows.rows() if isinstance(rows, Predictions) else rows
             failed = _identify(self._failed, listed, values)
-            raise DeliveryError(self.topic, len(listed), failed, undelivered)
+            raise PredictionsDeliveryError(self.topic, len(listed), failed, undelivered)
 
     def close(self) -> None:
         """Deliver anything still queued (e.g. after an aborted batch)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from streaminfer.errors import InvalidRecord
 
-__all__ = ["InvalidRecord", "coerce_record", "now_ms", "parse_event_time"]
+__all__ = ["coerce_record", "now_ms", "parse_event_time"]
 
 
 def now_ms() -> int:

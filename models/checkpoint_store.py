@@ -14,9 +14,10 @@ learns from an event twice or skips one. Two stores share one interface:
 
 * :class:`LocalCheckpointStore` - directories on a disk (``models.checkpoint``: build under a
   temporary name, rename into place), one sub-directory per app;
-* :class:`RedisCheckpointStore` - ``ckpt:{app}:{id}`` hashes (``state``, ``manifest``) indexed by
-  the sorted set ``ckpts:{app}`` (score ``created_ms``), written in one MULTI/EXEC, so a worker
-  on another host can take over a partition from the newest checkpoint.
+* :class:`BlobCheckpointStore` - each checkpoint as two blobs (safetensors state, JSON manifest)
+  in a :class:`CheckpointBlobs` backend, so a worker on another host can take over a partition
+  from the newest checkpoint. The Redis backend is ``connectors.checkpoint_store``'s
+  ``RedisCheckpointBlobs``; this module stays pure torch and never imports a client library.
 
 An S3-compatible store is not provided: there was no such server to test it against.
 Tensors are only ever read with safetensors; nothing is pickled.
@@ -32,32 +33,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlparse
+from typing import Any, Protocol
 
-import redis
 import torch
 from safetensors import SafetensorError
 
+from streaminfer.errors import CheckpointError
 from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
 
 __all__ = [
-    "CheckpointError",
+    "BlobCheckpointStore",
+    "CheckpointBlobs",
     "CheckpointRef",
     "CheckpointStore",
     "LocalCheckpointStore",
-    "RedisCheckpointStore",
-    "store_from_url",
 ]
 
 _APP_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # The fields the store itself fills in; everything else in ``manifest_extra`` is kept as given.
 _RESERVED = ("id", "created_ms", "model")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that a store lists (or a caller names) cannot be read back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +142,13 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     def load(
-        self, ref: CheckpointRef, device: str | torch.device = "auto"
+        self, ref: CheckpointRef, device: str | torch.device = "auto", into: Model | None = None
     ) -> tuple[Model, dict[str, Any]]:
-        """``(model, manifest)`` of ``ref``; raises :class:`CheckpointError` if unreadable."""
+        """``(model, manifest)`` of ``ref``; raises :class:`CheckpointError` if unreadable.
+
+        ``into``: load the weights into this model (an app's own) rather than rebuilding a
+        built-in model from the manifest.
+        """
 
     @abstractmethod
     def prune(self, app: str, keep: int) -> list[str]:
@@ -191,10 +190,10 @@ class LocalCheckpointStore(CheckpointStore):
         return found
 
     def load(
-        self, ref: CheckpointRef, device: str | torch.device = "auto"
+        self, ref: CheckpointRef, device: str | torch.device = "auto", into: Model | None = None
     ) -> tuple[Model, dict[str, Any]]:
         try:
-            model, manifest = checkpoint.load(ref.location, device=device)
+            model, manifest = checkpoint.load(ref.location, device=device, into=into)
         except (OSError, ValueError, KeyError, SafetensorError) as exc:
             raise CheckpointError(f"checkpoint {ref.location} cannot be loaded: {exc}") from exc
         return model, {"app": ref.app, **_store_manifest(manifest), "id": Path(ref.location).name}
@@ -207,31 +206,45 @@ class LocalCheckpointStore(CheckpointStore):
         return f"LocalCheckpointStore({str(self.root)!r})"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+class CheckpointBlobs(Protocol):
+    """Byte-level storage of checkpoints, per app: what a remote backend must offer.
 
-
-class RedisCheckpointStore(CheckpointStore):
-    """Checkpoints in Redis: hash ``ckpt:{app}:{id}`` + sorted set ``ckpts:{app}`` by created_ms.
-
-    Every host that can reach the Redis server sees the same newest checkpoint, which is what
-    a worker taking over a partition after a rebalance needs. Mind Redis memory: prune.
+    The backend only moves bytes; building and reading models stays in
+    :class:`BlobCheckpointStore`, so a backend needs no torch and this module no client library.
+    ``location`` is the backend's name for one checkpoint (e.g. a Redis key).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "ckpt") -> None:
+    def put(self, app: str, ckpt_id: str, created_ms: int, state: bytes, manifest: str) -> str:
+        """Write both blobs and index them, all or nothing; returns the location."""
+        ...
+
+    def index(self, app: str) -> list[tuple[str, int, str]]:
+        """``(id, created_ms, location)`` of every indexed checkpoint of ``app``, newest first."""
+        ...
+
+    def exists(self, location: str) -> bool:
+        """Whether the blobs at ``location`` are still there (an index entry can dangle)."""
+        ...
+
+    def get(self, app: str, location: str) -> tuple[bytes, bytes | str]:
+        """``(state, manifest)``; raises :class:`CheckpointError` when missing or incomplete."""
+        ...
+
+    def drop_oldest(self, app: str, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` checkpoints of ``app``; returns the removed ids."""
+        ...
+
+
+class BlobCheckpointStore(CheckpointStore):
+    """Checkpoints as (safetensors bytes, JSON manifest) pairs in a :class:`CheckpointBlobs`.
+
+    Every host that can reach the backend sees the same newest checkpoint, which is what a
+    worker taking over a partition after a rebalance needs.
+    """
+
+    def __init__(self, blobs: CheckpointBlobs) -> None:
         super().__init__()
-        if client.get_connection_kwargs().get("decode_responses"):
-            raise ValueError(
-                "RedisCheckpointStore needs a client with decode_responses=False: "
-                "tensor state is binary"
-            )
-        self.client, self.prefix = client, prefix
-
-    def _key(self, app: str, ckpt_id: str) -> str:
-        return f"{self.prefix}:{app}:{ckpt_id}"
-
-    def _index(self, app: str) -> str:
-        return f"{self.prefix}s:{_check_app(app)}"
+        self.blobs = blobs
 
     def save(self, model: Model, manifest_extra: Mapping[str, Any] | None = None) -> CheckpointRef:
         extra = self._extra(model, manifest_extra)
@@ -239,71 +252,34 @@ class RedisCheckpointStore(CheckpointStore):
         ckpt_manifest, state = checkpoint.save_bytes(model, extra)
         manifest_text = json.dumps(_store_manifest(ckpt_manifest), sort_keys=True)
         app, ckpt_id, created_ms = extra["app"], extra["id"], extra["created_ms"]
-        key = self._key(app, ckpt_id)
-        with self.client.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all or nothing
-            pipe.hset(key, mapping={"state": state, "manifest": manifest_text})
-            pipe.zadd(self._index(app), {ckpt_id: created_ms})
-            pipe.execute()
-        return CheckpointRef(app, ckpt_id, created_ms, key)
+        location = self.blobs.put(app, ckpt_id, created_ms, state, manifest_text)
+        return CheckpointRef(app, ckpt_id, created_ms, location)
 
     def refs(self, app: str) -> list[CheckpointRef]:
-        rows = self.client.zrevrange(self._index(app), 0, -1, withscores=True)
-        return [
-            CheckpointRef(app, _text(m), int(score), self._key(app, _text(m))) for m, score in rows
-        ]
+        rows = self.blobs.index(_check_app(app))
+        return [CheckpointRef(app, ckpt_id, created_ms, loc) for ckpt_id, created_ms, loc in rows]
 
     def latest(self, app: str) -> CheckpointRef | None:
-        """The newest checkpoint of ``app`` whose hash still exists (index entries can dangle)."""
+        """The newest checkpoint of ``app`` whose blobs still exist (index entries can dangle)."""
         for ref in self.refs(app):
-            if self.client.exists(ref.location):
+            if self.blobs.exists(ref.location):
                 return ref
         return None
 
     def load(
-        self, ref: CheckpointRef, device: str | torch.device = "auto"
+        self, ref: CheckpointRef, device: str | torch.device = "auto", into: Model | None = None
     ) -> tuple[Model, dict[str, Any]]:
-        state, manifest_text = self.client.hmget(ref.location, ["state", "manifest"])
-        if state is None or manifest_text is None:
-            raise CheckpointError(
-                f"checkpoint {ref.location} is missing from Redis or incomplete "
-                f"(index {self._index(ref.app)} names it; was it deleted or pruned?)"
-            )
+        state, manifest_text = self.blobs.get(_check_app(ref.app), ref.location)
         try:
             manifest = json.loads(manifest_text)
-            model = checkpoint.load_bytes(manifest["model"], state, device=device)
+            model = checkpoint.load_bytes(manifest["model"], state, device=device, into=into)
         except (ValueError, KeyError, TypeError, SafetensorError) as exc:
             raise CheckpointError(f"checkpoint {ref.location} cannot be loaded: {exc}") from exc
         return model, manifest
 
     def prune(self, app: str, keep: int) -> list[str]:
         _check_keep(keep)
-        index = self._index(app)
-        doomed = [_text(m) for m in self.client.zrange(index, 0, -(keep + 1))]
-        if doomed:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(*(self._key(app, d) for d in doomed))
-                pipe.zrem(index, *doomed)
-                pipe.execute()
-        return doomed
+        return self.blobs.drop_oldest(_check_app(app), keep)
 
     def __repr__(self) -> str:
-        return f"RedisCheckpointStore({self.client!r}, prefix={self.prefix!r})"
-
-
-def store_from_url(url: str | Path) -> CheckpointStore:
-    """The store a URL names: ``/path`` or ``file:///path`` (disk), ``redis://...`` (Redis)."""
-    text = str(url)
-    parsed = urlparse(text)
-    if parsed.scheme in ("redis", "rediss", "unix"):
-        return RedisCheckpointStore(redis.Redis.from_url(text))
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"file URLs must name a local path (file:///path), got {text!r}")
-        return LocalCheckpointStore(unquote(parsed.path))
-    if parsed.scheme == "s3":
-        raise ValueError(
-            f"S3 checkpoint stores are not supported (got {text!r}); use file:// or redis://"
-        )
-    if "://" in text:
-        raise ValueError(f"checkpoint store URL must be a path, file:// or redis://, got {text!r}")
-    return LocalCheckpointStore(text)
+        return f"BlobCheckpointStore({self.blobs!r})"

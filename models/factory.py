@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model
 from streaminfer.models.classifier import OnlineClassifier
 from streaminfer.models.device import configure_threads
@@ -47,13 +48,13 @@ def create_model(
     ``threads`` caps torch's CPU threads (see :func:`models.device.configure_threads`).
     """
     if app not in APPS:
-        raise ValueError(f"app must be one of {sorted(APPS)}, got {app!r}")
+        raise ConfigError(f"app must be one of {sorted(APPS)}, got {app!r}")
     configure_threads(threads)
     tuning = {k: v for k, v in (("lr", lr), ("optimizer", optimizer), ("l2", l2)) if v is not None}
     try:
         if app == "classifier":
             if num_features is None:
-                raise ValueError("the classifier needs num_features")
+                raise ConfigError("the classifier needs num_features")
             return OnlineClassifier(
                 num_features, hidden=hidden, seed=seed, device=device, amp=amp,
                 **tuning, **options,
@@ -62,4 +63,4 @@ def create_model(
             return MatrixFactorization(seed=seed, device=device, amp=amp, **tuning, **options)
         return IdentityModel(**options)
     except TypeError as exc:  # an option the model does not take
-        raise ValueError(f"bad option for {app}: {exc}") from None
+        raise ConfigError(f"bad option for {app}: {exc}") from None

@@ -33,6 +33,7 @@ from streaminfer.connectors.avro import make_codec
 from streaminfer.connectors.kafka import DeliveryFailures, make_producer, produce_batch
 from streaminfer.connectors.publish import PublishReport, publish_chunks
 from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
+from streaminfer.errors import StreaminferError
 from streaminfer.streams.settings import Settings
 
 __all__ = [
@@ -52,7 +53,7 @@ SERVICES_SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local" / 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 
 
-class DemoError(RuntimeError):
+class DemoError(StreaminferError, RuntimeError):
     """Something the demo cannot go on without; the message says what and where to look."""
 
 

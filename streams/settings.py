@@ -24,7 +24,7 @@ BUILT_IN = {
 
 WireFormat = Literal["auto", "single-object", "confluent", "json"]
 
-__all__ = ["ConfigError", "Settings", "WireFormat", "load_settings"]
+__all__ = ["BUILT_IN", "Settings", "WireFormat", "load_settings"]
 
 
 

@@ -216,8 +216,6 @@ class Worker:
             return IdentityModel()
         model = self.app.build_model(self.settings)
         if self.options.model_path is not None:
-            manifest = checkpoint.read_manifest(self.options.model_path)
-            checkpoint.check_fits(manifest, model, self.options.model_path)
             checkpoint.load_into(model, self.options.model_path)
         return model
 

@@ -22,7 +22,7 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from streaminfer.connectors.admin import create_topic
+from streaminfer.connectors.admin import ensure_topics
 from streaminfer.streams.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def new_topic(services: Services) -> Iterator[Callable[..., str]]:
 
     def make(partitions: int = 1, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        status = create_topic(config, name, partitions)
+        (status,) = ensure_topics(config, {name: partitions})
         assert status.created and status.partitions == partitions, status.describe()
         made.append(name)
         return name

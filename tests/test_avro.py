@@ -8,7 +8,8 @@ import pytest
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streaminfer.connectors.avro import DecodeError, RecordCodec, load_schema, registry_client
+from streaminfer.connectors.avro import RecordCodec, load_schema, registry_client
+from streaminfer.errors import DecodeError
 
 EVENT = {"event_id": "e-1", "key": "user-7", "ts": 1_764_120_000_123, "features": [0.5, -2.0]}
 

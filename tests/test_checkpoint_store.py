@@ -14,18 +14,27 @@ import redis
 import torch
 from conftest import Services
 
+from streaminfer.connectors.checkpoint_store import RedisCheckpointBlobs
+from streaminfer.connectors.params_publisher import (
+    ParamsPublisher,
+    read_params,
+    read_params_manifest,
+)
+from streaminfer.errors import CheckpointError
 from streaminfer.models import Interactions, create_model
 from streaminfer.models.base import Model
 from streaminfer.models.checkpoint_store import (
-    CheckpointError,
+    BlobCheckpointStore,
     CheckpointStore,
     LocalCheckpointStore,
-    RedisCheckpointStore,
-    store_from_url,
 )
-from streaminfer.models.params_publisher import ParamsPublisher, read_params, read_params_manifest
+from streaminfer.streams.wiring import store_from_url
 
 REDIS_URL = "redis://127.0.0.1:6379/0"  # only parsed, never connected to
+
+
+def _redis_store(client: redis.Redis) -> BlobCheckpointStore:
+    return BlobCheckpointStore(RedisCheckpointBlobs(client))
 
 
 @pytest.fixture
@@ -49,7 +58,7 @@ def rds(app: str, services: Services) -> Iterator[redis.Redis]:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
     if request.param == "local":
         return LocalCheckpointStore(tmp_path / "ckpts")
-    return RedisCheckpointStore(request.getfixturevalue("rds"))
+    return _redis_store(request.getfixturevalue("rds"))
 
 
 @pytest.fixture
@@ -57,10 +66,10 @@ def reopen(request: pytest.FixtureRequest) -> Callable[[CheckpointStore], Checkp
     """The same storage seen through a new store object (and connection): another host."""
 
     def again(store: CheckpointStore) -> CheckpointStore:
-        if isinstance(store, RedisCheckpointStore):
+        if isinstance(store, BlobCheckpointStore):
             client = redis.Redis.from_url(request.getfixturevalue("services").redis_url)
             request.addfinalizer(client.close)
-            return RedisCheckpointStore(client)
+            return _redis_store(client)
         assert isinstance(store, LocalCheckpointStore)
         return LocalCheckpointStore(store.root)
 
@@ -163,7 +172,7 @@ def test_corrupt_local_checkpoint_gives_clear_error(tmp_path: Path, app: str) ->
 
 @pytest.mark.services
 def test_corrupt_or_missing_redis_checkpoint_gives_clear_error(rds: redis.Redis, app: str) -> None:
-    store = RedisCheckpointStore(rds)
+    store = _redis_store(rds)
     model = _classifier(steps=1)
     older, newer = store.save(model, {"app": app}), store.save(model, {"app": app})
     assert rds.zcard(f"ckpts:{app}") == 2
@@ -180,7 +189,7 @@ def test_corrupt_or_missing_redis_checkpoint_gives_clear_error(rds: redis.Redis,
 
 def test_redis_store_needs_binary_client() -> None:
     with pytest.raises(ValueError, match="decode_responses=False"):
-        RedisCheckpointStore(redis.Redis.from_url(REDIS_URL, decode_responses=True))
+        RedisCheckpointBlobs(redis.Redis.from_url(REDIS_URL, decode_responses=True))
 
 
 def test_store_from_url(tmp_path: Path) -> None:
@@ -188,7 +197,9 @@ def test_store_from_url(tmp_path: Path) -> None:
     assert isinstance(local, LocalCheckpointStore) and local.root == tmp_path / "a"
     plain = store_from_url(tmp_path / "b")
     assert isinstance(plain, LocalCheckpointStore) and plain.root == tmp_path / "b"
-    assert isinstance(store_from_url(REDIS_URL), RedisCheckpointStore)
+    remote = store_from_url(REDIS_URL)
+    assert isinstance(remote, BlobCheckpointStore)
+    assert isinstance(remote.blobs, RedisCheckpointBlobs)
     with pytest.raises(ValueError, match="S3 checkpoint stores are not supported"):
         store_from_url("s3://bucket/ckpts")
     with pytest.raises(ValueError, match="must be a path, file:// or redis://"):

@@ -10,18 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, Producer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
 
 from streaminfer.connectors.avro import RecordCodec
-from streaminfer.connectors.dead_letter import (
-    DECODE,
-    VALIDATION,
-    BadRecord,
-    DeadLetterError,
-    DeadLetterWriter,
-)
-from streaminfer.connectors.predictions_sink import DeliveryError, PredictionsTopicSink
+from streaminfer.connectors.dead_letter import DECODE, VALIDATION, DeadLetterWriter
+from streaminfer.connectors.predictions_sink import PredictionsDeliveryError, PredictionsTopicSink
 from streaminfer.connectors.redis_sink import PredictionRow
+from streaminfer.errors import DeadLetterError
 
 # Nothing listens here: every delivery times out, which is how a broker outage looks.
 _DEAD_BROKER = {"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 300, "log_level": 0}
@@ -92,27 +87,6 @@ def test_dead_letter_keeps_raw_bytes_and_says_where_and_why(
     assert writer.sent == {"decode": 1, "validation": 1}
 
 
-def test_consumed_message_can_be_dead_lettered_as_is(
-    services: Any, settings: Any, new_topic: Callable[..., str]
-):
-    source, dlq = new_topic(), new_topic()
-    producer = Producer(settings.kafka_config())
-    producer.produce(source, b'{"ts": "yesterday"}', b"k1")
-    producer.flush(10)
-    (consumed,) = _read(settings, source, 1)
-    writer = DeadLetterWriter(settings.kafka_config(), lambda topic: dlq)
-
-    writer.send_message(consumed, BadRecord("expected epoch ms", VALIDATION, field="ts"))
-    writer.flush()
-
-    (dead,) = _read(settings, dlq, 1)
-    assert (dead.key(), dead.value()) == (b"k1", b'{"ts": "yesterday"}')
-    headers = _headers(dead)
-    assert headers["streaminfer.source_topic"] == source
-    assert headers["streaminfer.source_offset"] == str(consumed.offset())
-    assert headers["streaminfer.reason"] == "field 'ts': expected epoch ms"
-
-
 def test_dead_letter_topic_defaults_to_source_plus_suffix():
     assert DeadLetterWriter(_DEAD_BROKER).dlq_topic("events") == "events.dlq"
     assert DeadLetterWriter(_DEAD_BROKER, suffix="-dead").dlq_topic("ratings") == "ratings-dead"
@@ -124,13 +98,6 @@ def test_flush_names_the_source_record_of_an_undelivered_dead_letter():
 
     with pytest.raises(DeadLetterError, match=r"events\[2\]@77 -> events\.dlq"):
         writer.flush()
-
-
-def test_bad_record_says_what_and_where():
-    error = BadRecord("expected a float, got 'abc'", VALIDATION, field="features")
-
-    assert str(error) == "validation: field 'features': expected a float, got 'abc'"
-    assert (error.error_type, error.field) == ("validation", "features")
 
 
 # -- predictions topic ----------------------------------------------------------------------
@@ -194,7 +161,9 @@ def test_batch_encoder_is_used_when_given(
 def test_undelivered_predictions_raise_naming_the_records():
     sink = PredictionsTopicSink(_DEAD_BROKER, "predictions", lambda record: b"x")
 
-    with pytest.raises(DeliveryError, match=r"2 of 2 records to topic 'predictions'") as info:
+    with pytest.raises(
+        PredictionsDeliveryError, match=r"2 of 2 records to topic 'predictions'"
+    ) as info:
         sink.write_batch([_prediction(1), _prediction(2)])
 
     assert "event_id='ev-00001' key='user-1' event_ts=1700000001000" in str(info.value)

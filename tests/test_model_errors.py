@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from confluent_kafka import Message
 
+from streaminfer.streams.batch import Batch, Rejected
 from streaminfer.streams.pipeline import score_isolating
-from streaminfer.streams.validate import EventBatch, Rejected
 
 
 class PickyHandler:
@@ -16,7 +16,7 @@ class PickyHandler:
         self.calls = 0
         self.fail_first_call = fail_first_call
 
-    def score(self, batch: EventBatch) -> np.ndarray:
+    def score(self, batch: Batch) -> np.ndarray:
         self.calls += 1
         if self.fail_first_call and self.calls == 1:
             raise RuntimeError("CUDA hiccup")
@@ -25,11 +25,12 @@ class PickyHandler:
         return batch.features[:, 0].copy()
 
 
-def _batch(values: list[float]) -> EventBatch:
+def _batch(values: list[float]) -> Batch:
     n = len(values)
     msgs = [Message(topic="events", partition=0, offset=i, value=b"x") for i in range(n)]
-    return EventBatch(msgs, [f"e{i}" for i in range(n)], [f"k{i}" for i in range(n)],
-                      np.arange(n, dtype=np.int64), np.array([[v] for v in values], np.float32))
+    return Batch(msgs, [f"e{i}" for i in range(n)], [f"k{i}" for i in range(n)],
+                 np.arange(n, dtype=np.int64), {},
+                 np.array([[v] for v in values], np.float32))
 
 
 def test_bad_records_are_isolated_and_the_rest_scored() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from streaminfer.connectors.avro import load_schema
-from streaminfer.connectors.records import InvalidRecord, coerce_record, parse_event_time
+from streaminfer.connectors.records import coerce_record, parse_event_time
+from streaminfer.errors import InvalidRecord
 
 EVENT = load_schema("event")
 

@@ -19,7 +19,8 @@ from sklearn.metrics import roc_auc_score
 
 from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
 from streaminfer.models import Interactions, Model, create_model
-from streaminfer.models.sync import Sync, create_sync, shared_tensors
+from streaminfer.models.sync import Sync, shared_tensors
+from streaminfer.streams.wiring import create_kafka_sync
 
 pytestmark = pytest.mark.services
 
@@ -100,8 +101,8 @@ def test_sync_rounds_leave_three_workers_bitwise_equal_and_as_good_as_one_model(
     xt, yt = x[3600:], y[3600:]
     models = [_classifier() for _ in range(3)]
     syncs = [
-        create_sync("sync", m, kafka_config=config, topic=topic, worker_id=f"w{i}",
-                    every_updates=15, every_ms=100, round_timeout_ms=1000, shards=3)
+        create_kafka_sync("sync", m, kafka_config=config, topic=topic, worker_id=f"w{i}",
+                          every_updates=15, every_ms=100, round_timeout_ms=1000, shards=3)
         for i, m in enumerate(models)
     ]
     try:
@@ -127,8 +128,8 @@ def test_stalled_worker_is_dropped_and_a_late_starter_replays_into_step(
     x, y = _data(1800)
     models = [_classifier() for _ in range(3)]
     syncs = [
-        create_sync("sync", m, kafka_config=config, topic=topic, worker_id=f"w{i}",
-                    every_updates=10, every_ms=100, round_timeout_ms=800, shards=2)
+        create_kafka_sync("sync", m, kafka_config=config, topic=topic, worker_id=f"w{i}",
+                          every_updates=10, every_ms=100, round_timeout_ms=800, shards=2)
         for i, m in enumerate(models)
     ]
     late_sync: Sync | None = None
@@ -144,9 +145,9 @@ def test_stalled_worker_is_dropped_and_a_late_starter_replays_into_step(
         _assert_bitwise_equal(models[0], models[1])
 
         late = _classifier()
-        late_sync = create_sync("sync", late, kafka_config=config, topic=topic,
-                                worker_id="w3", every_updates=10, every_ms=100,
-                                round_timeout_ms=800, shards=2)
+        late_sync = create_kafka_sync("sync", late, kafka_config=config, topic=topic,
+                                      worker_id="w3", every_updates=10, every_ms=100,
+                                      round_timeout_ms=800, shards=2)
         live = [syncs[0], syncs[1], late_sync]
         _wait(lambda: late_sync.stats()["workers_in_last_round"] == 3 and _in_step(live)(),
               live)
@@ -165,8 +166,8 @@ def test_async_workers_converge_and_match_one_model(
     xt, yt = x[3600:], y[3600:]
     models = [_classifier() for _ in range(3)]
     syncs = [
-        create_sync("async", m, kafka_config=config, topic=topic, worker_id=f"w{i}",
-                    every_updates=10, every_ms=50, shards=3)
+        create_kafka_sync("async", m, kafka_config=config, topic=topic, worker_id=f"w{i}",
+                          every_updates=10, every_ms=50, shards=3)
         for i, m in enumerate(models)
     ]
     try:
@@ -208,8 +209,8 @@ def test_recommender_item_tables_converge_by_id_and_user_tables_stay_local(
     models = [create_model("recommender", device="cpu", seed=0, user_capacity=500,
                            item_capacity=500) for _ in range(2)]
     syncs = [
-        create_sync("sync", m, kafka_config=config, topic=topic, worker_id=f"r{i}",
-                    every_updates=5, every_ms=100, round_timeout_ms=800, shards=2)
+        create_kafka_sync("sync", m, kafka_config=config, topic=topic, worker_id=f"r{i}",
+                          every_updates=5, every_ms=100, round_timeout_ms=800, shards=2)
         for i, m in enumerate(models)
     ]
     try:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from streaminfer.connectors.records import InvalidRecord, coerce_record, now_ms
+from streaminfer.connectors.records import coerce_record, now_ms
+from streaminfer.errors import InvalidRecord
 
 __all__ = ["FileSource", "LineError"]
 

@@ -1,14 +1,16 @@
-"""Parameter synchronisation between stream workers, over a Kafka topic.
+"""Parameter synchronisation between stream workers, over a shared partitioned log.
 
 Each worker learns online from its own partitions; shared parameters (classifier weights and
 standardisation statistics; recommender item embeddings, item biases and global mean)
 converge across workers by exchanging deltas on a sync topic. Per-key state (user tables) is
 not broadcast. See ``docs/sync.md`` for the protocol.
 
-All methods are called from the worker's hot-path thread, between batches, and never block
-for long::
+This package is the algorithm only (pure torch): the log is a :class:`Transport`, Kafka's is
+``connectors.sync_transport.KafkaTransport``, and ``streams.wiring.create_kafka_sync`` builds a
+sync on it. All methods are called from the worker's hot-path thread, between batches, and
+never block for long::
 
-    sync = create_sync("sync", model, kafka_config=..., topic="si-sync", worker_id="w1")
+    sync = create_sync("sync", model, transport=..., worker_id="w1")
     model.learn(batch, targets); sync.after_learn()
     sync.poll()            # apply what arrived
     sync.position()        # JSON-able, store it with the checkpoint
@@ -18,34 +20,41 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model
 from streaminfer.models.sync.adapter import SharedState, Table, shared_state, shared_tensors
 from streaminfer.models.sync.async_mode import AsyncSync
 from streaminfer.models.sync.base import OffSync, SyncPosition
 from streaminfer.models.sync.delta import Delta, TableDelta
 from streaminfer.models.sync.rounds import RoundSync
-from streaminfer.models.sync.transport import KafkaTransport, MemoryLog, Transport, ensure_topic
+from streaminfer.models.sync.transport import MemoryLog, SyncMessage, Transport
 
 __all__ = [
     "AsyncSync",
     "Delta",
-    "KafkaTransport",
     "MemoryLog",
     "OffSync",
     "RoundSync",
     "SharedState",
     "Sync",
+    "SyncMessage",
     "SyncPosition",
     "Table",
     "TableDelta",
     "Transport",
+    "check_mode",
     "create_sync",
-    "ensure_topic",
     "shared_state",
     "shared_tensors",
 ]
 
 MODES = ("off", "async", "sync")
+
+
+def check_mode(mode: str) -> None:
+    """Refuse an unknown mode before anything (e.g. a Kafka transport) is built for it."""
+    if mode not in MODES:
+        raise ConfigError(f"sync mode must be one of {MODES}, got {mode!r}")
 
 
 class Sync(Protocol):
@@ -66,36 +75,28 @@ def create_sync(
     mode: str,
     model: Model,
     *,
-    kafka_config: dict[str, Any] | None = None,
-    topic: str = "streaminfer-sync",
+    transport: Transport | None = None,
     worker_id: str = "worker",
     every_updates: int = 50,
     every_ms: float = 1000.0,
     round_timeout_ms: float = 10_000.0,
-    shards: int = 4,
     aggregate: str = "sum",
     start_position: SyncPosition | dict[str, Any] | None = None,
-    transport: Transport | None = None,
 ) -> Sync:
-    """A sync of ``mode`` for ``model`` on ``topic`` (created with ``shards`` partitions).
+    """A sync of ``mode`` for ``model`` over ``transport`` (one partition per shard).
 
-    ``transport`` replaces Kafka (e.g. ``MemoryLog(shards).transport()`` in unit tests).
+    ``transport`` is the log (``MemoryLog(shards).transport()`` in unit tests; Kafka through
+    ``streams.wiring.create_kafka_sync``), opened at ``start_position.offsets``.
     ``start_position`` is what ``position()`` returned before a restart; without it a worker
-    reads the sync topic from the beginning (and, in ``sync`` mode, replays every round).
+    reads the sync log from the beginning (and, in ``sync`` mode, replays every round).
     """
-    if mode not in MODES:
-        raise ValueError(f"sync mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     if mode == "off":
         return OffSync()
     if isinstance(start_position, dict):
         start_position = SyncPosition.from_json(start_position)
     if transport is None:
-        if kafka_config is None:
-            raise ValueError(f"sync mode {mode!r} needs kafka_config (bootstrap.servers, ...)")
-        transport = KafkaTransport(
-            kafka_config, topic, shards, client_id=f"sync-{worker_id}",
-            start=None if start_position is None else start_position.offsets,
-        )
+        raise ConfigError(f"sync mode {mode!r} needs a transport (the sync log)")
     common: dict[str, Any] = {
         "worker_id": worker_id, "every_updates": every_updates, "every_ms": every_ms,
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from streaminfer.models.base import Model
@@ -47,7 +48,7 @@ class AsyncSync(SyncBase):
         self.updates = 0
         self._last_publish = now
 
-    def _poll(self, messages: list[SyncMessage]) -> int:
+    def _poll(self, messages: Sequence[SyncMessage]) -> int:
         applied = 0
         for msg in messages:
             h = msg.headers

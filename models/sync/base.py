@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -147,7 +148,7 @@ class SyncBase:
 
     # -- for the modes ---------------------------------------------------------------------
 
-    def _poll(self, messages: list[SyncMessage]) -> int:
+    def _poll(self, messages: Sequence[SyncMessage]) -> int:
         raise NotImplementedError
 
     def _maybe_publish(self, now: float) -> None:

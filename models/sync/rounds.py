@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ class RoundSync(SyncBase):
 
     # -- reading and applying -------------------------------------------------------------
 
-    def _poll(self, messages: list[SyncMessage]) -> int:
+    def _poll(self, messages: Sequence[SyncMessage]) -> int:
         now = time.monotonic()
         for msg in messages:
             self._read(msg, now)

@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from streaminfer.streams.settings import ConfigError, Settings, load_settings
+from streaminfer.errors import ConfigError
+from streaminfer.streams.settings import Settings, load_settings
 
 __all__ = ["settings_from"]
 

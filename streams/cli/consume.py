@@ -10,8 +10,9 @@ from typing import Any
 import click
 from confluent_kafka import KafkaError, TopicPartition
 
-from streaminfer.connectors.avro import DecodeError, RecordCodec
+from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import make_consumer
+from streaminfer.errors import DecodeError
 from streaminfer.streams.cli._common import settings_from
 
 __all__ = ["consume", "record_to_json"]

@@ -17,16 +17,34 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from streaminfer.models.base import Model
+__all__ = ["ParamsPublisher", "PublishableModel", "read_params", "read_params_manifest"]
 
-__all__ = ["ParamsPublisher", "read_params", "read_params_manifest"]
+
+class _Version(Protocol):
+    @property
+    def updates(self) -> int: ...
+
+
+class PublishableModel(Protocol):
+    """What publishing reads of a model; ``models.base.Model`` has it (connectors import no
+    models, so the layers point one way)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> _Version: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def config(self) -> dict[str, Any]: ...
 
 
 def _text(value: bytes | str) -> str:
@@ -66,7 +84,7 @@ class ParamsPublisher:
         self._last_at: float | None = None
         self._last_version: str | None = None
 
-    def maybe_publish(self, model: Model) -> str | None:
+    def maybe_publish(self, model: PublishableModel) -> str | None:
         """Publish if ``every_s`` has passed since the last time; returns the version written.
 
         ``None`` means nothing new was written (too soon, or the version is unchanged, in
@@ -85,7 +103,7 @@ class ParamsPublisher:
             return None
         return self.publish(model)
 
-    def publish(self, model: Model) -> str:
+    def publish(self, model: PublishableModel) -> str:
         """Write the parameters now, whatever the rate limit; returns the version string."""
         version = str(model.version)
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

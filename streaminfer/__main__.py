@@ -1,0 +1,5 @@
+"""``python -m streaminfer``: the command line."""
+
+from streaminfer.streams.cli import main
+
+main()

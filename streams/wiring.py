@@ -1,0 +1,84 @@
+"""Where the pure model layer meets the I/O layer: Kafka-backed sync, URL-named checkpoint stores.
+
+``models`` is pure torch and ``connectors`` knows no models, so the objects that need both (a
+sync algorithm on a Kafka log, a checkpoint store on Redis) are assembled here, in ``streams``,
+the one layer allowed to import the two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import redis
+
+from streaminfer.connectors.checkpoint_store import RedisCheckpointBlobs
+from streaminfer.connectors.sync_transport import KafkaTransport
+from streaminfer.errors import ConfigError
+from streaminfer.models.base import Model
+from streaminfer.models.checkpoint_store import (
+    BlobCheckpointStore,
+    CheckpointStore,
+    LocalCheckpointStore,
+)
+from streaminfer.models.sync import Sync, SyncPosition, check_mode, create_sync
+
+__all__ = ["create_kafka_sync", "store_from_url"]
+
+
+def create_kafka_sync(
+    mode: str,
+    model: Model,
+    *,
+    kafka_config: dict[str, Any],
+    topic: str = "streaminfer-sync",
+    worker_id: str = "worker",
+    every_updates: int = 50,
+    every_ms: float = 1000.0,
+    round_timeout_ms: float = 10_000.0,
+    shards: int = 4,
+    aggregate: str = "sum",
+    start_position: SyncPosition | dict[str, Any] | None = None,
+) -> Sync:
+    """A sync of ``mode`` for ``model`` on the Kafka topic ``topic`` (``shards`` partitions).
+
+    The topic is created if missing, and read from ``start_position`` (what ``position()``
+    returned before a restart), or from the beginning; the other options are
+    :func:`models.sync.create_sync`'s. ``mode="off"`` touches no broker.
+    """
+    check_mode(mode)
+    if mode == "off":
+        return create_sync(mode, model)
+    if isinstance(start_position, dict):
+        start_position = SyncPosition.from_json(start_position)
+    transport = KafkaTransport(
+        kafka_config, topic, shards, client_id=f"sync-{worker_id}",
+        start=None if start_position is None else start_position.offsets,
+    )
+    return create_sync(
+        mode, model, transport=transport, worker_id=worker_id, every_updates=every_updates,
+        every_ms=every_ms, round_timeout_ms=round_timeout_ms, aggregate=aggregate,
+        start_position=start_position,
+    )
+
+
+def store_from_url(url: str | Path) -> CheckpointStore:
+    """The store a URL names: ``/path`` or ``file:///path`` (disk), ``redis://...`` (Redis)."""
+    text = str(url)
+    parsed = urlparse(text)
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        return BlobCheckpointStore(RedisCheckpointBlobs(redis.Redis.from_url(text)))
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"file URLs must name a local path (file:///path), got {text!r}")
+        return LocalCheckpointStore(unquote(parsed.path))
+    if parsed.scheme == "s3":
+        raise ConfigError(
+            f"S3 checkpoint stores are not supported (got {text!r}); use file:// or redis://"
+        )
+    if "://" in text:
+        raise ConfigError(
+            f"checkpoint store URL must be a path, file:// or redis://, got {text!r}"
+        )
+    return LocalCheckpointStore(text)

@@ -1,0 +1,155 @@
+"""Decoding a batch: good records become columns, bad ones are rejected with a reason.
+
+The built-in apps' handlers are built the way the worker builds them (their schema, their
+features); any app decodes through the same code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from confluent_kafka import Message
+
+from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.records import now_ms
+from streaminfer.models.identity import IdentityModel
+from streaminfer.streams.app import load_app
+from streaminfer.streams.batch import Batch, Rejected
+from streaminfer.streams.decode import RecordDecoder
+from streaminfer.streams.learning import labels_of
+from streaminfer.streams.pipeline import commit_offsets
+from streaminfer.streams.settings import Settings
+from streaminfer.streams.worker import build_handler
+
+CODEC = RecordCodec("event")
+
+
+def decode_events(msgs: list[Message], codec: RecordCodec, num_features: int
+                  ) -> tuple[Batch, list[Rejected]]:
+    settings = Settings(num_features=num_features)
+    handler = build_handler(load_app("classifier", settings), settings, IdentityModel())
+    return handler.decode(msgs)
+
+
+def _msg(value: bytes, offset: int = 0, partition: int = 0) -> Message:
+    return Message(topic="events", partition=partition, offset=offset, key=b"k", value=value)
+
+
+def _event(**overrides: object) -> dict[str, object]:
+    return {"event_id": "e", "key": "k", "ts": now_ms(), "features": [1.0, 2.0], **overrides}
+
+
+def test_good_events_become_columns_in_order() -> None:
+    msgs = [_msg(CODEC.encode(_event(event_id=f"e{i}")), i) for i in range(3)]
+    batch, rejected = decode_events(msgs, CODEC, num_features=2)
+    assert rejected == []
+    assert batch.event_ids == ["e0", "e1", "e2"]
+    assert batch.keys == ["k", "k", "k"]
+    assert batch.features.dtype == np.float32 and batch.features.shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "error_type", "reason"),
+    [
+        (b"\x01\x02 raw", "decode", "unknown wire format"),
+        (json.dumps(_event(features=[1.0])).encode(), "validation", "expected 2 numbers, got 1"),
+        (json.dumps(_event(features=[1.0, "x"])).encode(), "validation", "expected numbers"),
+        (json.dumps(_event(ts=5)).encode(), "validation", "before 2000"),
+        (json.dumps(_event(ts=now_ms() + 10 * 86_400_000)).encode(), "validation", "a day ahead"),
+        (json.dumps(_event(event_id="")).encode(), "validation", "'event_id'"),
+        (b'{"event_id":"e","key":"k","ts":1764120000000,"features":[NaN,1]}', "validation",
+         "NaN"),
+    ],
+)
+def test_bad_records_are_rejected_and_the_rest_kept(value: bytes, error_type: str,
+                                                    reason: str) -> None:
+    good = _msg(CODEC.encode(_event(event_id="good")), 0)
+    bad = _msg(value, 1)
+    batch, rejected = decode_events([good, bad], CODEC, num_features=2)
+    assert batch.event_ids == ["good"]
+    assert len(rejected) == 1
+    assert rejected[0].msg.offset() == 1
+    assert rejected[0].error_type == error_type
+    assert reason in rejected[0].reason
+
+
+def test_ratings_reject_non_numbers() -> None:
+    codec = RecordCodec("rating", "json")
+    settings = Settings(app="recommender")
+    handler = build_handler(load_app("recommender", settings), settings, IdentityModel())
+    ok = {"event_id": "r1", "user": "u", "item": "i", "rating": 4.0, "ts": now_ms()}
+    bad = dict(ok, event_id="r2", rating="five")
+    nan = dict(ok, event_id="r3", rating=float("nan"))
+    batch, rejected = handler.decode([_msg(codec.encode(ok)), _msg(codec.encode(bad), 1),
+                                      _msg(codec.encode(nan), 2)])
+    assert batch.event_ids == ["r1"] and batch.columns["rating"].tolist() == [4.0]
+    assert batch.keys == ["u"]
+    assert [r.msg.offset() for r in rejected] == [1, 2]
+    assert all("'rating'" in r.reason for r in rejected)
+
+
+def test_commit_offsets_are_one_past_the_highest_per_partition() -> None:
+    msgs = [_msg(b"x", 7, 0), _msg(b"x", 3, 1), _msg(b"x", 9, 0), _msg(b"x", 4, 1)]
+    got = {(tp.partition, tp.offset) for tp in commit_offsets(msgs)}
+    assert got == {(0, 10), (1, 5)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [({"key": ""}, "'key'"), ({"ts": 5}, "before 2000"), ({"features": [1.0]}, "got 1"),
+     ({"features": [float("nan"), 1.0]}, "NaN")],
+)
+def test_avro_events_have_their_values_checked_too(overrides: dict[str, object],
+                                                   reason: str) -> None:
+    """Avro guarantees the types, not the values: those are checked on the fast path too."""
+    bad = _msg(CODEC.encode(_event(**overrides)), 1)
+    batch, rejected = decode_events([_msg(CODEC.encode(_event())), bad], CODEC, num_features=2)
+    assert len(batch) == 1 and len(rejected) == 1
+    assert reason in rejected[0].reason and rejected[0].msg.offset() == 1
+
+
+def test_feedback_labels_must_be_probabilities() -> None:
+    codec = RecordCodec("feedback", "json")
+    learning = load_app("classifier", Settings()).learning
+    assert learning is not None
+    decoder = RecordDecoder(codec, key=learning.join_on, event_id=learning.join_on,
+                            event_time=learning.event_time, fields=[learning.label])
+    ok = {"event_id": "e1", "key": "k", "label": 1, "ts": now_ms()}
+    bad = dict(ok, event_id="e2", label=3)
+    batch, rejected = decoder.decode([_msg(codec.encode(ok)), _msg(codec.encode(bad), 1)])
+    batch, labels = labels_of(batch, learning, rejected)
+    assert batch.event_ids == ["e1"] and labels.tolist() == [1.0]
+    assert "'label'" in rejected[0].reason and "[0, 1]" in rejected[0].reason
+
+
+def test_nested_records_enums_maps_and_nullable_fields_become_columns() -> None:
+    schema = {"type": "record", "name": "Order", "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "customer", "type": "string"},
+        {"name": "ts", "type": "long"},
+        {"name": "channel", "type": {"type": "enum", "name": "Channel",
+                                     "symbols": ["web", "app"]}},
+        {"name": "coupon", "type": ["null", "double"], "default": None},
+        {"name": "tags", "type": {"type": "map", "values": "string"}},
+        {"name": "address", "type": {"type": "record", "name": "Address", "fields": [
+            {"name": "city", "type": "string"}, {"name": "zip", "type": ["null", "int"]}]}},
+    ]}
+    codec = RecordCodec(schema)
+    decoder = RecordDecoder(codec, key="customer", event_id="id", event_time="ts")
+    now = now_ms()
+    records = [
+        {"id": "o1", "customer": "c1", "ts": now, "channel": "web", "coupon": 2.5,
+         "tags": {"a": "b"}, "address": {"city": "Oslo", "zip": 150}},
+        {"id": "o2", "customer": "c2", "ts": now, "channel": "app", "coupon": None,
+         "tags": {}, "address": {"city": "Rome", "zip": None}},
+    ]
+    msgs = [_msg(codec.encode(r), i) for i, r in enumerate(records)]
+    msgs.append(_msg(json.dumps(dict(records[0], id="o3", coupon="free")).encode(), 2))
+    batch, rejected = decoder.decode(msgs)
+    assert batch.event_ids == ["o1", "o2"] and batch.keys == ["c1", "c2"]
+    assert batch.columns["channel"] == ["web", "app"]
+    assert np.isnan(batch.columns["coupon"][1]) and batch.columns["coupon"][0] == 2.5
+    assert batch.columns["address.city"] == ["Oslo", "Rome"]
+    assert batch.columns["tags"] == [{"a": "b"}, {}]
+    assert len(rejected) == 1 and "'coupon'" in rejected[0].reason
