@@ -63,7 +63,7 @@ class Deployment:
     def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"worker-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from streams.cli import main; main()", "worker", *args],
+            [sys.executable, "-m", "streaminfer", "worker", *args],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)
