@@ -57,18 +57,28 @@ def _is_timestamp(ftype: Any) -> bool:
 def _coerce(name: str, ftype: Any, value: Any) -> Any:
     if _is_timestamp(ftype):
         return parse_event_time(value, name)
-    if isinstance(ftype, list):  # union: only ["null", X] is used in our schemas
+    if isinstance(ftype, list):  # union: ["null", X] (other unions are passed as given)
         if value is None and "null" in ftype:
             return None
-        branch = next(t for t in ftype if t != "null")
-        return _coerce(name, branch, value)
+        others = [t for t in ftype if t != "null"]
+        return _coerce(name, others[0], value) if len(others) == 1 else value
     kind = ftype["type"] if isinstance(ftype, dict) else ftype
-    if kind == "string":
-        if isinstance(value, str):
-            return value
+    if kind in ("string", "enum"):
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        raise InvalidRecord(name, f"expected a string, got {type(value).__name__}")
+            value = str(value)
+        if not isinstance(value, str):
+            raise InvalidRecord(name, f"expected a string, got {type(value).__name__}")
+        if kind == "enum" and value not in ftype["symbols"]:
+            raise InvalidRecord(name, f"expected one of {ftype['symbols']}, got {value!r}")
+        return value
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+            return value.strip().lower() in ("true", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise InvalidRecord(name, f"expected true or false, got {value!r}")
     if kind in ("float", "double"):
         try:
             number = float(value)
@@ -80,23 +90,33 @@ def _coerce(name: str, ftype: Any, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise InvalidRecord(name, f"expected an integer, got {value!r}") from None
-    if kind == "bytes":
+    if kind in ("bytes", "fixed"):
         return value.encode() if isinstance(value, str) else bytes(value)
+    if kind in ("array", "map", "record") and isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip()[:1] in "[{" else value
+        except json.JSONDecodeError:
+            raise InvalidRecord(name, f"expected JSON, got {value!r}") from None
     if kind == "array":
         if isinstance(value, str):
-            text = value.strip()
-            try:
-                value = json.loads(text) if text.startswith("[") else text.replace(";", " ").split()
-            except json.JSONDecodeError:
-                raise InvalidRecord(name, f"expected a list, got {value!r}") from None
+            value = value.replace(";", " ").split()
         if not isinstance(value, list | tuple):
             raise InvalidRecord(name, f"expected a list, got {type(value).__name__}")
         return [_coerce(f"{name}[{i}]", ftype["items"], v) for i, v in enumerate(value)]
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise InvalidRecord(name, f"expected an object, got {type(value).__name__}")
+        return {str(k): _coerce(f"{name}.{k}", ftype["values"], v) for k, v in value.items()}
+    if kind == "record":
+        if not isinstance(value, dict):
+            raise InvalidRecord(name, f"expected an object, got {type(value).__name__}")
+        return coerce_record(ftype, value, prefix=f"{name}.")
     raise InvalidRecord(name, f"unsupported schema type {kind!r}")
 
 
 def coerce_record(
-    schema: dict[str, Any], record: dict[str, Any], *, default_ts: int | None = None
+    schema: dict[str, Any], record: dict[str, Any], *, default_ts: int | None = None,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """``record`` with exactly ``schema``'s fields, converted; raises ``InvalidRecord``.
 
@@ -106,11 +126,13 @@ def coerce_record(
     for field in schema["fields"]:
         name, ftype = field["name"], field["type"]
         if name in record and record[name] not in (None, ""):
-            out[name] = _coerce(name, ftype, record[name])
+            out[name] = _coerce(prefix + name, ftype, record[name])
         elif _is_timestamp(ftype) and default_ts is not None:
             out[name] = default_ts
         elif "default" in field:
             out[name] = field["default"]
+        elif isinstance(ftype, list) and "null" in ftype:
+            out[name] = None
         else:
-            raise InvalidRecord(name, "missing")
+            raise InvalidRecord(prefix + name, "missing")
     return out

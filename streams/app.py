@@ -35,6 +35,7 @@ import numpy as np
 from torch import nn
 
 from streaminfer.errors import ConfigError
+from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model
 from streaminfer.models.module import FileModel, Loss, TorchModel
 from streaminfer.streams.features import Features
@@ -180,6 +181,9 @@ class Learning:
     lr: float = 1e-3
     l2: float = 0.0
     batch_size: int = 128
+    #: progressive metrics: ``classifier`` (AUC, log-loss), ``multiclass`` (accuracy),
+    #: ``recommender`` (RMSE, MAE); default: by ``loss``
+    progressive: Literal["classifier", "multiclass", "recommender"] | None = None
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.l2 < 0 or self.batch_size < 1:
@@ -188,7 +192,9 @@ class Learning:
 
     @property
     def metrics(self) -> str | None:
-        """Which progressive metrics suit the loss (``None`` for a custom loss)."""
+        """Which progressive metrics to keep (``None``: a custom loss that names none)."""
+        if self.progressive is not None:
+            return self.progressive
         return {"bce": "classifier", "mse": "recommender", "ce": "multiclass"}.get(
             self.loss if isinstance(self.loss, str) else "")
 
@@ -282,7 +288,8 @@ class App:
         """A fresh model: the declared one, wrapped in the :class:`Model` surface."""
         spec = self.model
         if callable(spec) and not isinstance(spec, nn.Module | Model):
-            spec = spec(settings)
+            with seeded(settings.seed):  # every worker starts from the same weights
+                spec = spec(settings)
         if isinstance(spec, Model):
             return spec
         learning = self.learning or Learning()

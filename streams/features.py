@@ -54,6 +54,7 @@ def _column(columns: Columns, name: str) -> Any:
 class _Numeric:
     fields: tuple[str, ...]
     fill: float
+    scale: float
 
     @property
     def width(self) -> int:
@@ -62,16 +63,17 @@ class _Numeric:
     def __call__(self, columns: Columns, n: int) -> np.ndarray:
         out = np.empty((n, len(self.fields)), np.float32)
         for j, name in enumerate(self.fields):
-            col = np.asarray(_column(columns, name), np.float32)
-            out[:, j] = np.where(np.isnan(col), self.fill, col) if col.dtype.kind == "f" else col
+            col = np.asarray(_column(columns, name), np.float32) * self.scale
+            out[:, j] = np.where(np.isnan(col), self.fill, col)
         return out
 
 
-def numeric(*fields: str, fill: float = 0.0) -> Feature:
-    """Number (or boolean) fields as they are; a missing value (null) becomes ``fill``."""
+def numeric(*fields: str, fill: float = 0.0, scale: float = 1.0) -> Feature:
+    """Number (or boolean) fields times ``scale`` (bring large values near 1, which neural
+    nets learn from far better); a missing value (null) becomes ``fill``."""
     if not fields:
         raise ConfigError("numeric() needs at least one field")
-    return _Numeric(tuple(fields), float(fill))
+    return _Numeric(tuple(fields), float(fill), float(scale))
 
 
 def boolean(*fields: str, fill: float = 0.0) -> Feature:

@@ -220,7 +220,7 @@ def test_every_container_command_parses_with_the_real_cli(where: str, args: list
 def test_cli_parse_rejects_what_the_cli_would_reject() -> None:
     """The command check above is only worth something if bad commands fail it."""
     with pytest.raises(click.UsageError):
-        parse_cli(["worker", "--app", "nonsense"])
+        parse_cli(["worker", "--workers-in-process", "0"])
     with pytest.raises(click.UsageError):
         parse_cli(["topics", "create", "--partitions", "many"])
     with pytest.raises(click.UsageError):

@@ -17,6 +17,7 @@ _SUBCOMMANDS = {
     "consume": "consume",
     "worker": "worker",
     "demo": "demo",
+    "init": "init",
 }
 
 

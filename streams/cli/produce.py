@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from streaminfer.connectors.avro import load_schema, make_codec
+from streaminfer.connectors.avro import RecordCodec, load_schema, make_codec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.publish import publish_chunks
 from streaminfer.connectors.sources import (
@@ -53,8 +53,14 @@ def _file_chunks(
               "space-separated).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto",
               show_default=True, help="File format; auto = by extension.")
-@click.option("--schema", "schema_name", type=click.Choice(sorted(KEY_FIELDS)),
-              help="Record type to publish [default: event, or what --synthetic makes].")
+@click.option("--schema", "schema_name", metavar="NAME|FILE.avsc",
+              help="Record type to publish: a shipped schema (event, feedback, rating) or an "
+              ".avsc file [default: event, or what --synthetic makes].")
+@click.option("--app", "app_spec", metavar="NAME|MODULE:ATTR",
+              help="Publish the input records of this app: its schema, key field and "
+              "event-time field (the working directory is importable, as for worker).")
+@click.option("--key-field", metavar="NAME",
+              help="Field whose value is the Kafka key [default: the app's or schema's key].")
 @click.option("--ts-field", metavar="NAME",
               help="Input field holding event time (epoch ms/s or ISO-8601) [default: ts]; "
               "records without it get the current time.")
@@ -75,8 +81,9 @@ def _file_chunks(
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def produce(ctx: click.Context, topic: str, path: Path | None, fmt: str, schema_name: str | None,
-            ts_field: str | None, synthetic: str | None, feedback_topic: str | None, count: int,
-            seed: int, num_features: int, rate: float, skip_bad: bool, quiet: bool) -> None:
+            app_spec: str | None, key_field: str | None, ts_field: str | None,
+            synthetic: str | None, feedback_topic: str | None, count: int, seed: int,
+            num_features: int, rate: float, skip_bad: bool, quiet: bool) -> None:
     """Publish records to TOPIC: key = entity key, record timestamp = event time.
 
     \b
@@ -84,21 +91,43 @@ def produce(ctx: click.Context, topic: str, path: Path | None, fmt: str, schema_
       streaminfer produce events --synthetic classifier --count 100000 --rate 5000
       streaminfer produce events --file events.jsonl --skip-bad
       streaminfer produce ratings --synthetic ratings --seed 7
+      streaminfer produce customers --file customers.jsonl --app myapp:app
     """
     if (path is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --file or --synthetic")
     if feedback_topic and synthetic != "classifier":
         raise click.UsageError("--feedback-topic needs --synthetic classifier")
+    if app_spec and (schema_name or synthetic):
+        raise click.UsageError("--app names the schema: give it without --schema/--synthetic")
     settings = settings_from(ctx, num_features=num_features)
-    schema_name = schema_name or (SYNTHETIC_SCHEMA[synthetic] if synthetic else "event")
     wire = settings.effective_wire_format
-    codec = make_codec(schema_name, wire, settings.schema_registry_url, topic)
+    if app_spec:
+        from streaminfer.errors import StreaminferError
+        from streaminfer.streams.app import load_app
+
+        try:
+            app = load_app(app_spec, settings)
+            schema = app.input_schema(settings.schema_registry_url)
+        except StreaminferError as exc:
+            raise click.ClickException(str(exc)) from None
+        key_field = key_field or app.input.key
+        ts_field = ts_field or app.input.event_time
+    else:
+        schema_name = schema_name or (SYNTHETIC_SCHEMA[synthetic] if synthetic else "event")
+        try:
+            schema = load_schema(schema_name)
+        except (KeyError, OSError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--schema") from None
+        key_field = key_field or KEY_FIELDS.get(schema_name)
+    if not key_field:
+        raise click.UsageError("--key-field is needed: the schema has no known key field")
+    codec = RecordCodec(schema, wire, registry_url=settings.schema_registry_url, topic=topic)
     producer = make_producer(settings.kafka_config())
     bad: list[LineError] = []
     labels: list[Any] = []
 
     if path is not None:
-        source = FileSource(path, load_schema(schema_name), fmt=fmt, ts_field=ts_field)  # type: ignore[arg-type]
+        source = FileSource(path, schema, fmt=fmt, ts_field=ts_field)  # type: ignore[arg-type]
         chunks: Iterator[list[dict[str, Any]]] = _file_chunks(source, skip_bad, bad)
         if count:
             chunks = _limit(chunks, count)
@@ -126,7 +155,7 @@ def produce(ctx: click.Context, topic: str, path: Path | None, fmt: str, schema_
             elapsed = bar.tasks[0].elapsed or 0.0
             bar.update(task, rate=bar.tasks[0].completed / elapsed if elapsed else 0.0)
 
-        report = publish_chunks(producer, topic, codec, chunks, key_field=KEY_FIELDS[schema_name],
+        report = publish_chunks(producer, topic, codec, chunks, key_field=key_field,
                                 rate=rate, on_progress=advance)
 
     if feedback_topic:
