@@ -333,3 +333,117 @@ def test_readyz_follows_set_ready(obs: Observability) -> None:
     assert code == 200 and "standby" in json.loads(body)["note"]
     obs.set_ready(model_loaded=False)
     assert get(obs, "/readyz")[0] == 503
+
+
+# ---------------------------------------------------------------- the lane reports to it
+
+
+class _KafkaMsg:
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def topic(self) -> str:
+        return "events"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v"
+
+
+def test_hot_path_reports_batches_lag_and_sink_retries(obs: Observability) -> None:
+    """A real HotPath loop with fake Kafka, model and sinks: one batch of 3 records (one
+    invalid), a Redis write that fails once, lag read from the consumer."""
+    from types import SimpleNamespace
+
+    from streaminfer.streams.batcher import AdaptiveLimit
+    from streaminfer.streams.pipeline import HotPath
+
+    messages = [_KafkaMsg(o) for o in range(3)]
+    batches = [messages]
+
+    class Batcher:
+        limit = AdaptiveLimit(100.0, 1000)
+
+        def next_batch(self) -> list[Any]:
+            time.sleep(0.01)
+            return batches.pop() if batches else []
+
+    class Batch:
+        def __init__(self, rows: list[Any]) -> None:
+            self.messages = rows
+            self.ts = np.full(len(rows), time.time() * 1000 - 50.0)
+
+        def __len__(self) -> int:
+            return len(self.messages)
+
+    class Handler:
+        def decode(self, events: list[Any]) -> tuple[Batch, list[Rejected]]:
+            return Batch(events[1:]), [Rejected(events[0], "bad", "validation")]
+
+        def score(self, batch: Batch) -> np.ndarray:
+            return np.zeros(len(batch), np.float32)
+
+        def outputs(self, batch: Batch, scores: np.ndarray, now: int) -> Any:
+            return SimpleNamespace(predictions=scores)
+
+    failures = [RedisConnectionError("down")]
+    dead: list[str] = []
+
+    class Sinks:
+        dead_letters = SimpleNamespace(send=lambda **kw: dead.append(kw["error_type"]),
+                                       flush=lambda: None)
+
+        def stage(self, outputs: Any) -> Any:
+            return outputs
+
+        def write(self, staged: Any) -> None:
+            if failures:
+                raise failures.pop()
+
+    class Consumer:
+        def commit(self, offsets: Any = None, asynchronous: bool = True) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+            return [TopicPartition(tp.topic, tp.partition, 3) for tp in tps]
+
+        def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False
+                                  ) -> tuple[int, int]:
+            return 0, 10
+
+    assignment = SimpleNamespace(owned={("events", 0)}, start=lambda *a: None,
+                                 apply_pending=lambda *a, **k: None, stop=lambda: None)
+    lane = obs.lane(0)
+    hot = HotPath(Consumer(), assignment, Batcher(), Handler(), Sinks(), lane,  # type: ignore[arg-type]
+                  retry_delay_s=0.01)
+    stop = threading.Event()
+    thread = threading.Thread(target=hot.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: value(obs, "streaminfer_predictions_total", lane="0") == 2, timeout=10)
+        wait_for(lambda: value(obs, "streaminfer_consumer_lag", lane="0", topic="events",
+                               partition="0") == 7, timeout=5)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert value(obs, "streaminfer_events_total", lane="0") == 3
+    assert value(obs, "streaminfer_rejected_total", lane="0", reason="validation") == 1
+    assert value(obs, "streaminfer_dead_letters_total", lane="0") == 1 and dead == ["validation"]
+    assert value(obs, "streaminfer_sink_retries_total", lane="0", sink="redis") == 1
+    assert value(obs, "streaminfer_batch_size_sum", lane="0") == 3
+    assert value(obs, "streaminfer_batch_service_seconds_count", lane="0") == 1
+    assert value(obs, "streaminfer_event_latency_seconds_count", lane="0") == 2
+    assert obs.pipeline is not None and obs.pipeline.snapshot()["events"] == 2
+    health = lane.health(time.monotonic(), obs.stall_after_s)
+    assert health["in_flight"] == 0 and health["lag"] == 7
