@@ -39,6 +39,9 @@ class LaneRecorder(Protocol):
                      rejects: Sequence[Rejected] = ()) -> None:
         """A batch is written: ``size`` predictions, ``records`` input records in all."""
 
+    def sink_writing(self, active: bool) -> None:
+        """The writer starts (True) or ends (False) an attempt to write a batch to the sinks."""
+
     def sink_retry(self, exc: BaseException, delay_s: float) -> None:
         """A sink write failed; the writer retries it after ``delay_s``."""
 
@@ -81,6 +84,9 @@ class PipelineMetrics:
         return None
 
     def batch_fetched(self, records: int) -> None:
+        return None
+
+    def sink_writing(self, active: bool) -> None:
         return None
 
     def sink_retry(self, exc: BaseException, delay_s: float) -> None:

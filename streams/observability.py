@@ -25,10 +25,13 @@ How a worker uses it::
 
 Liveness fails only for a lane that has work (consumer lag > 0, records fetched but not
 written, or a loop that stopped turning) and made no progress for ``stall_after_s``. A lane
-whose writer is retrying a sink (Redis or Kafka down) reports "waiting on sink" and stays alive:
-restarting the pod would not bring Redis back. Test hook: while the file named by
-``STREAMINFER_TEST_STALL_FILE`` exists, or between ``LaneMetrics.stall()`` and ``resume()``,
-the lane blocks before its next batch, as a stuck lane would.
+whose writer is retrying a sink (Redis or Kafka down), or is inside a write (Kafka's flush waits
+up to 30 s before it fails), reports "waiting on sink" and stays alive: restarting the pod would
+not bring Redis back. A single write attempt longer than ``stall_after_s + sink_timeout_s`` is a
+hung connection, hence a stall: give the sinks' clients timeouts below ``sink_timeout_s``.
+Test hook: while the file named by ``STREAMINFER_TEST_STALL_FILE`` exists, or between
+``LaneMetrics.stall()`` and ``resume()``, the lane blocks before its next batch, as a stuck lane
+would.
 """
 
 from __future__ import annotations
@@ -206,6 +209,7 @@ class LaneMetrics:
         self._loop_turn: float | None = None  # None until a loop drives the lane
         self._retry_until: float | None = None
         self._retry_sink = ""
+        self._writing_since: float | None = None
         self._next_lag = 0.0
         self._stalled = threading.Event()
         self._stall_file = os.environ.get(STALL_FILE_ENV) or None
@@ -254,6 +258,11 @@ class LaneMetrics:
             self._written += records
             self._last_progress = time.monotonic()
             self._retry_until = None
+
+    def sink_writing(self, active: bool) -> None:
+        """The writer is inside an attempt to write a batch (waiting on Redis/Kafka)."""
+        with self._lock:
+            self._writing_since = time.monotonic() if active else None
 
     def sink_retry(self, exc: BaseException, delay_s: float) -> None:
         """The writer failed a write and sleeps ``delay_s`` before the next attempt: alive."""
@@ -323,16 +332,21 @@ class LaneMetrics:
             since = now - max(self._last_progress, self._work_since or self._last_progress)
             out: dict[str, Any] = {"lag": self._lag, "in_flight": in_flight,
                                    "since_progress_s": round(now - self._last_progress, 3)}
+            writing_s = None if self._writing_since is None else now - self._writing_since
             if self._retry_until is not None and now <= self._retry_until + stall_after_s:
                 out.update(state="waiting on sink", sink=self._retry_sink)
             elif not has_work:
                 out["state"] = "idle"
-            elif since > stall_after_s:
+            elif since <= stall_after_s:
+                out["state"] = "progressing"
+            elif writing_s is not None and writing_s <= stall_after_s + self.obs.sink_timeout_s:
+                out.update(state="waiting on sink", sink="write in progress")
+            else:
                 out["state"] = "stalled"
                 if loop_stuck:
                     out["loop_turn_s_ago"] = round(now - (self._loop_turn or now), 3)
-            else:
-                out["state"] = "progressing"
+            if writing_s is not None:
+                out["writing_s"] = round(writing_s, 3)
             return out
 
     def _note_work(self, now: float) -> None:
@@ -347,11 +361,12 @@ class LaneMetrics:
 class Observability:
     """A worker's Prometheus registry, lanes, readiness flags and HTTP server."""
 
-    def __init__(self, app: str, *, stall_after_s: float = 30.0,
+    def __init__(self, app: str, *, stall_after_s: float = 30.0, sink_timeout_s: float = 60.0,
                  registry: CollectorRegistry | None = None,
                  pipeline: PipelineMetrics | None = None) -> None:
         self.app = app
         self.stall_after_s = stall_after_s
+        self.sink_timeout_s = sink_timeout_s
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.pipeline = pipeline
         self.started = time.time()

@@ -143,7 +143,8 @@ class HotPath:
         # garbage collector's full passes, whose pauses otherwise show up as p99 latency.
         gc.freeze()
         self._writer = BatchWriter(self._write, stop, self.retry_delay_s,
-                                   on_retry=self.metrics.sink_retry)
+                                   on_retry=self.metrics.sink_retry,
+                                   on_write=self.metrics.sink_writing)
         self.assignment.start(self.consumer, self._commit_written, self._forget)
         try:
             while not stop.is_set():

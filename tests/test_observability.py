@@ -249,6 +249,22 @@ def test_healthz_stays_ok_while_the_lane_retries_a_sink(obs: Observability) -> N
     wait_for(lambda: get(obs, "/healthz")[0] == 503, timeout=0.2 + 2 * obs.stall_after_s + 0.5)
 
 
+def test_a_long_write_waits_on_the_sink_until_it_looks_hung() -> None:
+    """Kafka's flush blocks up to 30 s before it fails: alive meanwhile; far longer: hung."""
+    obs = Observability(APP, stall_after_s=0.3, sink_timeout_s=0.6)
+    lane = obs.lane(0)
+    lane.set_lag({("events", 0): 5})
+    batch(lane)
+    lane.sink_writing(True)
+    time.sleep(0.5)  # past stall_after_s, within stall_after_s + sink_timeout_s
+    ok, body = obs.liveness()
+    assert ok and body["lanes"]["0"]["state"] == "waiting on sink", body
+    wait_for(lambda: not obs.liveness()[0], timeout=1.5)
+    lane.sink_writing(False)
+    batch(lane)
+    assert obs.liveness()[0]
+
+
 def test_batch_writer_reports_retries_to_the_lane(obs: Observability) -> None:
     lane = obs.lane(0)
     attempts: list[int] = []
@@ -259,10 +275,18 @@ def test_batch_writer_reports_retries_to_the_lane(obs: Observability) -> None:
             raise RedisConnectionError("down")
         batch(lane)
 
-    writer = BatchWriter(write, threading.Event(), retry_delay_s=0.01, on_retry=lane.sink_retry)
+    writes: list[bool] = []
+
+    def writing(active: bool) -> None:
+        writes.append(active)
+        lane.sink_writing(active)
+
+    writer = BatchWriter(write, threading.Event(), retry_delay_s=0.01, on_retry=lane.sink_retry,
+                         on_write=writing)
     writer.submit(1)
     writer.close()
     assert len(attempts) == 3
+    assert writes == [True, False] * 3
     assert value(obs, "streaminfer_sink_retries_total", lane="0", sink="redis") == 2
     assert lane.health(time.monotonic(), obs.stall_after_s)["state"] == "idle"  # written
 
