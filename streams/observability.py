@@ -48,6 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
@@ -280,8 +281,6 @@ class LaneMetrics:
         if now < self._next_lag:
             return
         self._next_lag = now + LAG_EVERY_S
-        from confluent_kafka import TopicPartition
-
         lags: dict[tuple[str, int], int] = {}
         try:
             if owned:
