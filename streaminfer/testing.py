@@ -55,7 +55,7 @@ class LocalServices:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment a worker process needs to find these servers."""
         return {**os.environ, "KAFKA_BOOTSTRAP": self.bootstrap, "REDIS_URL": self.redis_url,
-                "PYTHONUNBUFFERED": "1", **extra}
+                "PYTHONUNBUFFERED": "1", "STREAMINFER_METRICS_PORT": "0", **extra}
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str,

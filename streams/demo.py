@@ -167,7 +167,7 @@ def _local_port(name: str, url: str, default: int) -> int:
 
 
 def worker_args(settings: Settings, given: dict[str, Any], app: str) -> list[str]:
-    """``python -m streams.cli`` arguments for a worker that sees what the demo sees.
+    """``python -m streaminfer.streams.cli`` arguments for a worker that sees what the demo sees.
 
     Global flags the demo got (``given``, i.e. ``ctx.obj``) are passed on; bootstrap and Redis
     always are, because the demo may have started services on other addresses.
@@ -180,7 +180,8 @@ def worker_args(settings: Settings, given: dict[str, Any], app: str) -> list[str
         args += ["--wire-format", given["wire_format"]]
     for key, value in (given.get("kafka_properties") or {}).items():
         args += ["-X", f"{key}={value}"]
-    return [*args, "worker", "--app", app]
+    # Several workers share this host: each serves /metrics on a free port (logged).
+    return [*args, "worker", "--app", app, "--metrics-port", "0"]
 
 
 def _die_with_parent() -> None:

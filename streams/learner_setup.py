@@ -66,7 +66,8 @@ def restore(settings: Settings, app: App, store: CheckpointStore | None,
 
 def build_hooks(settings: Settings, app: App, model: Model, restored: Restored, worker_id: str,
                 written_offsets: Callable[[], Offsets], sync: Sync | None,
-                store: CheckpointStore | None) -> LearnerHooks:
+                store: CheckpointStore | None,
+                on_saved: Callable[[], None] | None = None) -> LearnerHooks:
     """Metrics (continued from the checkpoint), checkpoints, TensorBoard, params in Redis."""
     state = restored.manifest.get("metrics")
     kind = app.learning.metrics if app.learning is not None else None
@@ -98,6 +99,8 @@ def build_hooks(settings: Settings, app: App, model: Model, restored: Restored, 
             })
             store.prune(app.name, settings.checkpoint_keep)
             log.info("checkpoint %s at %s", ref.location, model.version)
+            if on_saved is not None:
+                on_saved()
 
         hooks.checkpoint = save_checkpoint
     return hooks

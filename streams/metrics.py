@@ -2,6 +2,9 @@
 
 Kept in memory by the hot path threads and published every second to Redis
 (``metrics:{app}:{worker}``, expiring) so ``streaminfer demo`` and dashboards can read them.
+A lane talks to a ``LaneRecorder``: ``PipelineMetrics`` itself (the in-memory view only), or
+``streams.observability.LaneMetrics``, which feeds the same ``PipelineMetrics`` and also
+Prometheus and the health checks.
 """
 
 from __future__ import annotations
@@ -9,12 +12,42 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-__all__ = ["PipelineMetrics"]
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
+
+    from streaminfer.streams.batch import Rejected
+
+__all__ = ["LaneRecorder", "PipelineMetrics"]
+
+
+class LaneRecorder(Protocol):
+    """What a lane (``streams.pipeline.HotPath``) reports, once per loop turn or batch."""
+
+    def before_batch(self, stop: threading.Event) -> None:
+        """Called at the top of every loop turn (a heartbeat; may block in tests)."""
+
+    def batch_fetched(self, records: int) -> None:
+        """``records`` were read from Kafka and are now in flight."""
+
+    def record_batch(self, size: int, rejected: int, latencies_ms: np.ndarray, limit: int, *,
+                     records: int | None = None, service_s: float | None = None,
+                     rejects: Sequence[Rejected] = ()) -> None:
+        """A batch is written: ``size`` predictions, ``records`` input records in all."""
+
+    def sink_writing(self, active: bool) -> None:
+        """The writer starts (True) or ends (False) an attempt to write a batch to the sinks."""
+
+    def sink_retry(self, exc: BaseException, delay_s: float) -> None:
+        """A sink write failed; the writer retries it after ``delay_s``."""
+
+    def update_lag(self, consumer: Consumer, owned: Set[tuple[str, int]]) -> None:
+        """Chance to measure consumer lag on the lane's thread (rate-limited by the callee)."""
 
 
 @dataclass
@@ -35,7 +68,10 @@ class PipelineMetrics:
         self._latencies = deque(maxlen=self.window)
         self._rate_marks = deque(maxlen=64)
 
-    def record_batch(self, size: int, rejected: int, latencies_ms: np.ndarray, limit: int) -> None:
+    def record_batch(self, size: int, rejected: int, latencies_ms: np.ndarray, limit: int, *,
+                     records: int | None = None, service_s: float | None = None,
+                     rejects: Sequence[Rejected] = ()) -> None:
+        """Totals and latencies; the keyword details are for richer recorders (ignored here)."""
         with self._lock:
             self.events += size
             self.batches += 1
@@ -43,6 +79,22 @@ class PipelineMetrics:
             self.batch_limit = limit
             self._latencies.extend(latencies_ms.tolist())
             self._rate_marks.append((time.monotonic(), self.events))
+
+    # The rest of LaneRecorder: nothing to do for the in-memory view.
+    def before_batch(self, stop: threading.Event) -> None:
+        return None
+
+    def batch_fetched(self, records: int) -> None:
+        return None
+
+    def sink_writing(self, active: bool) -> None:
+        return None
+
+    def sink_retry(self, exc: BaseException, delay_s: float) -> None:
+        return None
+
+    def update_lag(self, consumer: Consumer, owned: Set[tuple[str, int]]) -> None:
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         """Totals, the rate over the last ~5 s, mean batch size and p50/p99 latency (ms)."""

@@ -32,7 +32,7 @@ from streaminfer.streams.batch import Rejected
 from streaminfer.streams.batcher import Batcher
 from streaminfer.streams.handlers import Handler, Written
 from streaminfer.streams.learning import Learner
-from streaminfer.streams.metrics import PipelineMetrics
+from streaminfer.streams.metrics import LaneRecorder
 from streaminfer.streams.writer import BatchWriter
 
 __all__ = ["HotPath", "Prepared", "Sinks", "Staged", "commit_offsets", "score_isolating"]
@@ -116,7 +116,7 @@ class HotPath:
         batcher: Batcher,
         handler: Handler,
         sinks: Sinks,
-        metrics: PipelineMetrics,
+        metrics: LaneRecorder,
         *,
         model_lock: threading.Lock | None = None,
         learner: Learner | None = None,
@@ -143,10 +143,13 @@ class HotPath:
         # Everything alive now (libraries, the model) is long-lived: keep it out of the
         # garbage collector's full passes, whose pauses otherwise show up as p99 latency.
         gc.freeze()
-        self._writer = BatchWriter(self._write, stop, self.retry_delay_s)
+        self._writer = BatchWriter(self._write, stop, self.retry_delay_s,
+                                   on_retry=self.metrics.sink_retry,
+                                   on_write=self.metrics.sink_writing)
         self.assignment.start(self.consumer, self._commit_written, self._forget)
         try:
             while not stop.is_set():
+                self.metrics.before_batch(stop)
                 idle = not self.assignment.owned
                 self.assignment.apply_pending(self.consumer, block_s=0.1 if idle else 0.0)
                 if not self.assignment.owned and not isinstance(self.assignment,
@@ -154,7 +157,9 @@ class HotPath:
                     continue
                 messages = self.batcher.next_batch()
                 self._commit_new_offsets()
+                self.metrics.update_lag(self.consumer, self.assignment.owned)
                 if messages:
+                    self.metrics.batch_fetched(len(messages))
                     self._writer.submit(self.prepare(messages))
                 if self.learner is not None:
                     with self.model_lock:
@@ -249,7 +254,8 @@ class HotPath:
         self.batcher.limit.observe(len(prepared.messages), service_ms)
         batch = prepared.batch
         self.metrics.record_batch(len(batch), len(prepared.rejected), written - batch.ts,
-                                  self.batcher.limit.current)
+                                  self.batcher.limit.current, records=len(prepared.messages),
+                                  service_s=service_ms / 1000, rejects=prepared.rejected)
         if self.on_batch is not None:
             self.on_batch(batch)
 

@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     publish_params_every_s: float = Field(30.0, ge=0)
     tensorboard_dir: str | None = None
 
+    metrics_port: int = Field(
+        9464, ge=-1, le=65_535,
+        description="HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 picks a free "
+                    "port (logged), -1 turns the server off (an env var cannot say None)")
+    stall_after_s: float = Field(
+        30.0, gt=0,
+        description="/healthz fails when a lane with work (lag, or records in flight) made no "
+                    "progress for this long; a lane retrying a sink write does not count")
+
     @field_validator("app")
     @classmethod
     def _app_spec(cls, value: str) -> str:

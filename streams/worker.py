@@ -54,7 +54,8 @@ from streaminfer.streams.handlers import AppHandler
 from streaminfer.streams.join import JoinState
 from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
 from streaminfer.streams.learning import FeedbackLearner, InlineLearner, Learner
-from streaminfer.streams.metrics import PipelineMetrics
+from streaminfer.streams.metrics import LaneRecorder, PipelineMetrics
+from streaminfer.streams.observability import Observability
 from streaminfer.streams.pipeline import HotPath, Sinks
 from streaminfer.streams.settings import Settings
 from streaminfer.streams.table_store import FaustTableStore
@@ -121,9 +122,9 @@ def build_sinks(app: App, settings: Settings) -> Sinks:
     )
 
 
-def build_lane(app: App, settings: Settings, handler: AppHandler, metrics: PipelineMetrics,
-               model_lock: threading.Lock, assignment: Assignment, group: str,
-               learner: Learner | None = None) -> HotPath:
+def build_lane(app: App, settings: Settings, handler: AppHandler,
+               metrics: PipelineMetrics | LaneRecorder, model_lock: threading.Lock,
+               assignment: Assignment, group: str, learner: Learner | None = None) -> HotPath:
     consumer = make_consumer(settings.kafka_config(), group, **_LANE_CONSUMER)
     limit = AdaptiveLimit(settings.latency_target_ms, settings.batch_max_records)
     batcher = Batcher(consumer, limit, settings.batch_max_wait_ms / 1000, settings.batch_max_bytes)
@@ -163,6 +164,7 @@ class Worker:
         self.model: Model | None = None
         self.learner: Learner | None = None
         self.metrics = PipelineMetrics()
+        self.obs = Observability.from_settings(settings, app=app.name, pipeline=self.metrics)
         self.model_lock = threading.Lock()
         self._owners = f"{self.group}-owners"
         self._settled: frozenset[int] | None = None
@@ -241,10 +243,14 @@ class Worker:
         owners = faust_app.topic(self._owners, partitions=n, value_serializer="raw")
         faust_app.agent(owners)(_own_partitions)
 
+        port = self.obs.serve(settings.metrics_port)
+        if port is not None:
+            log.info("metrics, /healthz and /readyz on port %d", port)
         store = checkpoint_store(settings)
         fresh = self.fresh_model()
         restored = restore(settings, app, store, fresh) if self.learning else Restored()
         model = self.model = restored.model or fresh
+        self.obs.mark_model_loaded(model.version)
         handler = build_handler(app, settings, model)
         topics = [app.input.topic]
         learner = self.learner = self._build_learner(faust_app, n, model, restored, store)
@@ -258,12 +264,13 @@ class Worker:
             partition_state = learner.join
         elif isinstance(learner, InlineLearner):
             partition_state = learner.state
-        for _ in range(self.options.lanes):
+        for i in range(self.options.lanes):
             assignment = FollowedAssignment(topics, start_offsets=start_offsets)
             if partition_state is not None:
                 assignment.carry(partition_state, self.model_lock)
-            self.lanes.append(build_lane(app, settings, handler, self.metrics, self.model_lock,
-                                         assignment, f"{self.group}-offsets", learner))
+            self.lanes.append(build_lane(app, settings, handler, self.obs.lane(i),
+                                         self.model_lock, assignment, f"{self.group}-offsets",
+                                         learner))
 
         faust_app.on_partitions_revoked.connect(self.on_partitions_revoked)
         faust_app.on_partitions_assigned.connect(self.on_partitions_assigned)
@@ -287,7 +294,7 @@ class Worker:
                 round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards,
                 start_position=restored.manifest.get("sync") or None)
         hooks = build_hooks(settings, self.app, model, restored, self.options.worker_id,
-                            self.written_offsets, sync, store)
+                            self.written_offsets, sync, store, on_saved=self.obs.mark_checkpoint)
         batch_size = settings.learn_batch_size or learning.batch_size
         if learning.topic is not None:
             table = faust_app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
@@ -324,6 +331,7 @@ class Worker:
     async def on_partitions_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
         """Each lane commits what it wrote before its partitions move."""
         self._settled = None
+        self.obs.mark_rebalancing()
         parts = {tp.partition for tp in revoked if tp.topic == self._owners}
         if not parts:
             return
@@ -349,6 +357,8 @@ class Worker:
             return
         for i, lane in enumerate(self.lanes):
             lane.assignment.post("assign", self._share(self._settled, i))  # type: ignore[attr-defined]
+        self.obs.mark_restored()  # Faust recovered the tables before this signal
+        self.obs.mark_assigned(self._settled)
 
     # -- lanes ------------------------------------------------------------------------------
     def start_lanes(self) -> None:
@@ -373,6 +383,7 @@ class Worker:
         self._stop.set()
         for thread in self._threads:
             thread.join(30.0)
+        self.obs.close()
 
     # -- metrics ----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -387,10 +398,22 @@ class Worker:
                 snap["learning"] = self.learner.snapshot()
         return snap
 
+    def update_prometheus(self, snap: dict[str, Any]) -> None:
+        """Copy the once-a-second figures into the Prometheus gauges."""
+        assert self.model is not None
+        self.obs.set_model_version(self.model.version)
+        learning = snap.get("learning")
+        if learning:
+            self.obs.update_learning(learning)
+            if "join_size" in learning:
+                self.obs.set_join_size(int(learning["join_size"]))
+
     async def publish_metrics(self) -> None:
         """The JSON snapshot under ``metrics:{app}:{worker}`` (10 s expiry). A Redis outage
         is logged, never raised: a Faust timer that raises would crash the worker."""
-        text = json.dumps(_finite(self.snapshot()))  # strict JSON: NaN -> null
+        snap = self.snapshot()
+        self.update_prometheus(snap)
+        text = json.dumps(_finite(snap))  # strict JSON: NaN -> null
         key = f"metrics:{self.app.name}:{self.options.worker_id}"
         client = self._redis
         assert client is not None

@@ -5,6 +5,8 @@ writes one batch at a time lets the lane's thread prepare the next batch meanwhi
 one keeps at most two batches in flight and gives back-pressure; batches are written and
 committed in order. A failed write is retried (the sinks are idempotent) until it succeeds or
 the worker stops, so a batch is never skipped: its offsets are committed only once written.
+``on_write(True/False)`` brackets every attempt and ``on_retry(exc, delay_s)`` is told of every
+failed one, so health checks can tell a lane that waits on a sink (alive) from one that is stuck.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ class BatchWriter:
     """Runs ``write(item)`` for submitted items, in order, on its own thread."""
 
     def __init__(self, write: Callable[[Any], None], stop: threading.Event,
-                 retry_delay_s: float = 0.5, name: str = "batch-writer") -> None:
+                 retry_delay_s: float = 0.5, name: str = "batch-writer",
+                 on_retry: Callable[[BaseException, float], None] | None = None,
+                 on_write: Callable[[bool], None] | None = None) -> None:
         self._write = write
+        self._on_retry = on_retry
+        self._on_write = on_write
         self._stop = stop
         self._retry_delay_s = retry_delay_s
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -61,13 +67,20 @@ class BatchWriter:
     def _write_durably(self, item: Any) -> None:
         delay = self._retry_delay_s
         while True:
+            if self._on_write is not None:
+                self._on_write(True)
             try:
                 self._write(item)
                 return
-            except Exception:
+            except Exception as exc:
                 if self._stop.is_set():
                     log.error("stopping with an unwritten batch; it will be re-delivered")
                     return
                 log.exception("writing a batch failed; retrying in %.1fs", delay)
+                if self._on_retry is not None:
+                    self._on_retry(exc, delay)
+            finally:
+                if self._on_write is not None:
+                    self._on_write(False)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)

@@ -2,9 +2,10 @@
 
 No Docker engine or cluster is needed: every env name must be a real setting and every value
 must load, every command must parse with the real CLI, the files must agree on the things that
-connect them (listeners, uid, labels, health-check path), and the linters run when installed
-(hadolint, docker compose, kubernetes-validate, yamllint; each test says how to install it when
-it skips). The health check itself runs against the real Redis.
+connect them (listeners, uid, labels, health port and paths), and the linters run when
+installed (hadolint, docker compose, kubernetes-validate, yamllint; each test says how to install
+it when it skips). The health check script runs against a real ``/healthz`` server of
+``streams.observability`` on a free local port: no Kafka, Redis or Docker needed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -27,11 +27,11 @@ from typing import Any
 
 import click
 import pytest
-import redis
 import yaml
 from pydantic import TypeAdapter
 
 from streaminfer.streams.cli import main as cli_main
+from streaminfer.streams.observability import Observability
 from streaminfer.streams.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,12 +258,21 @@ def test_dockerfile_copies_only_what_dockerignore_lets_in() -> None:
 
 
 def test_probes_and_image_agree() -> None:
-    """k8s ignores the image's HEALTHCHECK: its probes must run the same script, as the same uid."""
-    healthcheck = json.loads(dict(final_stage())["HEALTHCHECK"].split("CMD", 1)[1])
-    spec = k8s_doc("Deployment")["spec"]["template"]["spec"]
-    (container,) = spec["containers"]
-    for probe in ("startupProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"] == healthcheck
+    """k8s ignores the image's HEALTHCHECK: its probes ask the same /healthz (plus /readyz) on
+    the port the worker serves by default, which the image exposes and the script asks."""
+    port = Settings.model_fields["metrics_port"].default
+    assert instruction("EXPOSE") == [str(port)]
+    assert port == healthcheck_module().DEFAULT_PORT
+    spec = k8s_doc("Deployment")["spec"]["template"]
+    (container,) = spec["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in paths.items():
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
+    annotations = spec["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
     for pod in pod_specs():
         assert pod["securityContext"]["runAsUser"] == WORKER_UID
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -317,60 +326,44 @@ def test_k8s_deployment_pdb_and_configmap_fit_together() -> None:
     assert deployment["spec"]["replicas"] <= partitions, "replicas beyond partitions sit idle"
 
 
-# ---------------------------------------------------------------- health check, real Redis
+# ---------------------------------------------------------------- health check, real server
 
 
-def test_healthcheck_finds_only_fresh_keys_of_this_host(redis_client: redis.Redis) -> None:
-    health = healthcheck_module()
-    host = f"test-{uuid.uuid4().hex[:8]}"
-    keys = health.candidate_keys(host, [1, 4242])
-    assert "metrics:classifier:" + host + "-1" in keys
-    assert "metrics:recommender:" + host + "-4242" in keys
-    assert health.fresh_keys(redis_client, keys) == []
-    key = f"metrics:recommender:{host}-4242"
-    redis_client.set(key, "{}", ex=10)
-    redis_client.set(f"metrics:classifier:other-{host}-1", "{}", ex=10)
-    try:
-        assert health.fresh_keys(redis_client, keys) == [key]
-        redis_client.pexpire(key, 1)  # what a stopped worker's key does after 10 s
-        time.sleep(0.05)
-        assert health.fresh_keys(redis_client, keys) == []
-    finally:
-        redis_client.delete(key, f"metrics:classifier:other-{host}-1")
+def test_healthcheck_script_exit_code_follows_healthz(tmp_path: Path) -> None:
+    """Run the script as Docker would, against a worker's /healthz on a free port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMINFER_")}
+    env["PYTHONPATH"] = str(REPO)
 
-
-def test_healthcheck_script_exit_code_follows_this_process_metrics(services: Any) -> None:
-    """Run the script as Docker would; a separate Redis db keeps other workers' keys out."""
-    url = services.redis_url.rsplit("/", 1)[0] + "/15"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STREAMINFER_") and k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
-    env |= {"STREAMINFER_REDIS_URL": url, "PYTHONPATH": str(REPO)}
-    client = redis.Redis.from_url(url)
-    key = f"metrics:classifier:{socket.gethostname()}-{os.getpid()}"
-
-    def check() -> subprocess.CompletedProcess[str]:
+    def check(port: int | str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, text=True,
-                              env=env, timeout=30)
+                              env={**env, "STREAMINFER_METRICS_PORT": str(port)}, timeout=30)
 
+    obs = Observability("classifier", stall_after_s=0.3)
+    port = obs.serve(0, "127.0.0.1")
+    assert port
     try:
-        client.delete(key)
-        missing = check()
-        assert missing.returncode == 1, missing.stdout + missing.stderr
-        assert "unhealthy" in missing.stderr
-        client.set(key, "{}", ex=10)
-        fresh = check()
-        assert fresh.returncode == 0, fresh.stdout + fresh.stderr
-        assert key in fresh.stdout
+        lane = obs.lane(0)
+        fine = check(port)
+        assert fine.returncode == 0, fine.stdout + fine.stderr
+        assert fine.stdout.startswith("healthy")
+        lane.set_lag({("events", 0): 10})  # work, and no batch ever written
+        deadline = time.monotonic() + 5
+        while obs.liveness()[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stalled = check(port)
+        assert stalled.returncode == 1
+        assert "unhealthy" in stalled.stderr and '"stalled"' in stalled.stderr
     finally:
-        client.delete(key)
-        client.close()
+        obs.close()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    env["STREAMINFER_REDIS_URL"] = f"redis://127.0.0.1:{closed_port}/0"
-    down = check()
+    down = check(closed_port)
     assert down.returncode == 1
     assert "does not answer" in down.stderr
+    off = check(-1)
+    assert off.returncode == 1 and "no fixed health port" in off.stderr
 
 
 # ---------------------------------------------------------------- linters

@@ -116,3 +116,25 @@ def test_models_import_without_any_client_library() -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, f"models/ needs a client library:\n{done.stderr[-2000:]}"
+
+
+BUILT_IN_APPS = {"classifier", "recommender"}
+#: Where app names may appear: the built-ins themselves, the settings' table of them, and the
+#: demo, which publishes synthetic data shaped for the built-ins.
+APP_NAME_ALLOWED = ("streams/apps/", "streams/settings.py", "streams/demo.py", "streams/cli/")
+
+
+def test_the_pipeline_never_asks_which_app_it_runs() -> None:
+    """Any app runs through the same code: no comparison with a built-in app's name."""
+    found = []
+    for path in sorted((ROOT / "streams").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(APP_NAME_ALLOWED):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Compare):
+                values = [node.left, *node.comparators]
+                names = {v.value for v in values if isinstance(v, ast.Constant)}
+                if names & BUILT_IN_APPS:
+                    found.append(f"{rel}:{node.lineno} compares with {sorted(names)}")
+    assert not found, "\n".join(found)

@@ -192,6 +192,7 @@ def project(services: Any, new_topic: Callable[..., str], tmp_path: Path
            "USERAPP_NAME": f"churn-{run}", "STREAMINFER_CONSUMER_GROUP": f"acme-{run}",
            "STREAMINFER_CHECKPOINT_URL": str(tmp_path / "checkpoints"),
            "STREAMINFER_CHECKPOINT_EVERY_S": "1", "PYTHONUNBUFFERED": "1",
+           "STREAMINFER_METRICS_PORT": "0",
            "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parents[1]),
                                                      os.environ.get("PYTHONPATH")) if p)}
     proj = UserProject(root, env)

@@ -57,6 +57,7 @@ class Deployment:
             "STREAMINFER_FEEDBACK_TOPIC": self.feedback_topic,
             "STREAMINFER_CONSUMER_GROUP": self.group,
             "PYTHONUNBUFFERED": "1",
+            "STREAMINFER_METRICS_PORT": "0",  # several workers on one host
             **self.extra_env,
         }
 

@@ -1,63 +1,60 @@
-"""Container health: has a streaminfer worker in this container reported metrics recently?
+"""Container health: does the worker in this container answer ``/healthz`` with 200?
 
-Workers publish ``metrics:{app}:{hostname}-{pid}`` to Redis every second with a 10 s expiry,
-so the key exists only while the worker's event loop is alive *and* Redis answers. That is a
-better signal than a port probe: a worker can hold its sockets open while its loop is stuck.
-The hostname is the container's (the pod's in Kubernetes) and the pids are those visible in
-the container, so exact keys are looked up (no SCAN over a keyspace full of predictions),
-whatever the worker's pid (1, or not under an init) or app. Redis is found the way the worker
-finds it (``STREAMINFER_REDIS_URL``, else ``REDIS_URL``, else the default).
+The worker serves ``/healthz`` on its metrics port (``STREAMINFER_METRICS_PORT``, default 9464;
+see ``streams/observability.py``). It fails only when a lane has work but made no progress for
+``stall_after_s``; a Redis or Kafka outage is not a failure (the lanes retry and say "waiting on
+sink"), because restarting the container would not bring them back. Kubernetes probes the same
+endpoint with ``httpGet``; this script is for Docker's HEALTHCHECK, which has no HTTP probe (and
+the slim image has no curl). The port is found the way the worker finds it (environment only:
+the check does not see a ``--metrics-port`` flag, so set the port through the environment).
 
-Exit 0: healthy; 1: no fresh metrics key or Redis unreachable (Docker/Kubernetes semantics).
+Exit 0: healthy; 1: unhealthy, no answer, or the server is off (Docker/Kubernetes semantics).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
-from typing import get_args
+import urllib.error
+import urllib.request
 
-import redis
-
-from streaminfer.streams.settings import Settings, load_settings
-
-APPS: tuple[str, ...] = get_args(Settings.model_fields["app"].annotation)
+DEFAULT_PORT = 9464
 
 
-def candidate_keys(hostname: str, pids: list[int]) -> list[str]:
-    """Every metrics key a worker process on this host could be writing."""
-    return [f"metrics:{app}:{hostname}-{pid}" for app in APPS for pid in pids]
+def metrics_port() -> int:
+    """``STREAMINFER_METRICS_PORT`` as the worker reads it (no pydantic import: this runs every
+    15 s, and a fast check does not compete with the worker for CPU)."""
+    raw = os.environ.get("STREAMINFER_METRICS_PORT", "").strip()
+    return int(raw) if raw else DEFAULT_PORT
 
 
-def visible_pids() -> list[int]:
-    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
-
-
-def fresh_keys(client: redis.Redis, keys: list[str]) -> list[str]:
-    """The subset of ``keys`` that exist (have not expired)."""
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.exists(key)
-    return [key for key, found in zip(keys, pipe.execute(), strict=True) if found]
+def check(port: int, timeout: float = 3.0) -> tuple[bool, str]:
+    """(healthy, what the worker said or why it could not be asked)."""
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:  # 503: the body says which lane stalled
+        return False, err.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"{url} does not answer: {exc}"
 
 
 def main() -> int:
-    url = load_settings().redis_url
-    host = socket.gethostname()
-    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
     try:
-        found = fresh_keys(client, candidate_keys(host, visible_pids()))
-    except (redis.RedisError, OSError) as exc:
-        print(f"unhealthy: Redis at {url} does not answer: {exc}", file=sys.stderr)
+        port = metrics_port()
+    except ValueError:
+        print("unhealthy: STREAMINFER_METRICS_PORT is not a number", file=sys.stderr)
         return 1
-    finally:
-        client.close()
-    if not found:
-        print(f"unhealthy: no fresh metrics:<app>:{host}-<pid> key in Redis (worker starting, "
-              "stuck, or unable to write to Redis)", file=sys.stderr)
+    if port <= 0:
+        print(f"unhealthy: STREAMINFER_METRICS_PORT={port}: no fixed health port to ask "
+              "(-1 turns the server off, 0 picks a random one)", file=sys.stderr)
         return 1
-    print(f"healthy: {', '.join(found)}")
+    healthy, said = check(port)
+    if not healthy:
+        print(f"unhealthy: {said}", file=sys.stderr)
+        return 1
+    print(f"healthy: {said}")
     return 0
 
 

@@ -74,6 +74,12 @@ __all__ = ["worker"]
 @click.option("--tensorboard-dir", type=click.Path(file_okay=False),
               help="Write progressive metrics (AUC, log-loss / MAE, RMSE) as TensorBoard "
               "scalars here.")
+@click.option("--metrics-port", type=click.IntRange(min=-1, max=65_535),
+              help="HTTP port of Prometheus /metrics, /healthz and /readyz (0 = a free port, "
+              "-1 = off) [default 9464].")
+@click.option("--stall-after-s", type=click.FloatRange(min=0, min_open=True),
+              help="/healthz fails when a lane with work made no progress for this long; a "
+              "lane retrying a sink write still counts as alive [default 30].")
 @click.option("--identity-model", is_flag=True, hidden=True,
               help="Benchmarks: score with a no-op model (bare I/O path).")
 @click.option("--web-port", type=int, help="Serve Faust's web/metrics endpoint on this port.")
@@ -97,7 +103,6 @@ def worker(ctx: click.Context, lanes: int, model_path: Path | None,
     options = WorkerOptions(lanes=lanes, model_path=model_path,
                             identity_model=identity_model, web_port=web_port)
     try:
-        worker = Worker(load_app(settings.app, settings), settings, options)
+        Worker(load_app(settings.app, settings), settings, options).run(loglevel)
     except StreaminferError as exc:
         raise click.ClickException(str(exc)) from None
-    worker.run(loglevel)
