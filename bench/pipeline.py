@@ -187,13 +187,19 @@ def drain(args: argparse.Namespace, name: str, topic: str, predictions: str, cou
           identity: bool, profile: cProfile.Profile | None = None) -> Result:
     """Run one hot path over a pre-filled topic until all ``count`` events are processed."""
     hot, metrics = _hot_path(args, topic, predictions, identity, window=count)
+    return drain_lane(hot, metrics, name, count, args.phase_seconds, profile)
+
+
+def drain_lane(hot: HotPath, metrics: PipelineMetrics, name: str, count: int, timeout: float,
+               profile: cProfile.Profile | None = None) -> Result:
+    """Run ``hot`` in a thread until ``count`` events are processed (or ``timeout``)."""
     clock = _Clock()
     hot.on_batch = clock
     stop = threading.Event()
     run = hot.run if profile is None else (lambda s: profile.runcall(hot.run, s))
     thread = threading.Thread(target=run, args=(stop,), name=f"bench-{name}", daemon=True)
     thread.start()
-    done = _wait_for(metrics, count, args.phase_seconds, thread)
+    done = _wait_for(metrics, count, timeout, thread)
     stop.set()
     thread.join(60)
     snap = metrics.snapshot()

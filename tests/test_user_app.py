@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import redis
 import torch
-from workers import read_topic, wait_for, workers_ready
+from workers import read_topic, stop_processes, wait_for, workers_ready
 
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import make_producer
@@ -165,14 +165,7 @@ class UserProject:
                          for p in sorted(self.root.glob("worker-*.log")))
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs)
 
 
 @pytest.fixture
