@@ -56,26 +56,27 @@ def _unpacker(code: str, count: int) -> struct.Struct:
     key = (code, count)
     found = _ARRAY_STRUCTS.get(key)
     if found is None:
+        if len(_ARRAY_STRUCTS) >= 1024:  # bounded: counts come from the input
+            _ARRAY_STRUCTS.clear()
         found = _ARRAY_STRUCTS[key] = struct.Struct(f"<{count}{code}")
     return found
 
 
 def _read_float_array(buf: bytes, pos: int, code: str, size: int) -> tuple[list[Any], int]:
-    count, pos = _read_varint(buf, pos)
-    if count > 0:  # the usual case: one block, then the end marker
-        values = list(_unpacker(code, count).unpack_from(buf, pos))
+    """A float/double array: usually one block then the end marker, but any number of blocks
+    is valid (read in a loop: a recursion per block let a crafted record overflow the stack)."""
+    out: list[Any] = []
+    while True:
+        count, pos = _read_varint(buf, pos)
+        if count == 0:
+            return out, pos
+        if count < 0:  # a block with its byte size first, which we do not need
+            count = -count
+            _, pos = _read_varint(buf, pos)
+        if count * size > len(buf) - pos:  # before building a Struct for a hostile count
+            raise ValueError(f"array block of {count} items runs past the record")
+        out += _unpacker(code, count).unpack_from(buf, pos)
         pos += count * size
-        if buf[pos] == 0:
-            return values, pos + 1
-        out, pos = _read_float_array(buf, pos, code, size)
-        return values + out, pos
-    if count == 0:
-        return [], pos
-    count = -count  # a block with its byte size first, which we do not need
-    _, pos = _read_varint(buf, pos)
-    values = list(_unpacker(code, count).unpack_from(buf, pos))
-    out, pos = _read_float_array(buf, pos + count * size, code, size)
-    return values + out, pos
 
 
 def _read_array(buf: bytes, pos: int, item: Callable[[bytes, int], tuple[Any, int]]
@@ -115,6 +116,8 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
         if inner is None:
             return None
         return [f"{indent}branch, pos = _read_varint(buf, pos)",
+                f"{indent}if branch != 0 and branch != 1:",
+                f"{indent}    raise ValueError(f'union branch {{branch}} is neither 0 nor 1')",
                 f"{indent}if branch == {null_index}:",
                 f"{indent}    {target} = None",
                 f"{indent}else:", *inner]
@@ -126,6 +129,8 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
     if kind in ("string", "bytes"):
         text = ".decode()" if kind == "string" else ""
         return [*_varint_lines("n", indent),
+                f"{indent}if n < 0:",
+                f"{indent}    raise ValueError(f'negative length {{n}}')",
                 f"{indent}{target} = buf[pos:pos + n]{text}",
                 f"{indent}pos += n"]
     if kind == "boolean":
