@@ -36,8 +36,8 @@ rolling error rate, no slow-call rule and no timeout, lets every call through wh
 and reads the wall clock (``datetime.now``), so tests cannot inject a clock. ``circuitbreaker``
 (2.1) is a decorator with the same consecutive-failure rule, a module-level monotonic clock and
 no timeout. ``aiobreaker`` (1.2) is pybreaker's rule for asyncio (the lanes are threads) and
-unmaintained since 2021. None has a window, slow calls or timeouts, so this is ~200 lines of
-our own, with an injectable clock.
+unmaintained since 2021. None has a window, slow calls or timeouts, so this is our own
+(about 150 lines of code), with an injectable clock.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._trial_running = False
         self._hung: Future[Any] | None = None
-        self._worker: _Worker | None = None
+        self._worker = _Worker(f"breaker-{name}") if timeout_s is not None else None
         self._calls = self._successes = self._failures = self._slow = 0
         self._timeouts = self._ignored = self._rejected = self._transitions = 0
 
@@ -203,10 +203,7 @@ class CircuitBreaker:
         trial = self._admit()
         start = self._clock()
         try:
-            if self.timeout_s is None:
-                result = fn(*args)
-            else:
-                result = self._call_with_timeout(fn, args, start)
+            result = fn(*args) if self._worker is None else self._call_with_timeout(fn, args)
         except CallTimeout:
             self._record(trial, bad=True, kind="timeout")
             raise
@@ -244,12 +241,9 @@ class CircuitBreaker:
             self._rejected += 1
         raise BreakerOpen(self.name, reason, max(0.0, retry_in))
 
-    def _call_with_timeout(self, fn: Callable[..., T], args: tuple[Any, ...], start: float
-                           ) -> T:
-        if self._worker is None:
-            self._worker = _Worker(f"breaker-{self.name}")
+    def _call_with_timeout(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        assert self._worker is not None and self.timeout_s is not None
         future = self._worker.submit(fn, args)
-        assert self.timeout_s is not None
         done, _ = wait_for([future], timeout=self.timeout_s)
         if not done:
             with self._lock:
