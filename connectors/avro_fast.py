@@ -35,17 +35,27 @@ def _type_name(ftype: Any) -> str | None:
 
 # -- decoding -------------------------------------------------------------------------------
 
+_SHIFTS = tuple(range(7, 64, 7))
+
+
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """Zig-zag varint (Avro int/long) at ``pos``; returns (value, next position)."""
+    """Zig-zag varint (Avro int/long) at ``pos``; returns (value, next position). At most 10
+    bytes and 64 bits, as Avro's long: a longer run would be read as a Python int of any
+    size (and a megabyte of continuation bytes takes quadratic time)."""
     b = buf[pos]
     pos += 1
     n = b & 0x7F
-    shift = 7
-    while b & 0x80:
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
+    if b & 0x80:
+        for shift in _SHIFTS:
+            b = buf[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+        else:
+            raise ValueError("varint longer than 10 bytes")
+        if n >> 64:
+            raise ValueError("varint over 64 bits")
     return (n >> 1) ^ -(n & 1), pos
 
 

@@ -250,7 +250,10 @@ def test_valid_but_unusual_encodings_are_read() -> None:
     b'{"a":' + b"1" * 5_000 + b"}",  # ValueError: int digits limit, not a JSONDecodeError
     _HEADER + b"\x02e\x02k\x02" + encode_long(-1 << 62) + b"\x02",  # struct size overflow
     _HEADER + b"\x01\x00",  # negative string lengths: read as {"event_id": "", ...}
-], ids=["deep-json", "huge-int", "huge-block", "negative-length"])
+    _HEADER + b"\x02e\x02k" + b"\x80" * 9 + b"\x02\x00",  # a long of 2**63 (fastavro: 0)
+    _HEADER + b"\x02e\x02k" + b"\xff" * 1_000_000 + b"\x00\x00",  # quadratic, ~a hang
+], ids=["deep-json", "huge-int", "huge-block", "negative-length", "long-over-64-bits",
+        "megabyte-varint"])
 def test_known_hostile_inputs_raise_decode_error(data: bytes) -> None:
     with pytest.raises(DecodeError):
         _EVENT.decode(data)
