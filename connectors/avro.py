@@ -279,8 +279,8 @@ class RecordCodec:
     def _decode_json(data: bytes) -> dict[str, Any]:
         try:
             record = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DecodeError(f"invalid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # also too deep, or a too-long int
+            raise DecodeError(f"invalid JSON: {exc}") from None
         if not isinstance(record, dict):
             raise DecodeError(f"JSON value is a {type(record).__name__}, expected an object")
         return record

@@ -35,17 +35,27 @@ def _type_name(ftype: Any) -> str | None:
 
 # -- decoding -------------------------------------------------------------------------------
 
+_SHIFTS = tuple(range(7, 64, 7))
+
+
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """Zig-zag varint (Avro int/long) at ``pos``; returns (value, next position)."""
+    """Zig-zag varint (Avro int/long) at ``pos``; returns (value, next position). At most 10
+    bytes and 64 bits, as Avro's long: a longer run would be read as a Python int of any
+    size (and a megabyte of continuation bytes takes quadratic time)."""
     b = buf[pos]
     pos += 1
     n = b & 0x7F
-    shift = 7
-    while b & 0x80:
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
+    if b & 0x80:
+        for shift in _SHIFTS:
+            b = buf[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+        else:
+            raise ValueError("varint longer than 10 bytes")
+        if n >> 64:
+            raise ValueError("varint over 64 bits")
     return (n >> 1) ^ -(n & 1), pos
 
 
@@ -56,26 +66,29 @@ def _unpacker(code: str, count: int) -> struct.Struct:
     key = (code, count)
     found = _ARRAY_STRUCTS.get(key)
     if found is None:
+        if len(_ARRAY_STRUCTS) >= 1024:  # bounded: counts come from the input
+            _ARRAY_STRUCTS.clear()
         found = _ARRAY_STRUCTS[key] = struct.Struct(f"<{count}{code}")
     return found
 
 
 def _read_float_array(buf: bytes, pos: int, code: str, size: int) -> tuple[list[Any], int]:
+    """A float/double array: usually one block then the end marker, but any number of blocks
+    is valid (read in a loop: a recursion per block let a crafted record overflow the stack)."""
     count, pos = _read_varint(buf, pos)
-    if count > 0:  # the usual case: one block, then the end marker
-        values = list(_unpacker(code, count).unpack_from(buf, pos))
-        pos += count * size
-        if buf[pos] == 0:
-            return values, pos + 1
-        out, pos = _read_float_array(buf, pos, code, size)
-        return values + out, pos
-    if count == 0:
-        return [], pos
-    count = -count  # a block with its byte size first, which we do not need
-    _, pos = _read_varint(buf, pos)
-    values = list(_unpacker(code, count).unpack_from(buf, pos))
-    out, pos = _read_float_array(buf, pos + count * size, code, size)
-    return values + out, pos
+    end = pos + count * size
+    if count > 0 and end < len(buf) and buf[end] == 0:  # the usual case: one block, then 0
+        return list(_unpacker(code, count).unpack_from(buf, pos)), end + 1
+    out: list[Any] = []
+    while count:
+        if count < 0:  # a block with its byte size first, which we do not need
+            count = -count
+            _, pos = _read_varint(buf, pos)
+        if count * size > len(buf) - pos:  # before building a Struct for a hostile count
+            raise ValueError(f"array block of {count} items runs past the record")
+        out += _unpacker(code, count).unpack_from(buf, pos)
+        count, pos = _read_varint(buf, pos + count * size)
+    return out, pos
 
 
 def _read_array(buf: bytes, pos: int, item: Callable[[bytes, int], tuple[Any, int]]
@@ -103,6 +116,24 @@ def _varint_lines(target: str, indent: str) -> list[str]:
             f"{indent}    {target}, pos = _read_varint(buf, pos)"]
 
 
+def _read_length(buf: bytes, pos: int) -> tuple[int, int]:
+    n, pos = _read_varint(buf, pos)
+    if n < 0:  # sliced as is, it would move ``pos`` back and read garbage as a record
+        raise ValueError(f"negative length {n}")
+    return n, pos
+
+
+def _length_lines(target: str, indent: str) -> list[str]:
+    """A string/bytes length: one-byte lengths (an even byte under 0x80) inline, the rest,
+    negative ones included, through ``_read_length``."""
+    return [f"{indent}b = buf[pos]",
+            f"{indent}if b < 0x80 and not b & 1:",
+            f"{indent}    {target} = b >> 1",
+            f"{indent}    pos += 1",
+            f"{indent}else:",
+            f"{indent}    {target}, pos = _read_length(buf, pos)"]
+
+
 def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] | None:
     """Source lines that read one value of ``ftype`` into ``target``; None if unsupported."""
     kind = _type_name(ftype)
@@ -117,7 +148,9 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
         return [f"{indent}branch, pos = _read_varint(buf, pos)",
                 f"{indent}if branch == {null_index}:",
                 f"{indent}    {target} = None",
-                f"{indent}else:", *inner]
+                f"{indent}elif branch == {1 - null_index}:", *inner,
+                f"{indent}else:",
+                f"{indent}    raise ValueError(f'union branch {{branch}} is neither 0 nor 1')"]
     if kind in _INTEGER:
         return _varint_lines(target, indent)
     if kind in _FIXED:
@@ -125,7 +158,7 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
         return [f"{indent}{target} = _unpack_{code}(buf, pos)[0]", f"{indent}pos += {size}"]
     if kind in ("string", "bytes"):
         text = ".decode()" if kind == "string" else ""
-        return [*_varint_lines("n", indent),
+        return [*_length_lines("n", indent),
                 f"{indent}{target} = buf[pos:pos + n]{text}",
                 f"{indent}pos += n"]
     if kind == "boolean":
@@ -159,6 +192,7 @@ def compile_decoder(schema: dict[str, Any]) -> Decoder | None:
               "        raise ValueError(f'{len(buf) - pos} bytes after the record')",
               "    return {" + ", ".join(names) + "}"]
     scope: dict[str, Any] = {"_read_varint": _read_varint, "_read_array": _read_array,
+                             "_read_length": _read_length,
                              "_read_float_array": _read_float_array,
                              "_unpack_f": struct.Struct("<f").unpack_from,
                              "_unpack_d": struct.Struct("<d").unpack_from}
