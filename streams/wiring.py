@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 import redis
 
 from streaminfer.connectors.checkpoint_store import RedisCheckpointBlobs
+from streaminfer.connectors.registry_store import registry_blobs_from_url
 from streaminfer.connectors.sync_transport import KafkaTransport
 from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model
@@ -22,9 +23,10 @@ from streaminfer.models.checkpoint_store import (
     CheckpointStore,
     LocalCheckpointStore,
 )
+from streaminfer.models.registry import ModelRegistry
 from streaminfer.models.sync import Sync, SyncPosition, check_mode, create_sync
 
-__all__ = ["create_kafka_sync", "store_from_url"]
+__all__ = ["create_kafka_sync", "registry_from_settings", "registry_from_url", "store_from_url"]
 
 
 def create_kafka_sync(
@@ -82,3 +84,15 @@ def store_from_url(url: str | Path) -> CheckpointStore:
             f"checkpoint store URL must be a path, file:// or redis://, got {text!r}"
         )
     return LocalCheckpointStore(text)
+
+
+def registry_from_url(url: str, *, s3_endpoint: str | None = None) -> ModelRegistry:
+    """The model registry a URL names (see ``connectors.registry_store``)."""
+    return ModelRegistry(registry_blobs_from_url(url, s3_endpoint=s3_endpoint))
+
+
+def registry_from_settings(settings: Any) -> ModelRegistry | None:
+    """The registry of ``settings.registry_url``, or ``None`` when none is configured."""
+    if not settings.registry_url:
+        return None
+    return registry_from_url(settings.registry_url, s3_endpoint=settings.registry_s3_endpoint)
