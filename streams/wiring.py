@@ -25,6 +25,7 @@ from streaminfer.models.checkpoint_store import (
 )
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.models.sync import Sync, SyncPosition, check_mode, create_sync
+from streaminfer.models.sync.versioned import VersionedTransport
 
 __all__ = ["create_kafka_sync", "registry_from_settings", "registry_from_url", "store_from_url"]
 
@@ -42,22 +43,25 @@ def create_kafka_sync(
     shards: int = 4,
     aggregate: str = "sum",
     start_position: SyncPosition | dict[str, Any] | None = None,
+    tag: str | None = None,
 ) -> Sync:
     """A sync of ``mode`` for ``model`` on the Kafka topic ``topic`` (``shards`` partitions).
 
     The topic is created if missing, and read from ``start_position`` (what ``position()``
     returned before a restart), or from the beginning; the other options are
-    :func:`models.sync.create_sync`'s. ``mode="off"`` touches no broker.
+    :func:`models.sync.create_sync`'s. ``mode="off"`` touches no broker. Records carry the
+    model version ``tag`` (default: the model's base version) and only records of the current
+    tag are applied (``models.sync.versioned``), so a hot swap never mixes versions.
     """
     check_mode(mode)
     if mode == "off":
         return create_sync(mode, model)
     if isinstance(start_position, dict):
         start_position = SyncPosition.from_json(start_position)
-    transport = KafkaTransport(
+    transport = VersionedTransport(KafkaTransport(
         kafka_config, topic, shards, client_id=f"sync-{worker_id}",
         start=None if start_position is None else start_position.offsets,
-    )
+    ), tag or model.version.base)
     return create_sync(
         mode, model, transport=transport, worker_id=worker_id, every_updates=every_updates,
         every_ms=every_ms, round_timeout_ms=round_timeout_ms, aggregate=aggregate,
