@@ -6,7 +6,8 @@
     │   ├── DecodeError      the bytes are not a record of the schema (wire format, Avro body)
     │   └── InvalidRecord    the record decoded but a field's value is unusable
     ├── ModelError           a model or checkpoint cannot be built, loaded or run
-    │   └── CheckpointError  a checkpoint store cannot save or load
+    │   ├── CheckpointError  a checkpoint store cannot save or load
+    │   └── RegistryError    a registered model version is missing, corrupt or does not fit
     └── SinkError            a write to Redis, the predictions topic or the DLQ failed
         ├── DeliveryError    Kafka did not acknowledge records
         └── DeadLetterError  the dead-letter topic did not take a rejected record
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidRecord",
     "ModelError",
     "RecordError",
+    "RegistryError",
     "SinkError",
     "StreaminferError",
 ]
@@ -64,6 +66,10 @@ class ModelError(StreaminferError, RuntimeError):
 
 class CheckpointError(ModelError):
     """A checkpoint store could not save or load a checkpoint."""
+
+
+class RegistryError(ModelError):
+    """A model registry cannot find, verify or load a version (the message names which)."""
 
 
 class SinkError(StreaminferError, RuntimeError):

@@ -61,6 +61,10 @@ class AppHandler:
     #: learning from a label column of the input: rows without a usable label are rejected
     #: before they are scored
     inline_labels: Learning | None = None
+    #: ``--quantize int8``: scores come from this int8 copy of ``model`` (``models.quantize``)
+    int8: Any = None
+    #: the features of the last scored batch: a hot swap validates a new version on them
+    recent: Any = None
 
     def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]:
         batch, rejected = self.decoder.decode(messages)
@@ -108,7 +112,14 @@ class AppHandler:
         return _drop_non_finite(batch, rejected)
 
     def score(self, batch: Batch) -> np.ndarray:
-        return _numpy(self.model.predict(batch.features))
+        self.recent = batch.features
+        serving = self.int8.current() if self.int8 is not None else self.model
+        return _numpy(serving.predict(batch.features))
+
+    def serving_version(self) -> str:
+        """What scored the last batch: the model's version, or its int8 copy's (which trails
+        the fp32 master by at most the refresh interval)."""
+        return str(self.int8.copy.version if self.int8 is not None else self.model.version)
 
     def outputs(self, batch: Batch, scores: np.ndarray, processed_ts: int) -> Written:
         names = self.outputs_spec.names
@@ -122,9 +133,8 @@ class AppHandler:
                 raise ConfigError(f"the model returned {scores.shape[1]} outputs per row but "
                                   f"the app declares {len(names)}: {list(names)}")
             columns = {name: scores[:, j].tolist() for j, name in enumerate(names)}
-        model = self.model
         out = Written(Predictions(batch.event_ids, batch.keys, columns, batch.ts.tolist(),
-                                  processed_ts, model.name, str(model.version)))
+                                  processed_ts, self.model.name, self.serving_version()))
         if self.outputs_spec.top_n:
             out.recommendations = self._top_n(batch, processed_ts)
         return out

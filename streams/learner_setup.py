@@ -6,6 +6,7 @@ progressive metrics and input offsets come from the same checkpoint, so they agr
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,8 +16,13 @@ from typing import Any
 import redis
 
 from streaminfer.connectors.params_publisher import ParamsPublisher
+from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
-from streaminfer.models.checkpoint_store import CheckpointStore
+from streaminfer.models.checkpoint_store import (
+    BlobCheckpointStore,
+    CheckpointStore,
+    LocalCheckpointStore,
+)
 from streaminfer.models.progressive import metrics_for, metrics_from_state
 from streaminfer.models.sync import Sync
 from streaminfer.models.tensorboard import ScalarLogger
@@ -50,14 +56,34 @@ def checkpoint_store(settings: Settings) -> CheckpointStore | None:
     return store_from_url(settings.checkpoint_url) if settings.checkpoint_url else None
 
 
+def _saved_base(store: CheckpointStore, ref: Any) -> str | None:
+    """The version base a checkpoint was saved at, read from its manifest only."""
+    try:
+        if isinstance(store, LocalCheckpointStore):
+            return checkpoint.read_manifest(ref.location).get("base_version")
+        if isinstance(store, BlobCheckpointStore):
+            _, text = store.blobs.get(ref.app, ref.location)
+            return json.loads(text).get("model", {}).get("base_version")
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
 def restore(settings: Settings, app: App, store: CheckpointStore | None,
             model: Model) -> Restored:
     """The newest checkpoint of ``app``, loaded into ``model`` (the app's freshly built
-    one), if a store is configured and holds one."""
+    one, or the registry's / ``--model``'s version loaded into it), if a store is configured
+    and holds one of the same base version: a checkpoint of ``v3+u500`` continues ``v3``,
+    but never replaces a model the registry or ``--model`` chose (docs/lifecycle.md)."""
     if store is None:
         return Restored()
     ref = store.latest(app.name)
     if ref is None:
+        return Restored()
+    saved = _saved_base(store, ref)
+    if saved is not None and saved != model.version.base:
+        log.info("newest checkpoint %s is of version %s, the model to serve is %s: not "
+                 "restored", ref.location, saved, model.version.base)
         return Restored()
     model, manifest = store.load(ref, device=settings.device, into=model)
     log.info("restored %s %s from checkpoint %s", model.name, model.version, ref.location)
@@ -67,8 +93,12 @@ def restore(settings: Settings, app: App, store: CheckpointStore | None,
 def build_hooks(settings: Settings, app: App, model: Model, restored: Restored, worker_id: str,
                 written_offsets: Callable[[], Offsets], sync: Sync | None,
                 store: CheckpointStore | None,
-                on_saved: Callable[[], None] | None = None) -> LearnerHooks:
-    """Metrics (continued from the checkpoint), checkpoints, TensorBoard, params in Redis."""
+                on_saved: Callable[[], None] | None = None,
+                current: Callable[[], Model] | None = None) -> LearnerHooks:
+    """Metrics (continued from the checkpoint), checkpoints, TensorBoard, params in Redis.
+
+    ``current`` returns the serving model at call time (it changes on a hot swap); the sync
+    is read from ``hooks.sync`` at call time for the same reason."""
     state = restored.manifest.get("metrics")
     kind = app.learning.metrics if app.learning is not None else None
     progressive = (metrics_from_state(state) if state
@@ -91,14 +121,16 @@ def build_hooks(settings: Settings, app: App, model: Model, restored: Restored, 
             offsets: dict[str, dict[str, int]] = {}
             for (topic, partition), offset in written_offsets().items():
                 offsets.setdefault(topic, {})[str(partition)] = offset
-            ref = store.save(model, {
+            serving = current() if current is not None else model
+            metrics = hooks.progressive
+            ref = store.save(serving, {
                 "app": app.name, "app_spec": settings.app, "worker": worker_id,
                 "offsets": offsets,
-                "sync": sync.position() if sync is not None else {},
-                "metrics": progressive.state() if progressive is not None else {},
+                "sync": hooks.sync.position() if hooks.sync is not None else {},
+                "metrics": metrics.state() if metrics is not None else {},  # type: ignore[attr-defined]
             })
             store.prune(app.name, settings.checkpoint_keep)
-            log.info("checkpoint %s at %s", ref.location, model.version)
+            log.info("checkpoint %s at %s", ref.location, serving.version)
             if on_saved is not None:
                 on_saved()
 

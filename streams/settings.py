@@ -80,6 +80,22 @@ class Settings(BaseSettings):
     publish_params_every_s: float = Field(30.0, ge=0)
     tensorboard_dir: str | None = None
 
+    registry_url: str | None = Field(
+        None, description="Model registry: a directory, file:///dir, redis://... or "
+        "s3://bucket/prefix; workers serve its 'active' version and follow its moves")
+    registry_s3_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint of an s3:// registry (MinIO, Ceph...); "
+        "default: AWS_ENDPOINT_URL or AWS itself")
+    registry_poll_s: float = Field(1.0, gt=0, description="How often workers read the labels")
+    quantize: Literal["off", "int8"] = Field(
+        "off", description="int8: serve a dynamically quantized copy of the model's Linear "
+        "layers on CPU; learning continues on the fp32 master")
+    quantize_refresh_s: float = Field(
+        1.0, ge=0, description="Rebuild the int8 copy at most this often, after learning "
+        "steps changed the master")
+    canary_share: float = Field(0.05, ge=0, le=1, description="Share of keys (hashed) the "
+                                "'canary' version serves")
+
     metrics_port: int = Field(
         9464, ge=-1, le=65_535,
         description="HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 picks a free "

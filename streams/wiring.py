@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 import redis
 
 from streaminfer.connectors.checkpoint_store import RedisCheckpointBlobs
+from streaminfer.connectors.registry_store import registry_blobs_from_url
 from streaminfer.connectors.sync_transport import KafkaTransport
 from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model
@@ -22,9 +23,11 @@ from streaminfer.models.checkpoint_store import (
     CheckpointStore,
     LocalCheckpointStore,
 )
+from streaminfer.models.registry import ModelRegistry
 from streaminfer.models.sync import Sync, SyncPosition, check_mode, create_sync
+from streaminfer.models.sync.versioned import VersionedTransport
 
-__all__ = ["create_kafka_sync", "store_from_url"]
+__all__ = ["create_kafka_sync", "registry_from_settings", "registry_from_url", "store_from_url"]
 
 
 def create_kafka_sync(
@@ -40,22 +43,25 @@ def create_kafka_sync(
     shards: int = 4,
     aggregate: str = "sum",
     start_position: SyncPosition | dict[str, Any] | None = None,
+    tag: str | None = None,
 ) -> Sync:
     """A sync of ``mode`` for ``model`` on the Kafka topic ``topic`` (``shards`` partitions).
 
     The topic is created if missing, and read from ``start_position`` (what ``position()``
     returned before a restart), or from the beginning; the other options are
-    :func:`models.sync.create_sync`'s. ``mode="off"`` touches no broker.
+    :func:`models.sync.create_sync`'s. ``mode="off"`` touches no broker. Records carry the
+    model version ``tag`` (default: the model's base version) and only records of the current
+    tag are applied (``models.sync.versioned``), so a hot swap never mixes versions.
     """
     check_mode(mode)
     if mode == "off":
         return create_sync(mode, model)
     if isinstance(start_position, dict):
         start_position = SyncPosition.from_json(start_position)
-    transport = KafkaTransport(
+    transport = VersionedTransport(KafkaTransport(
         kafka_config, topic, shards, client_id=f"sync-{worker_id}",
         start=None if start_position is None else start_position.offsets,
-    )
+    ), tag or model.version.base)
     return create_sync(
         mode, model, transport=transport, worker_id=worker_id, every_updates=every_updates,
         every_ms=every_ms, round_timeout_ms=round_timeout_ms, aggregate=aggregate,
@@ -82,3 +88,15 @@ def store_from_url(url: str | Path) -> CheckpointStore:
             f"checkpoint store URL must be a path, file:// or redis://, got {text!r}"
         )
     return LocalCheckpointStore(text)
+
+
+def registry_from_url(url: str, *, s3_endpoint: str | None = None) -> ModelRegistry:
+    """The model registry a URL names (see ``connectors.registry_store``)."""
+    return ModelRegistry(registry_blobs_from_url(url, s3_endpoint=s3_endpoint))
+
+
+def registry_from_settings(settings: Any) -> ModelRegistry | None:
+    """The registry of ``settings.registry_url``, or ``None`` when none is configured."""
+    if not settings.registry_url:
+        return None
+    return registry_from_url(settings.registry_url, s3_endpoint=settings.registry_s3_endpoint)

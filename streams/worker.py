@@ -41,6 +41,7 @@ from streaminfer.errors import ConfigError
 from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
 from streaminfer.models.identity import IdentityModel
+from streaminfer.models.quantize import Int8Serving
 from streaminfer.streams.app import App
 from streaminfer.streams.assignment import (
     Assignment,
@@ -55,12 +56,13 @@ from streaminfer.streams.join import JoinState
 from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
 from streaminfer.streams.learning import FeedbackLearner, InlineLearner, Learner
 from streaminfer.streams.metrics import LaneRecorder, PipelineMetrics
+from streaminfer.streams.model_swap import ModelSwap, SwapTargets
 from streaminfer.streams.observability import Observability
 from streaminfer.streams.pipeline import HotPath, Sinks
 from streaminfer.streams.settings import Settings
 from streaminfer.streams.table_store import FaustTableStore
 from streaminfer.streams.user_state import UserState
-from streaminfer.streams.wiring import create_kafka_sync
+from streaminfer.streams.wiring import create_kafka_sync, registry_from_settings
 
 __all__ = ["Worker", "WorkerOptions", "build_handler", "build_hot_path", "build_lane"]
 
@@ -171,6 +173,7 @@ class Worker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._redis: redis.Redis | None = None
+        self.swap: ModelSwap | None = None  # with a model registry: follows its labels
 
     # -- topics -----------------------------------------------------------------------------
     def changelogs(self) -> list[str]:
@@ -248,12 +251,19 @@ class Worker:
             log.info("metrics, /healthz and /readyz on port %d", port)
         store = checkpoint_store(settings)
         fresh = self.fresh_model()
+        # precedence: registry active label, --model, newest checkpoint of that same version
+        swap = self.swap = self._model_swap()
+        tag = swap.tag() if swap is not None and swap.initial(fresh) else None
         restored = restore(settings, app, store, fresh) if self.learning else Restored()
         model = self.model = restored.model or fresh
         self.obs.mark_model_loaded(model.version)
         handler = build_handler(app, settings, model)
+        if settings.quantize == "int8":
+            handler.int8 = Int8Serving(model, settings.quantize_refresh_s)
         topics = [app.input.topic]
-        learner = self.learner = self._build_learner(faust_app, n, model, restored, store)
+        learner = self.learner = self._build_learner(faust_app, n, model, restored, store, tag)
+        if swap is not None:
+            swap.targets.handler, swap.targets.learner = handler, learner
         if self.label_topic is not None:
             topics.append(self.label_topic)
         # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's
@@ -280,8 +290,28 @@ class Worker:
         self._redis = redis.Redis.from_url(settings.redis_url)
         return faust_app
 
+    def _model_swap(self) -> ModelSwap | None:
+        """The registry watcher (``streams.model_swap``), if a registry is configured."""
+        registry = registry_from_settings(self.settings)
+        if registry is None or self.options.identity_model:
+            return None
+        settings = self.settings
+
+        def switched(model: Model) -> None:
+            self.model = model
+            self.obs.mark_model_loaded(model.version)
+
+        targets = SwapTargets(self.model_lock, handler=None, on_switch=switched,
+                              quantize_refresh_s=settings.quantize_refresh_s
+                              if settings.quantize == "int8" else None)
+        kind = self.learning.metrics if self.learning is not None else None
+        return ModelSwap(self.app.name, registry, lambda: self.app.build_model(settings),
+                         targets, outputs=len(self.app.outputs.names),
+                         obs_registry=self.obs.registry, poll_s=settings.registry_poll_s,
+                         metrics_kind=kind)
+
     def _build_learner(self, faust_app: faust.App, n: int, model: Model, restored: Restored,
-                       store: Any) -> Learner | None:
+                       store: Any, tag: str | None = None) -> Learner | None:
         learning, settings = self.learning, self.settings
         if learning is None:
             return None
@@ -292,9 +322,10 @@ class Worker:
                 topic=f"{self.group}-sync", worker_id=self.options.worker_id,
                 every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
                 round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards,
-                start_position=restored.manifest.get("sync") or None)
+                start_position=restored.manifest.get("sync") or None, tag=tag)
         hooks = build_hooks(settings, self.app, model, restored, self.options.worker_id,
-                            self.written_offsets, sync, store, on_saved=self.obs.mark_checkpoint)
+                            self.written_offsets, sync, store, on_saved=self.obs.mark_checkpoint,
+                            current=lambda: self.model or model)
         batch_size = settings.learn_batch_size or learning.batch_size
         if learning.topic is not None:
             table = faust_app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
@@ -367,6 +398,8 @@ class Worker:
                                       name=f"hot-path-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.swap is not None:
+            self.swap.start()
         assert self.model is not None
         log.info("streaminfer %s worker %s: %d lane(s) on %s, model %s %s", self.app.name,
                  self.options.worker_id, len(self.lanes), self.app.input.topic,
@@ -380,6 +413,8 @@ class Worker:
             os.kill(os.getpid(), 15)
 
     def stop_lanes(self) -> None:
+        if self.swap is not None:
+            self.swap.stop()
         self._stop.set()
         for thread in self._threads:
             thread.join(30.0)
@@ -396,6 +431,8 @@ class Worker:
         if self.learner is not None:
             with self.model_lock:
                 snap["learning"] = self.learner.snapshot()
+        if self.swap is not None:
+            snap["lifecycle"] = self.swap.snapshot()
         return snap
 
     def update_prometheus(self, snap: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ _SUBCOMMANDS = {
     "worker": "worker",
     "demo": "demo",
     "init": "init",
+    "model": "model",
 }
 
 

@@ -28,7 +28,9 @@ __all__ = ["worker"]
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path),
               help="Checkpoint (safetensors + manifest) to load into the app's model; "
               "default: the model as the app declares it (built-ins: a fresh one from "
-              "--seed). A newer checkpoint in --checkpoint-url still wins.")
+              "--seed). The registry's active version (--registry-url) wins over it; a "
+              "checkpoint in --checkpoint-url continues it only if saved from the same "
+              "version.")
 @click.option("--num-features", type=click.IntRange(min=1),
               help="Classifier feature vector length [default 8].")
 @click.option("--seed", type=int, help="Seed of a fresh model [default 0].")
@@ -71,6 +73,13 @@ __all__ = ["worker"]
 @click.option("--checkpoint-every-s", type=click.FloatRange(min=0, min_open=True),
               help="Seconds between periodic checkpoints (one is also taken at shutdown) "
               "[default 30].")
+@click.option("--registry-url", help="Model registry (directory, redis://, s3://bucket/prefix): "
+              "serve its active version and follow promote / rollback live [default: none].")
+@click.option("--quantize", type=click.Choice(["off", "int8"]),
+              help="int8: serve a dynamically quantized copy (Linear layers, CPU), rebuilt "
+              "from the fp32 master at most every --quantize-refresh-s [default off].")
+@click.option("--quantize-refresh-s", type=click.FloatRange(min=0),
+              help="Seconds between rebuilds of the int8 copy while learning [default 1].")
 @click.option("--tensorboard-dir", type=click.Path(file_okay=False),
               help="Write progressive metrics (AUC, log-loss / MAE, RMSE) as TensorBoard "
               "scalars here.")

@@ -1,0 +1,227 @@
+"""``streaminfer model``: the model registry (versions, labels, promote, rollback, export).
+
+Workers of an app serve the version its ``active`` label names and follow the label within
+about a second (docs/lifecycle.md), so ``promote`` and ``rollback`` act on live workers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streaminfer.streams.cli._common import settings_from
+
+__all__ = ["model"]
+
+
+def _registry(ctx: click.Context, url: str | None) -> Any:
+    from streaminfer.errors import ConfigError
+    from streaminfer.streams.wiring import registry_from_settings
+
+    settings = settings_from(ctx, **({"registry_url": url} if url else {}))
+    registry = registry_from_settings(settings)
+    if registry is None:
+        raise ConfigError("no registry: give --registry URL or set STREAMINFER_REGISTRY_URL")
+    return registry
+
+
+def _run(fn: Any) -> Any:
+    from streaminfer.errors import StreaminferError
+
+    try:
+        return fn()
+    except (StreaminferError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_registry_option = click.option(
+    "--registry", "registry_url", metavar="URL",
+    help="Registry: a directory, file:///dir, redis://... or s3://bucket/prefix [env "
+    "STREAMINFER_REGISTRY_URL].")
+
+
+@click.group()
+def model() -> None:
+    """Registered model versions: list, show, register, promote, rollback, label, export,
+    diff."""
+
+
+@model.command("list")
+@click.argument("name", required=False)
+@_registry_option
+@click.pass_context
+def list_(ctx: click.Context, name: str | None, registry_url: str | None) -> None:
+    """Models, or the versions of NAME with their labels."""
+    def go() -> None:
+        registry = _registry(ctx, registry_url)
+        if name is None:
+            for found in registry.names():
+                labels = registry.labels(found)
+                click.echo(f"{found}\tversions={len(registry.versions(found))}\t"
+                           + " ".join(f"{k}=v{v}" for k, v in sorted(labels.items())))
+            return
+        labels = registry.labels(name)
+        for version in registry.versions(name):
+            manifest = registry.manifest(name, version)
+            tags = ",".join(k for k, v in sorted(labels.items()) if v == version)
+            click.echo(f"v{version}\t{manifest['created']}\tparent="
+                       f"{manifest.get('parent')}\t{manifest.get('source')}\t{tags}")
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@_registry_option
+@click.pass_context
+def show(ctx: click.Context, name: str, version: int, registry_url: str | None) -> None:
+    """The manifest of VERSION of NAME (JSON)."""
+    _run(lambda: click.echo(json.dumps(_registry(ctx, registry_url).manifest(name, version),
+                                       indent=2, sort_keys=True)))
+
+
+@model.command()
+@click.argument("name")
+@click.argument("source")
+@click.option("--parent", type=int, help="Version this one derives from [default: active].")
+@click.option("--metrics", "metrics_json", help="JSON object of metrics to record.")
+@click.option("--promote", "promote_now", is_flag=True, help="Make it the active version.")
+@_registry_option
+@click.pass_context
+def register(ctx: click.Context, name: str, source: str, parent: int | None,
+             metrics_json: str | None, promote_now: bool, registry_url: str | None) -> None:
+    """Register SOURCE as the next version of NAME.
+
+    SOURCE is a checkpoint directory (safetensors + manifest), params:APP:latest (a live
+    worker's published parameters in Redis), or a TorchScript / torch.export (.pt2) file.
+    """
+    def go() -> None:
+        import redis
+
+        from streaminfer.connectors.params_publisher import read_params, read_params_manifest
+        from streaminfer.models import checkpoint
+        from streaminfer.models.export import tensors_from_file
+
+        registry = _registry(ctx, registry_url)
+        metrics = json.loads(metrics_json) if metrics_json else None
+        common = {"parent": parent, "metrics": metrics, "source": source}
+        if source.startswith("params:"):
+            _, app, version = [*source.split(":"), "latest"][:3]
+            settings = settings_from(ctx)
+            client = redis.Redis.from_url(settings.redis_url)
+            tensors = read_params(client, app, version)
+            manifest = read_params_manifest(client, app, version)
+            number = registry.register_tensors(
+                name, tensors, model_class=manifest.get("model_class"),
+                model_name=manifest.get("name"), config=manifest.get("config"), **common)
+        elif Path(source).is_dir():
+            from safetensors.torch import load_file
+
+            manifest = checkpoint.read_manifest(source)
+            tensors = load_file(str(Path(source) / manifest["tensors"]))
+            number = registry.register_tensors(
+                name, tensors, model_class=manifest.get("model_class"),
+                model_name=manifest.get("name"), config=manifest.get("config"), **common)
+        elif Path(source).is_file():
+            number = registry.register_tensors(name, tensors_from_file(source),
+                                               model_class=None, **common)
+        else:
+            raise click.ClickException(f"{source}: not a checkpoint directory, a model file "
+                                       "or params:APP[:VERSION]")
+        if promote_now:
+            registry.promote(name, number)
+        click.echo(f"registered {name} v{number}" + (" (active)" if promote_now else ""))
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@_registry_option
+@click.pass_context
+def promote(ctx: click.Context, name: str, version: int, registry_url: str | None) -> None:
+    """Point NAME's active label at VERSION; its workers switch within seconds."""
+    def go() -> None:
+        _registry(ctx, registry_url).promote(name, version)
+        click.echo(f"{name}: active -> v{version}")
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.option("--to", "to", type=int, help="Version to return to [default: the previous "
+              "active one].")
+@_registry_option
+@click.pass_context
+def rollback(ctx: click.Context, name: str, to: int | None, registry_url: str | None) -> None:
+    """Point NAME's active label back (at --to, or at the version active before)."""
+    def go() -> None:
+        version = _registry(ctx, registry_url).rollback(name, to)
+        click.echo(f"{name}: active -> v{version}")
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.argument("label")
+@click.argument("version", required=False)
+@_registry_option
+@click.pass_context
+def label(ctx: click.Context, name: str, label: str, version: str | None,
+          registry_url: str | None) -> None:
+    """Point LABEL (canary, shadow, any name) at VERSION; 'none' removes it; no VERSION
+    shows it."""
+    def go() -> None:
+        registry = _registry(ctx, registry_url)
+        if version is None:
+            click.echo(registry.labels(name).get(label, "none"))
+            return
+        registry.label(name, label, None if version == "none" else int(version))
+        click.echo(f"{name}: {label} -> {version}")
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="File to write (.pt for TorchScript, .pt2 for torch.export).")
+@click.option("--format", "kind", type=click.Choice(["torchscript", "export"]),
+              help="Default: by --out's suffix (.pt2 = export).")
+@click.option("--app", "app_spec", help="The app whose model the version fits [default: "
+              "NAME if built in, else STREAMINFER_APP].")
+@_registry_option
+@click.pass_context
+def export(ctx: click.Context, name: str, version: int, out: Path, kind: str | None,
+           app_spec: str | None, registry_url: str | None) -> None:
+    """Write VERSION of NAME as a TorchScript or torch.export file."""
+    def go() -> None:
+        from streaminfer.models.export import export_file
+        from streaminfer.streams.app import load_app
+        from streaminfer.streams.settings import BUILT_IN
+
+        settings = settings_from(ctx, app=app_spec or (name if name in BUILT_IN else None))
+        registry = _registry(ctx, registry_url)
+        target = load_app(settings.app, settings).build_model(settings)
+        registry.load_into(target, name, version)
+        export_file(target, out, kind or ("export" if out.suffix == ".pt2" else "torchscript"))
+        click.echo(f"wrote {out}")
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.argument("a", type=int)
+@click.argument("b", type=int)
+@_registry_option
+@click.pass_context
+def diff(ctx: click.Context, name: str, a: int, b: int, registry_url: str | None) -> None:
+    """Per tensor of versions A and B: shapes and max / mean absolute difference."""
+    def go() -> None:
+        registry = _registry(ctx, registry_url)
+        for key, row in registry.diff(name, a, b).items():
+            click.echo(f"{key}\t{json.dumps(row)}")
+    _run(go)
