@@ -40,12 +40,14 @@ def create_kafka_sync(
     shards: int = 4,
     aggregate: str = "sum",
     start_position: SyncPosition | dict[str, Any] | None = None,
+    topic_policy: dict[str, int] | None = None,
 ) -> Sync:
     """A sync of ``mode`` for ``model`` on the Kafka topic ``topic`` (``shards`` partitions).
 
     The topic is created if missing, and read from ``start_position`` (what ``position()``
     returned before a restart), or from the beginning; the other options are
-    :func:`models.sync.create_sync`'s. ``mode="off"`` touches no broker.
+    :func:`models.sync.create_sync`'s; ``topic_policy`` (``Settings.topic_policy()``) gives the
+    topic's replication and ``min.insync.replicas``. ``mode="off"`` touches no broker.
     """
     check_mode(mode)
     if mode == "off":
@@ -55,6 +57,7 @@ def create_kafka_sync(
     transport = KafkaTransport(
         kafka_config, topic, shards, client_id=f"sync-{worker_id}",
         start=None if start_position is None else start_position.offsets,
+        topic_policy=topic_policy,
     )
     return create_sync(
         mode, model, transport=transport, worker_id=worker_id, every_updates=every_updates,

@@ -202,7 +202,8 @@ class Worker:
         compacted = set(self.changelogs())
         statuses = ensure_topics(config, dict.fromkeys(self.topics(), n),
                                  configs={name: {"cleanup.policy": "compact"}
-                                          for name in compacted})
+                                          for name in compacted},
+                                 **self.settings.topic_policy())
         labels = next((s for s in statuses if s.name == self.label_topic), None)
         if labels is not None and labels.partitions != n:
             raise ConfigError(
@@ -233,7 +234,10 @@ class Worker:
             self.group, broker=brokers, store="memory://", topic_partitions=n,
             web_enabled=self.options.web_port is not None,
             web_port=self.options.web_port or 6066,
-            topic_replication_factor=1, producer_acks=-1, broker_session_timeout=10.0,
+            # Faust declares the owners topic and the changelogs again (they exist by now):
+            # same replication. Its leader topic is for on_leader timers, which we do not use.
+            topic_replication_factor=settings.topic_replication_factor,
+            topic_disable_leader=True, producer_acks=-1, broker_session_timeout=10.0,
             broker_heartbeat_interval=2.0, stream_recovery_delay=0.0,
             # Changelog writes come a batch of keys at a time: let them share requests
             # (Faust's defaults, no linger and 16 KB batches, cost a socket write per few).
@@ -292,7 +296,8 @@ class Worker:
                 topic=f"{self.group}-sync", worker_id=self.options.worker_id,
                 every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
                 round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards,
-                start_position=restored.manifest.get("sync") or None)
+                start_position=restored.manifest.get("sync") or None,
+                topic_policy=settings.topic_policy())
         hooks = build_hooks(settings, self.app, model, restored, self.options.worker_id,
                             self.written_offsets, sync, store, on_saved=self.obs.mark_checkpoint)
         batch_size = settings.learn_batch_size or learning.batch_size

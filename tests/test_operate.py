@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from prometheus_client.parser import text_string_to_metric_families
 from workers import Deployment, deployment, redis_predictions, wait_for
 
@@ -144,6 +145,20 @@ def all_in_redis(client: redis.Redis, batch: list[dict[str, Any]]) -> bool:
     return len(redis_predictions(client, APP, [e["key"] for e in batch])) == len(batch)
 
 
+def created_by_worker(dep: Deployment) -> dict[str, str | None]:
+    """Topics of this deployment other than the two the test made, with the
+    ``min.insync.replicas`` set on each (``None``: left to the broker's default)."""
+    admin = AdminClient({"bootstrap.servers": dep.bootstrap, "log_level": 0})
+    names = [t for t in admin.list_topics(timeout=10).topics
+             if t.startswith((dep.events_topic, dep.group)) and t != dep.events_topic]
+    out: dict[str, str | None] = {}
+    for name in names:
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        entry = admin.describe_configs([resource])[resource].result(10)["min.insync.replicas"]
+        out[name] = entry.value if entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value else None
+    return out
+
+
 def test_metrics_count_what_was_sent(services: Any, new_topic: Any, own_redis: OwnRedis,
                                      tmp_path: Path) -> None:
     port = free_port()
@@ -179,6 +194,13 @@ def test_metrics_count_what_was_sent(services: Any, new_topic: Any, own_redis: O
         assert total(m, "streaminfer_lane_stalled") == 0
         assert time.time() - total(m, "streaminfer_lane_last_progress_timestamp_seconds") < 60
 
+        # a learning worker's topics, each with the settings' min.insync.replicas; no Faust
+        # leader topic (streaminfer runs no leader-only timers)
+        group = f"{dep.group}-{APP}"
+        assert created_by_worker(dep) == dict.fromkeys(
+            [f"{dep.events_topic}.dlq", dep.feedback_topic, f"{dep.feedback_topic}.dlq",
+             f"{group}-owners", f"{group}-join-changelog"], "1")
+
 
 def test_healthz_fails_when_a_lane_stalls(services: Any, new_topic: Any, own_redis: OwnRedis,
                                           tmp_path: Path) -> None:
@@ -187,7 +209,10 @@ def test_healthz_fails_when_a_lane_stalls(services: Any, new_topic: Any, own_red
     with deployment(services, new_topic, tmp_path, partitions=2) as dep:
         dep.redis_url = own_redis.url
         dep.extra_env["STREAMINFER_TEST_STALL_FILE"] = str(stall)
-        start(dep, port, "--stall-after-s", str(STALL_AFTER_S))
+        start(dep, port, "--stall-after-s", str(STALL_AFTER_S), "--no-learn")
+        # --no-learn: no label topics, no join changelog
+        assert set(created_by_worker(dep)) == {f"{dep.events_topic}.dlq",
+                                               f"{dep.group}-{APP}-owners"}
         run = uuid.uuid4().hex[:8]
         publish(dep, events(run + "a", 500))
         assert get(port, "/healthz")[0] == 200

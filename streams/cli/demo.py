@@ -205,7 +205,8 @@ class _DemoRun:
         if learns_from_feedback(settings):
             topics += [settings.feedback_topic, settings.dlq_topic(settings.feedback_topic)]
         try:
-            statuses = ensure_topics(settings.kafka_config(), dict.fromkeys(topics, partitions))
+            statuses = ensure_topics(settings.kafka_config(), dict.fromkeys(topics, partitions),
+                                     **settings.topic_policy())
         except AdminError as exc:
             raise DemoError(str(exc)) from None
         self.say("topics: " + "; ".join(st.describe() for st in statuses))
