@@ -92,6 +92,7 @@ class Settings(BaseSettings):
         1, ge=1, le=32,
         description="min.insync.replicas of every topic streaminfer creates (2 with "
                     "replication 3: an acks=all write survives one broker loss)")
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (streams/logs.py)
     stall_after_s: float = Field(
         30.0, gt=0,
         description="/healthz fails when a lane with work (lag, or records in flight) made no "

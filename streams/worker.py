@@ -54,6 +54,7 @@ from streaminfer.streams.handlers import AppHandler
 from streaminfer.streams.join import JoinState
 from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
 from streaminfer.streams.learning import FeedbackLearner, InlineLearner, Learner
+from streaminfer.streams.logs import logging_config
 from streaminfer.streams.metrics import LaneRecorder, PipelineMetrics
 from streaminfer.streams.observability import Observability
 from streaminfer.streams.pipeline import HotPath, Sinks
@@ -320,8 +321,12 @@ class Worker:
         return InlineLearner(model, batch_size, hooks, learning=learning, state=state)
 
     def run(self, loglevel: str = "info") -> None:
-        """Start and run until SIGTERM/SIGINT; the current batch is finished and committed."""
-        faust.Worker(self.start(), loglevel=loglevel, quiet=True).execute_from_commandline()
+        """Start and run until SIGTERM/SIGINT; the current batch is finished and committed.
+        Logs go to stderr as ``settings.log_format`` says, secrets masked (``streams.logs``)."""
+        config = logging_config(self.settings.log_format, self.settings, app=self.app.name,
+                                worker=self.options.worker_id)
+        faust.Worker(self.start(), loglevel=loglevel, quiet=True,
+                     logging_config=config).execute_from_commandline()
 
     def written_offsets(self) -> dict[tuple[str, int], int]:
         merged: dict[tuple[str, int], int] = {}
@@ -376,6 +381,9 @@ class Worker:
         log.info("streaminfer %s worker %s: %d lane(s) on %s, model %s %s", self.app.name,
                  self.options.worker_id, len(self.lanes), self.app.input.topic,
                  self.model.name, self.model.version)
+        # passwords in these are masked by the log handler's filter (streams/logs.py)
+        log.info("kafka %s, redis %s, schema registry %s", self.settings.bootstrap_servers,
+                 self.settings.redis_url, self.settings.schema_registry_url or "none")
 
     def _run_lane(self, hot_path: HotPath) -> None:
         try:

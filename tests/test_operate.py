@@ -41,24 +41,29 @@ def free_port() -> int:
 class OwnRedis:
     """A throwaway redis-server (no persistence) that a test may stop and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                         "--save", "", "--appendonly", "no", "--daemonize", "yes",
                         "--dir", str(self.workdir),
                         "--pidfile", str(self.workdir / "redis.pid"),
-                        "--logfile", str(self.workdir / "redis.log")], check=True)
-        client = redis.Redis(port=self.port)
+                        "--logfile", str(self.workdir / "redis.log"),
+                        *(["--requirepass", self.password] if self.password else [])],
+                       check=True)
+        client = redis.Redis(port=self.port, password=self.password)
         wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
 
     def stop(self) -> None:
-        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"],
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        subprocess.run(["redis-cli", "-p", str(self.port), *auth, "shutdown", "nosave"],
                        capture_output=True, check=False)
-        wait_for(lambda: not _pings(redis.Redis(port=self.port)), 10,
+        wait_for(lambda: not _pings(redis.Redis(port=self.port, password=self.password)), 10,
                  f"redis-server on port {self.port} to stop")
 
 
@@ -108,8 +113,8 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
 
 
-def start(dep: Deployment, port: int, *args: str) -> None:
-    proc = dep.start_worker("--metrics-port", str(port), *args)
+def start(dep: Deployment, port: int, *args: str, global_args: tuple[str, ...] = ()) -> None:
+    proc = dep.start_worker("--metrics-port", str(port), *args, global_args=global_args)
     wait_for(lambda: _ready(proc, port), 120, "the worker's /readyz", dep.log_tail)
 
 
@@ -268,3 +273,46 @@ def test_healthz_stays_ok_through_a_redis_outage(services: Any, new_topic: Any,
         assert get(port, "/healthz")[0] == 200
         assert total(scrape(port), "streaminfer_sink_retries_total", sink="redis") > 0
         assert dep.procs[0].poll() is None, dep.log_tail()
+
+
+def test_json_logs_without_secrets_and_a_quiet_exit(services: Any, new_topic: Any,
+                                                   tmp_path: Path) -> None:
+    redis_secret, kafka_secret = "r3dis-S3cret-pw", "k4fka-S3cret-pw"
+    server = OwnRedis(tmp_path, password=redis_secret)
+    server.start()
+    port = free_port()
+    try:
+        with deployment(services, new_topic, tmp_path, partitions=2) as dep:
+            dep.redis_url = server.url
+            # a PLAINTEXT broker ignores SASL settings: the secret still goes everywhere a
+            # SASL one would (settings, every client's config)
+            start(dep, port, "--log-format", "json",
+                  global_args=("-X", f"sasl.password={kafka_secret}",
+                               "-X", "sasl.username=alice"))
+            sent = events(uuid.uuid4().hex[:8], 300)
+            publish(dep, sent, garbage=2)
+            client = redis.Redis.from_url(server.url)
+            wait_for(lambda: all_in_redis(client, sent), 60, "the predictions", dep.log_tail)
+            metrics = str(get(port, "/metrics")[1])
+            for path in ("/healthz", "/readyz"):
+                metrics += json.dumps(get(port, path)[1])
+            dep.stop_all()
+            output = (tmp_path / "worker-0.log").read_text()
+            assert dep.procs[0].returncode == 0, output[-3000:]
+    finally:
+        server.stop()
+
+    assert isinstance(metrics, str)
+    for secret in (redis_secret, kafka_secret):
+        assert secret not in output and secret not in metrics
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert len(lines) >= 3, output[-3000:]
+    assert all({"ts", "level", "logger", "message", "app", "worker"} <= set(line)
+               for line in lines)
+    assert {line["app"] for line in lines} == {APP}
+    [where] = [line["message"] for line in lines if line["message"].startswith("kafka ")]
+    assert f"redis redis://:***@127.0.0.1:{server.port}/0" in where, where
+    # torch's triton bindings used to print ~1000 "nanobind: leaked" lines at exit
+    assert "nanobind" not in output
+    other = [line for line in output.splitlines() if line.strip() and not line.startswith("{")]
+    assert len(other) < 20, other[:20]

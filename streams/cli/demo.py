@@ -32,6 +32,7 @@ from streaminfer.streams.demo import (
     unpredicted,
     worker_args,
 )
+from streaminfer.streams.logs import redact
 
 __all__ = ["demo"]
 
@@ -195,7 +196,8 @@ class _DemoRun:
             self.say(f"started local {' and '.join(self.services.started)} "
                      f"({'kept' if self.keep_services else 'stopped'} at the end)")
             self.settings = settings_from(self.ctx, app=self.app, **overrides)
-        self.say(f"kafka {self.settings.bootstrap_servers}, redis {self.settings.redis_url}")
+        self.say(redact(f"kafka {self.settings.bootstrap_servers}, redis "
+                        f"{self.settings.redis_url}"))
 
     def create_topics(self, partitions: int) -> int:
         """Returns the input topic's partition count (an existing topic keeps its own)."""

@@ -89,6 +89,10 @@ __all__ = ["worker"]
 @click.option("--identity-model", is_flag=True, hidden=True,
               help="Benchmarks: score with a no-op model (bare I/O path).")
 @click.option("--web-port", type=int, help="Serve Faust's web/metrics endpoint on this port.")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log lines as text, or as JSON objects (logger, level, app, worker, "
+              "partition, event_id...) for log shippers [default text]. Secrets (passwords "
+              "in URLs, -X *password*) are masked either way.")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context
