@@ -95,12 +95,15 @@ def ensure_topics(
     replication: int = 1,
     timeout: float = 30.0,
     configs: Mapping[str, Mapping[str, str]] | None = None,
+    min_insync_replicas: int | None = None,
 ) -> list[TopicStatus]:
     """Create each ``name -> partitions`` topic that is missing; never alters an existing one.
 
     The one place streaminfer creates topics (workers, CLI, parameter sync, tests, benches).
     ``configs`` gives topic configs by name (e.g. ``cleanup.policy=compact`` for changelogs);
-    ``replication=-1`` takes the broker's default replication factor.
+    ``replication=-1`` takes the broker's default replication factor; ``min_insync_replicas``
+    sets ``min.insync.replicas`` on every topic created (``None``: the broker's default), so a
+    write acknowledged with ``acks=all`` is on that many replicas.
 
     Returns once every topic is visible in the broker's metadata with all its partitions, so a
     producer or consumer started next sees it.
@@ -114,11 +117,21 @@ def ensure_topics(
         raise ConfigError(
             f"replication must be >= 1 (or -1: the broker's default), got {replication}"
         )
+    if min_insync_replicas is not None and (
+        min_insync_replicas < 1 or (replication != -1 and min_insync_replicas > replication)
+    ):
+        raise ConfigError(
+            f"min.insync.replicas must be between 1 and the replication factor ({replication}), "
+            f"got {min_insync_replicas}: no write could be acknowledged"
+        )
     if not topics:
         return []
+    insync = {} if min_insync_replicas is None else {
+        "min.insync.replicas": str(min_insync_replicas)}
     admin = _admin(config)
     futures = admin.create_topics(
-        [NewTopic(name, partitions, replication, config=dict((configs or {}).get(name, {})))
+        [NewTopic(name, partitions, replication,
+                  config={**insync, **(configs or {}).get(name, {})})
          for name, partitions in topics.items()],
         operation_timeout=timeout,
         request_timeout=timeout,

@@ -38,6 +38,7 @@ from streaminfer.errors import DecodeError
 __all__ = [
     "SCHEMA_DIR",
     "RecordCodec",
+    "WriterSchemaDecoder",
     "load_schema",
     "make_codec",
     "registry_client",
@@ -103,11 +104,15 @@ def _known_writers() -> dict[bytes, _Schema]:
     return known
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _to_millis(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1000)
+        # exact integer arithmetic: int(timestamp() * 1000) turns 1.005 s into 1004 ms
+        return (value - _EPOCH) // dt.timedelta(milliseconds=1)
     return value
 
 
@@ -243,10 +248,7 @@ class RecordCodec:
             return self._decode_confluent(data)
         if first in b"{[ \t\r\n":
             return self._decode_json(data)
-        raise DecodeError(
-            f"unknown wire format: first byte 0x{first:02x} is not Avro single-object (C3 01), "
-            "Schema Registry framing (00) or a JSON object"
-        )
+        raise _unknown_format(first)
 
     def _decode_single_object(self, data: bytes) -> dict[str, Any]:
         if len(data) < 10:
@@ -284,6 +286,75 @@ class RecordCodec:
         if not isinstance(record, dict):
             raise DecodeError(f"JSON value is a {type(record).__name__}, expected an object")
         return record
+
+
+def _unknown_format(first: int) -> DecodeError:
+    return DecodeError(
+        f"unknown wire format: first byte 0x{first:02x} is not Avro single-object (C3 01), "
+        "Schema Registry framing (00) or a JSON object"
+    )
+
+
+class WriterSchemaDecoder:
+    """Decodes each record with the schema that wrote it, for readers with no schema of their
+    own (``streaminfer consume`` without ``--schema``): the record names its writer, by the
+    single-object fingerprint (looked up among the shipped schemas and ``extra_writers``) or by
+    the registry's schema id, so no reader schema has to be guessed from a topic name."""
+
+    def __init__(self, *, registry_url: str | None = None, topic: str | None = None,
+                 extra_writers: Iterable[dict[str, Any]] = ()) -> None:
+        self._writers = dict(_known_writers())
+        for extra in extra_writers:
+            writer = _Schema(extra)
+            self._writers[writer.fingerprint] = writer
+        self._registry_url = registry_url
+        self._topic = topic or "streaminfer"
+        self._deserializer: Any = None
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        """One record as a dict (timestamps as int ms); raises ``DecodeError`` saying why."""
+        if not data:
+            raise DecodeError("empty value")
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            return self._single_object(data)
+        if data[0] == CONFLUENT_MAGIC:
+            return self._confluent(data)
+        if data[0] in b"{[ \t\r\n":
+            return RecordCodec._decode_json(data)
+        raise _unknown_format(data[0])
+
+    def _single_object(self, data: bytes) -> dict[str, Any]:
+        if len(data) < 10:
+            raise DecodeError(f"single-object record too short ({len(data)} bytes)")
+        writer = self._writers.get(data[2:10])
+        if writer is None:
+            raise DecodeError(
+                f"unknown writer schema fingerprint {data[2:10].hex()}: not one of the shipped "
+                "schemas; give the reader schema (consume --schema NAME)")
+        try:
+            if writer.fast_decode is not None:
+                return writer.fast_decode(data[10:])
+            return fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed, None)
+        except Exception as exc:
+            raise DecodeError(f"Avro body does not match {writer.full_name}: {exc}") from None
+
+    def _confluent(self, data: bytes) -> dict[str, Any]:
+        if self._registry_url is None:
+            raise DecodeError("Schema Registry framed record but no schema registry is "
+                              "configured (--schema-registry URL)")
+        from confluent_kafka.schema_registry.avro import AvroDeserializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        if self._deserializer is None:  # no reader schema: the deserializer uses the writer's
+            self._deserializer = AvroDeserializer(registry_client(self._registry_url))
+        try:
+            record = self._deserializer(data, SerializationContext(self._topic,
+                                                                   MessageField.VALUE))
+        except Exception as exc:
+            raise DecodeError(f"Schema Registry record could not be read: {exc}") from exc
+        if not isinstance(record, dict):
+            raise DecodeError("Schema Registry record is not an Avro record")
+        return {k: _to_millis(v) for k, v in record.items()}
 
 
 @cache

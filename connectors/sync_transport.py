@@ -40,11 +40,14 @@ class SyncRecord:
     value: bytes
 
 
-def ensure_sync_topic(config: dict[str, Any], topic: str, partitions: int) -> None:
-    """Create the sync topic with ``partitions`` partitions if missing; refuse another count."""
+def ensure_sync_topic(config: dict[str, Any], topic: str, partitions: int, *,
+                      replication: int = -1, min_insync_replicas: int | None = None) -> None:
+    """Create the sync topic with ``partitions`` partitions if missing; refuse another count.
+    ``replication=-1``: the broker's default (workers pass their settings' policy)."""
     admin_config = {k: v for k, v in config.items() if not k.startswith(("enable.", "acks"))}
     (status,) = ensure_topics(
-        admin_config, {topic: partitions}, replication=-1, timeout=15.0,  # the broker's default
+        admin_config, {topic: partitions}, replication=replication, timeout=15.0,
+        min_insync_replicas=min_insync_replicas,
         configs={topic: {
             "cleanup.policy": "delete",
             "retention.ms": str(RETENTION_MS),
@@ -69,8 +72,9 @@ class KafkaTransport:
         *,
         client_id: str,
         start: dict[int, int] | None = None,
+        topic_policy: dict[str, int] | None = None,
     ) -> None:
-        ensure_sync_topic(kafka_config, topic, partitions)
+        ensure_sync_topic(kafka_config, topic, partitions, **(topic_policy or {}))
         self.topic, self.partitions = topic, partitions
         self.failures = DeliveryFailures()
         self._producer = make_producer(

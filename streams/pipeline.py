@@ -171,6 +171,10 @@ class HotPath:
                 self.learner.close()
             self.assignment.stop()
             self.consumer.close()  # leaves the group at once: partitions move without waiting
+            # Frozen objects are never collected, not even at interpreter exit: left frozen,
+            # torch's triton bindings (imported by torch.optim via torch._dynamo) print a
+            # thousand "nanobind: leaked ..." lines when the worker exits.
+            gc.unfreeze()
 
     def _commit_new_offsets(self) -> None:
         """Commit (async) what the writer finished, from this thread: the consumer is used by
@@ -291,6 +295,9 @@ def _bisect(handler: Handler, batch: Any, index: list[int], rejected: list[Rejec
     except Exception as exc:
         if len(index) == 1:
             msg = batch.messages[index[0]]
+            log.warning("model failed on one record (to the dead-letter topic): %r", exc,
+                        extra={"topic": msg.topic(), "partition": msg.partition(),
+                               "offset": msg.offset(), "event_id": batch.event_ids[index[0]]})
             rejected.append(Rejected(msg, f"model error: {exc!r}", "model"))
             return
         half = len(index) // 2

@@ -100,6 +100,15 @@ class Settings(BaseSettings):
         9464, ge=-1, le=65_535,
         description="HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 picks a free "
                     "port (logged), -1 turns the server off (an env var cannot say None)")
+    topic_replication_factor: int = Field(
+        1, ge=1, le=32,
+        description="Replication factor of every topic streaminfer creates (1 for a one-node "
+                    "dev broker; 3 in production)")
+    topic_min_insync_replicas: int = Field(
+        1, ge=1, le=32,
+        description="min.insync.replicas of every topic streaminfer creates (2 with "
+                    "replication 3: an acks=all write survives one broker loss)")
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (streams/logs.py)
     stall_after_s: float = Field(
         30.0, gt=0,
         description="/healthz fails when a lane with work (lag, or records in flight) made no "
@@ -134,6 +143,20 @@ class Settings(BaseSettings):
         if self.wire_format == "confluent" and not self.schema_registry_url:
             raise ValueError("wire_format=confluent needs schema_registry_url")
         return self
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                f"topic_min_insync_replicas ({self.topic_min_insync_replicas}) exceeds "
+                f"topic_replication_factor ({self.topic_replication_factor}): no acks=all "
+                "write could ever succeed")
+        return self
+
+    def topic_policy(self) -> dict[str, int]:
+        """``ensure_topics`` keyword arguments: replication and ``min.insync.replicas``."""
+        return {"replication": self.topic_replication_factor,
+                "min_insync_replicas": self.topic_min_insync_replicas}
 
     @property
     def effective_wire_format(self) -> Literal["single-object", "confluent", "json"]:

@@ -44,14 +44,17 @@ def create_kafka_sync(
     aggregate: str = "sum",
     start_position: SyncPosition | dict[str, Any] | None = None,
     tag: str | None = None,
+    topic_policy: dict[str, int] | None = None,
 ) -> Sync:
     """A sync of ``mode`` for ``model`` on the Kafka topic ``topic`` (``shards`` partitions).
 
     The topic is created if missing, and read from ``start_position`` (what ``position()``
     returned before a restart), or from the beginning; the other options are
-    :func:`models.sync.create_sync`'s. ``mode="off"`` touches no broker. Records carry the
-    model version ``tag`` (default: the model's base version) and only records of the current
-    tag are applied (``models.sync.versioned``), so a hot swap never mixes versions.
+    :func:`models.sync.create_sync`'s. ``topic_policy`` (``Settings.topic_policy()``) gives
+    the topic's replication and ``min.insync.replicas``. ``mode="off"`` touches no broker.
+    Records carry the model version ``tag`` (default: the model's base version) and only
+    records of the current tag are applied (``models.sync.versioned``), so a hot swap never
+    mixes versions.
     """
     check_mode(mode)
     if mode == "off":
@@ -61,6 +64,7 @@ def create_kafka_sync(
     transport = VersionedTransport(KafkaTransport(
         kafka_config, topic, shards, client_id=f"sync-{worker_id}",
         start=None if start_position is None else start_position.offsets,
+        topic_policy=topic_policy,
     ), tag or model.version.base)
     return create_sync(
         mode, model, transport=transport, worker_id=worker_id, every_updates=every_updates,

@@ -55,6 +55,7 @@ from streaminfer.streams.handlers import AppHandler
 from streaminfer.streams.join import JoinState
 from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
 from streaminfer.streams.learning import FeedbackLearner, InlineLearner, Learner
+from streaminfer.streams.logs import logging_config
 from streaminfer.streams.metrics import LaneRecorder, PipelineMetrics
 from streaminfer.streams.model_swap import ModelSwap, SwapTargets
 from streaminfer.streams.observability import Observability
@@ -205,7 +206,8 @@ class Worker:
         compacted = set(self.changelogs())
         statuses = ensure_topics(config, dict.fromkeys(self.topics(), n),
                                  configs={name: {"cleanup.policy": "compact"}
-                                          for name in compacted})
+                                          for name in compacted},
+                                 **self.settings.topic_policy())
         labels = next((s for s in statuses if s.name == self.label_topic), None)
         if labels is not None and labels.partitions != n:
             raise ConfigError(
@@ -236,7 +238,10 @@ class Worker:
             self.group, broker=brokers, store="memory://", topic_partitions=n,
             web_enabled=self.options.web_port is not None,
             web_port=self.options.web_port or 6066,
-            topic_replication_factor=1, producer_acks=-1, broker_session_timeout=10.0,
+            # Faust declares the owners topic and the changelogs again (they exist by now):
+            # same replication. Its leader topic is for on_leader timers, which we do not use.
+            topic_replication_factor=settings.topic_replication_factor,
+            topic_disable_leader=True, producer_acks=-1, broker_session_timeout=10.0,
             broker_heartbeat_interval=2.0, stream_recovery_delay=0.0,
             # Changelog writes come a batch of keys at a time: let them share requests
             # (Faust's defaults, no linger and 16 KB batches, cost a socket write per few).
@@ -322,7 +327,8 @@ class Worker:
                 topic=f"{self.group}-sync", worker_id=self.options.worker_id,
                 every_updates=settings.sync_every_updates, every_ms=settings.sync_every_ms,
                 round_timeout_ms=settings.sync_round_timeout_ms, shards=settings.sync_shards,
-                start_position=restored.manifest.get("sync") or None, tag=tag)
+                start_position=restored.manifest.get("sync") or None, tag=tag,
+                topic_policy=settings.topic_policy())
         hooks = build_hooks(settings, self.app, model, restored, self.options.worker_id,
                             self.written_offsets, sync, store, on_saved=self.obs.mark_checkpoint,
                             current=lambda: self.model or model)
@@ -346,8 +352,12 @@ class Worker:
         return InlineLearner(model, batch_size, hooks, learning=learning, state=state)
 
     def run(self, loglevel: str = "info") -> None:
-        """Start and run until SIGTERM/SIGINT; the current batch is finished and committed."""
-        faust.Worker(self.start(), loglevel=loglevel, quiet=True).execute_from_commandline()
+        """Start and run until SIGTERM/SIGINT; the current batch is finished and committed.
+        Logs go to stderr as ``settings.log_format`` says, secrets masked (``streams.logs``)."""
+        config = logging_config(self.settings.log_format, self.settings, app=self.app.name,
+                                worker=self.options.worker_id)
+        faust.Worker(self.start(), loglevel=loglevel, quiet=True,
+                     logging_config=config).execute_from_commandline()
 
     def written_offsets(self) -> dict[tuple[str, int], int]:
         merged: dict[tuple[str, int], int] = {}
@@ -404,6 +414,9 @@ class Worker:
         log.info("streaminfer %s worker %s: %d lane(s) on %s, model %s %s", self.app.name,
                  self.options.worker_id, len(self.lanes), self.app.input.topic,
                  self.model.name, self.model.version)
+        # passwords in these are masked by the log handler's filter (streams/logs.py)
+        log.info("kafka %s, redis %s, schema registry %s", self.settings.bootstrap_servers,
+                 self.settings.redis_url, self.settings.schema_registry_url or "none")
 
     def _run_lane(self, hot_path: HotPath) -> None:
         try:

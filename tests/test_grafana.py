@@ -95,3 +95,58 @@ def test_every_panel_has_a_query_and_an_id() -> None:
 ])
 def test_dashboard_shows(needle: str) -> None:
     assert any(needle in expr for _, expr in exprs(load())), needle
+
+
+# ---------------------------------------------------------------- Prometheus and compose wiring
+
+DEPLOY = DASHBOARD.parents[1]
+ALERTS = DEPLOY / "prometheus/alerts.yml"
+PROMETHEUS = DEPLOY / "prometheus/prometheus.yml"
+
+
+def test_every_alert_queries_registered_metrics() -> None:
+    import yaml
+
+    known = metric_names(Observability("classifier").registry)
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {"StreaminferConsumerLagHigh",
+                                          "StreaminferLatencyP99High",
+                                          "StreaminferDeadLetterRate", "StreaminferLaneStalled"}
+    unknown = sorted({f"{r['alert']}: {name}" for r in rules for name in metrics_in(r["expr"])
+                      if name not in known})
+    assert not unknown, f"not registered by streams.observability: {unknown}"
+
+
+def test_compose_prometheus_scrapes_the_workers_and_grafana_gets_the_dashboard() -> None:
+    import yaml
+
+    from streaminfer.streams.settings import Settings
+
+    compose = yaml.safe_load((DEPLOY / "docker/compose.yaml").read_text())["services"]
+    (job,) = yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["port"] == Settings().metrics_port
+    assert set(sd["names"]) <= set(compose) and "classifier" in sd["names"]
+    assert "ports" not in compose["classifier"]  # --scale: no fixed host port per worker
+    for service in ("prometheus", "grafana"):
+        for volume in compose[service]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("../"):
+                assert (DEPLOY / "docker" / source).resolve().exists(), volume
+    assert "registry" in compose["schema-registry"]["profiles"]
+    assert compose["classifier"]["environment"]["STREAMINFER_CHECKPOINT_URL"].startswith(
+        "redis://redis:")
+
+
+def test_prometheus_and_grafana_files_pass_yamllint() -> None:
+    import shutil
+    import subprocess
+
+    if not shutil.which("yamllint"):
+        pytest.skip("yamllint not installed (pip install yamllint)")
+    files = [ALERTS, PROMETHEUS, *sorted((DEPLOY / "grafana/provisioning").rglob("*.yaml"))]
+    result = subprocess.run(
+        ["yamllint", "--strict", "-d", "{extends: default, rules: {line-length: {max: 100}, "
+         "document-start: disable, braces: {max-spaces-inside: 1}}}", *map(str, files)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -13,7 +13,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streaminfer.connectors.avro import registry_client
+from streaminfer.connectors.avro import RecordCodec, registry_client
+from streaminfer.connectors.kafka import make_producer
 from streaminfer.streams.cli import main
 
 pytestmark = pytest.mark.services
@@ -134,3 +135,29 @@ def test_bad_config_names_the_field(services: Any) -> None:
     result = CliRunner().invoke(main, ["--redis-url", "http://nope", "consume", "x"])
     assert result.exit_code != 0
     assert "redis_url" in result.output
+
+
+@pytest.mark.parametrize("wire", ["single-object", "confluent"])
+def test_consume_reads_with_the_writer_schema_the_record_names(
+    services: Any, new_topic: Any, wire: str
+) -> None:
+    # a predictions topic whose name says nothing about its schema, and a rating on it too
+    topic = new_topic(partitions=1, prefix="scores-out")
+    registry = ["--schema-registry", "mock://writer-schema"] if wire == "confluent" else []
+    url = registry[1] if registry else None
+    producer = make_producer({"bootstrap.servers": services.bootstrap})
+    prediction = {"event_id": "e1", "key": "k1", "model_name": "classifier",
+                  "model_version": "v1+u3", "score": 0.25, "scores": [], "event_ts": 1000,
+                  "processed_ts": 1005}
+    rating = {"event_id": "r1", "user": "u1", "item": "i9", "rating": 4.0, "ts": 2000}
+    for schema, record in (("prediction", prediction), ("rating", rating)):
+        codec = RecordCodec(schema, wire, registry_url=url, topic=topic)
+        producer.produce(topic, codec.encode(record), b"k")
+    producer.produce(topic, b"\xc3\x01" + bytes(8) + b"x", b"k")  # a fingerprint nobody knows
+    assert producer.flush(10) == 0
+
+    records = _consume_json(services, topic, 3, *registry)
+
+    assert [r.get("value") for r in records[:2]] == [prediction, rating]
+    assert "unknown writer schema fingerprint 0000000000000000" in records[2]["error"]
+    assert "--schema" in records[2]["error"]

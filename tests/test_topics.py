@@ -3,15 +3,17 @@ start-up config check every command shares."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner, Result
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from conftest import Services
 
 from streaminfer.connectors.admin import ensure_topics, list_topics
+from streaminfer.errors import ConfigError
 from streaminfer.streams.cli import main
 
 
@@ -104,6 +106,7 @@ def test_new_topic_fixture_gives_distinct_visible_topics(
         ((), {"STREAMINFER_BATCH_MAX_RECORDS": "0"}, "batch_max_records"),
         (("--redis-url", "http://x"), {}, "redis_url"),
         (("-X", "bootstrap.servers=elsewhere:9092"), {}, "kafka_properties"),
+        ((), {"STREAMINFER_TOPIC_MIN_INSYNC_REPLICAS": "2"}, "settings"),  # > replication 1
     ],
 )
 def test_bad_config_stops_the_command_naming_the_field(
@@ -114,3 +117,34 @@ def test_bad_config_stops_the_command_naming_the_field(
 
     assert result.exit_code == 2
     assert f"invalid configuration: {field}:" in result.output
+
+
+def topic_config(bootstrap: str, topic: str, key: str) -> tuple[str, bool]:
+    """A topic's config value and whether it was set on the topic (not a broker default)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    entry = admin.describe_configs([resource])[resource].result(10)[key]
+    return entry.value, entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+
+def test_replication_and_min_insync_come_from_settings(
+    services: Services, fresh_names: Callable[[], str]
+) -> None:
+    name = fresh_names()
+    too_many = _cli("--bootstrap", services.bootstrap, "topics", "create", name, "-r", "3",
+                    "--min-insync-replicas", "2")
+    made = _cli("--bootstrap", services.bootstrap, "topics", "create", name,
+                env={"STREAMINFER_TOPIC_MIN_INSYNC_REPLICAS": "1"})
+
+    # one broker: replication 3 is refused by the broker, naming the topic
+    assert too_many.exit_code == 1
+    assert name in too_many.output and "replication" in too_many.output.lower(), too_many.output
+    assert made.exit_code == 0, made.output
+    assert topic_config(services.bootstrap, name, "min.insync.replicas") == ("1", True)
+
+
+def test_min_insync_above_replication_is_refused_before_the_broker() -> None:
+    # an unreachable broker: the check comes before any request
+    with pytest.raises(ConfigError, match=re.escape(
+            "min.insync.replicas must be between 1 and the replication factor (1), got 2")):
+        ensure_topics({"bootstrap.servers": "127.0.0.1:1"}, {"x": 1}, min_insync_replicas=2)

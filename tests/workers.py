@@ -61,10 +61,12 @@ class Deployment:
             **self.extra_env,
         }
 
-    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, *args: str, global_args: tuple[str, ...] = ()
+                     ) -> subprocess.Popen[bytes]:
+        """``streaminfer [GLOBAL_ARGS] worker [ARGS]``, its output in ``log_dir``."""
         log = (self.log_dir / f"worker-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streaminfer", "worker", *args],
+            [sys.executable, "-m", "streaminfer", *global_args, "worker", *args],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)

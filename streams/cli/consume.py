@@ -10,17 +10,14 @@ from typing import Any
 import click
 from confluent_kafka import KafkaError, TopicPartition
 
-from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.avro import RecordCodec, WriterSchemaDecoder
 from streaminfer.connectors.kafka import make_consumer
 from streaminfer.errors import DecodeError
 from streaminfer.streams.cli._common import settings_from
 
 __all__ = ["consume", "record_to_json"]
 
-SCHEMA_BY_HINT = ("prediction", "dead_letter", "feedback", "rating", "event")
-
-
-def record_to_json(msg: Any, codec: RecordCodec) -> dict[str, Any]:
+def record_to_json(msg: Any, codec: RecordCodec | WriterSchemaDecoder) -> dict[str, Any]:
     """One consumed message as the JSON object ``consume`` prints."""
     key = msg.key()
     _, ts = msg.timestamp()
@@ -40,14 +37,6 @@ def record_to_json(msg: Any, codec: RecordCodec) -> dict[str, Any]:
     return out
 
 
-def _schema_for(topic: str, given: str | None) -> str:
-    if given:
-        return given
-    if topic.endswith(".dlq"):
-        return "event"
-    return next((name for name in SCHEMA_BY_HINT if name.replace("_", "") in topic), "event")
-
-
 @click.command()
 @click.argument("topic")
 @click.option("--from-beginning", is_flag=True, help="Start at the earliest offset (else: new "
@@ -60,7 +49,9 @@ def _schema_for(topic: str, given: str | None) -> str:
               help="Stop after this many seconds without a record (0 = wait forever).")
 @click.option("--schema", "schema_name",
               type=click.Choice(["event", "feedback", "rating", "prediction", "dead_letter"]),
-              help="Reader schema for Avro records [default: guessed from the topic name].")
+              help="Reader schema for Avro records [default: each record's writer schema, "
+              "which it names: a shipped schema's single-object fingerprint or a registry "
+              "schema id].")
 @click.pass_context
 def consume(ctx: click.Context, topic: str, from_beginning: bool, max_records: int | None,
             group: str | None, timeout: float, schema_name: str | None) -> None:
@@ -69,8 +60,9 @@ def consume(ctx: click.Context, topic: str, from_beginning: bool, max_records: i
     Reads Avro single-object, Schema Registry framed Avro and JSON records alike.
     """
     settings = settings_from(ctx)
-    codec = RecordCodec(_schema_for(topic, schema_name), "json",
-                        registry_url=settings.schema_registry_url, topic=topic)
+    registry = settings.schema_registry_url
+    codec = (RecordCodec(schema_name, "json", registry_url=registry, topic=topic)
+             if schema_name else WriterSchemaDecoder(registry_url=registry, topic=topic))
     commit = group is not None
     consumer = make_consumer(
         settings.kafka_config(), group or f"streaminfer-consume-{uuid.uuid4().hex[:8]}",

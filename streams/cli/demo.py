@@ -32,6 +32,7 @@ from streaminfer.streams.demo import (
     unpredicted,
     worker_args,
 )
+from streaminfer.streams.logs import redact
 
 __all__ = ["demo"]
 
@@ -195,7 +196,8 @@ class _DemoRun:
             self.say(f"started local {' and '.join(self.services.started)} "
                      f"({'kept' if self.keep_services else 'stopped'} at the end)")
             self.settings = settings_from(self.ctx, app=self.app, **overrides)
-        self.say(f"kafka {self.settings.bootstrap_servers}, redis {self.settings.redis_url}")
+        self.say(redact(f"kafka {self.settings.bootstrap_servers}, redis "
+                        f"{self.settings.redis_url}"))
 
     def create_topics(self, partitions: int) -> int:
         """Returns the input topic's partition count (an existing topic keeps its own)."""
@@ -205,7 +207,8 @@ class _DemoRun:
         if learns_from_feedback(settings):
             topics += [settings.feedback_topic, settings.dlq_topic(settings.feedback_topic)]
         try:
-            statuses = ensure_topics(settings.kafka_config(), dict.fromkeys(topics, partitions))
+            statuses = ensure_topics(settings.kafka_config(), dict.fromkeys(topics, partitions),
+                                     **settings.topic_policy())
         except AdminError as exc:
             raise DemoError(str(exc)) from None
         self.say("topics: " + "; ".join(st.describe() for st in statuses))

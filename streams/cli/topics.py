@@ -40,23 +40,31 @@ def topics() -> None:
 @click.option(
     "-r",
     "--replication",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Replication factor (1 for the single-node dev broker).",
+    "topic_replication_factor",
+    type=click.IntRange(1, 32),
+    help="Replication factor [env STREAMINFER_TOPIC_REPLICATION_FACTOR; default 1, for the "
+    "single-node dev broker; production: 3].",
+)
+@click.option(
+    "--min-insync-replicas",
+    "topic_min_insync_replicas",
+    type=click.IntRange(1, 32),
+    help="min.insync.replicas [env STREAMINFER_TOPIC_MIN_INSYNC_REPLICAS; default 1; "
+    "production: 2].",
 )
 @click.pass_context
-def create(ctx: click.Context, names: tuple[str, ...], partitions: int, replication: int) -> None:
+def create(ctx: click.Context, names: tuple[str, ...], partitions: int,
+           **policy: int | None) -> None:
     """Create topics NAME... if missing; existing ones are left as they are.
 
     With no NAME, creates the configured app topics (events, feedback, ratings, their
     dead-letter topics, predictions). Exits 1 if a topic exists with another partition count.
     """
-    settings = settings_from(ctx)
+    settings = settings_from(ctx, **policy)
     wanted = list(dict.fromkeys(names)) or _app_topics(settings)
     try:
         statuses = ensure_topics(
-            settings.kafka_config(), dict.fromkeys(wanted, partitions), replication
+            settings.kafka_config(), dict.fromkeys(wanted, partitions), **settings.topic_policy()
         )
     except AdminError as exc:
         raise click.ClickException(str(exc)) from None

@@ -86,12 +86,22 @@ __all__ = ["worker"]
 @click.option("--metrics-port", type=click.IntRange(min=-1, max=65_535),
               help="HTTP port of Prometheus /metrics, /healthz and /readyz (0 = a free port, "
               "-1 = off) [default 9464].")
+@click.option("--replication-factor", "topic_replication_factor", type=click.IntRange(1, 32),
+              help="Replication factor of every topic the worker creates (inputs, outputs, "
+              "dead letters, owners, changelogs, sync) [default 1; production: 3].")
+@click.option("--min-insync-replicas", "topic_min_insync_replicas",
+              type=click.IntRange(1, 32), help="min.insync.replicas of the topics the worker "
+              "creates [default 1; production: 2].")
 @click.option("--stall-after-s", type=click.FloatRange(min=0, min_open=True),
               help="/healthz fails when a lane with work made no progress for this long; a "
               "lane retrying a sink write still counts as alive [default 30].")
 @click.option("--identity-model", is_flag=True, hidden=True,
               help="Benchmarks: score with a no-op model (bare I/O path).")
 @click.option("--web-port", type=int, help="Serve Faust's web/metrics endpoint on this port.")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log lines as text, or as JSON objects (logger, level, app, worker, "
+              "partition, event_id...) for log shippers [default text]. Secrets (passwords "
+              "in URLs, -X *password*) are masked either way.")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context
