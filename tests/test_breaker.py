@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import pytest
-from streaminfer.streams.breaker import BreakerOpen, CallTimeout, CircuitBreaker
 
 from streaminfer.errors import ConfigError, InvalidRecord, ModelError, StreaminferError
+from streaminfer.streams.breaker import BreakerOpen, CallTimeout, CircuitBreaker
 
 
 class FakeClock:

@@ -14,6 +14,7 @@ import pytest
 from fuzzing import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from streaminfer.connectors import avro_fast
 from streaminfer.connectors.avro import DecodeError, RecordCodec
 from streaminfer.connectors.avro_fast import compile_decoder, compile_encoder, encode_long

@@ -14,6 +14,7 @@ import redis
 from fuzzing import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from streaminfer.connectors.prediction import PredictionRow, Predictions
 from streaminfer.connectors.redis_sink import RedisPredictionSink, WriteResult
 
