@@ -123,7 +123,9 @@ class AppHandler:
 
     def outputs(self, batch: Batch, scores: np.ndarray, processed_ts: int) -> Written:
         names = self.outputs_spec.names
-        if scores.ndim == 1:
+        if not len(batch):  # e.g. a batch of labels only
+            columns: dict[str, list[float]] = {name: [] for name in names}
+        elif scores.ndim == 1:
             if len(names) != 1:
                 raise ConfigError(f"the model returned one output per row but the app "
                                   f"declares {len(names)}: {list(names)}")
