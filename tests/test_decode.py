@@ -153,3 +153,37 @@ def test_nested_records_enums_maps_and_nullable_fields_become_columns() -> None:
     assert batch.columns["address.city"] == ["Oslo", "Rome"]
     assert batch.columns["tags"] == [{"a": "b"}, {}]
     assert len(rejected) == 1 and "'coupon'" in rejected[0].reason
+
+
+def test_an_app_reads_its_schema_from_a_registry_subject() -> None:
+    """``schema="registry:SUBJECT"`` takes the subject's newest version (here the in-process
+    registry; the same client talks to a real one)."""
+    from confluent_kafka.schema_registry import Schema
+
+    from streaminfer.connectors.avro import load_schema, registry_client
+    from streaminfer.streams.app import App, Input
+
+    url = "mock://decode-test"
+    registry_client(url).register_schema("events-value",
+                                         Schema(json.dumps(load_schema("event")), "AVRO"))
+    app = App("reg", input=Input("events", schema="registry:events-value"), model=lambda s: None)
+    assert app.input_schema(url)["name"] == "Event"
+
+
+def test_records_of_an_older_writer_schema_are_resolved_and_checked() -> None:
+    """A producer still on the previous schema version: its records are resolved to the
+    reader's (the new field takes its default) and decode into the same columns."""
+    old = {"type": "record", "name": "Reading", "fields": [
+        {"name": "id", "type": "string"}, {"name": "sensor", "type": "string"},
+        {"name": "ts", "type": "long"}, {"name": "value", "type": "double"}]}
+    new = {**old, "fields": [*old["fields"],
+                             {"name": "unit", "type": "string", "default": "C"}]}
+    reader = RecordCodec(new, extra_writers=[old])
+    decoder = RecordDecoder(reader, key="sensor", event_id="id", event_time="ts")
+    now = now_ms()
+    msgs = [_msg(RecordCodec(old).encode({"id": "r1", "sensor": "s", "ts": now, "value": 1.5})),
+            _msg(reader.encode({"id": "r2", "sensor": "s", "ts": now, "value": 2.5,
+                                "unit": "F"}), 1)]
+    batch, rejected = decoder.decode(msgs)
+    assert rejected == []
+    assert batch.columns["unit"] == ["C", "F"] and batch.columns["value"].tolist() == [1.5, 2.5]
