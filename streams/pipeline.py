@@ -4,6 +4,13 @@ One ``HotPath`` owns one confluent-kafka consumer in the app's consumer group an
 own thread, off Faust's event loop, so inference never stalls the loop's heartbeats. This is
 the one place that decides when input offsets are committed: after both sinks and the
 dead-letter topic confirmed the whole batch (at-least-once; replays are idempotent in Redis).
+
+When a sink refuses writes (Redis or the broker down, Redis out of memory), the lane stops
+taking records: it pauses its partitions (``Consumer.pause``, which also drops what librdkafka
+had prefetched for them), keeps applying assignment changes, commits nothing new, and resumes
+by itself once the writer got a batch through. Memory stays bounded by the batches already in
+flight: the one being retried, one queued behind it, and one the lane had prepared, each at
+most ``--batch-max-bytes`` of record values (plus their decoded columns).
 """
 
 from __future__ import annotations
@@ -137,6 +144,7 @@ class HotPath:
         self._writer: BatchWriter | None = None
         self._to_commit: dict[tuple[str, int], int] = {}
         self._offsets_lock = threading.Lock()
+        self._paused: set[tuple[str, int]] = set()
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; then commit what was written and close."""
@@ -155,12 +163,19 @@ class HotPath:
                 if not self.assignment.owned and not isinstance(self.assignment,
                                                                 GroupAssignment):
                     continue
+                if self._writer.failing.is_set():
+                    self._pause_owned()  # a sink is down: take nothing new until it is back
+                    self._commit_new_offsets()
+                    stop.wait(0.05)
+                    continue
+                if self._paused:
+                    self._resume_paused()
                 messages = self.batcher.next_batch()
                 self._commit_new_offsets()
                 self.metrics.update_lag(self.consumer, self.assignment.owned)
                 if messages:
                     self.metrics.batch_fetched(len(messages))
-                    self._writer.submit(self.prepare(messages))
+                    self._submit(self.prepare(messages), stop)
                 if self.learner is not None:
                     with self.model_lock:
                         self.learner.idle()
@@ -171,6 +186,36 @@ class HotPath:
                 self.learner.close()
             self.assignment.stop()
             self.consumer.close()  # leaves the group at once: partitions move without waiting
+
+    def _submit(self, prepared: Prepared, stop: threading.Event) -> None:
+        """Queue a batch for the writer; while the writer retries a failed write, pause the
+        partitions rather than letting librdkafka prefetch behind a blocked lane. A batch
+        still held at stop is dropped uncommitted (it is read again)."""
+        assert self._writer is not None
+        while not self._writer.offer(prepared, 0.05):
+            if self._writer.failing.is_set():
+                self._pause_owned()
+            if stop.is_set():
+                return
+
+    def _pause_owned(self) -> None:
+        new = self.assignment.owned - self._paused
+        if not new:
+            return
+        self.consumer.pause([TopicPartition(t, p) for t, p in sorted(new)])
+        if not self._paused:
+            log.warning("a sink refuses writes: pausing %d partition(s) until it is back",
+                        len(new))
+            self.metrics.sink_paused(True)
+        self._paused |= new
+
+    def _resume_paused(self) -> None:
+        owned = self._paused & self.assignment.owned
+        if owned:
+            self.consumer.resume([TopicPartition(t, p) for t, p in sorted(owned)])
+        log.info("sinks write again: resumed %d partition(s)", len(owned))
+        self._paused.clear()
+        self.metrics.sink_paused(False)
 
     def _commit_new_offsets(self) -> None:
         """Commit (async) what the writer finished, from this thread: the consumer is used by
@@ -208,6 +253,7 @@ class HotPath:
             return dict(self._written)
 
     def _forget(self, partitions: set[tuple[str, int]]) -> None:
+        self._paused -= partitions
         with self._offsets_lock:
             for tp in partitions:
                 self._written.pop(tp, None)
