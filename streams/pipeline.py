@@ -65,6 +65,9 @@ class Staged:
     outputs: Written
     topic_records: EncodedPredictions | None
     redis_calls: PackedWrite | None
+    #: the topic records are queued in the producer: a retry after a Redis failure only
+    #: waits for them instead of queueing them again (no duplicate per retry)
+    topic_sent: bool = False
 
 
 @dataclass
@@ -88,11 +91,17 @@ class Sinks:
         """Redis and Kafka in parallel: queue the topic records, write Redis while Kafka
         acknowledges them, then wait for those acknowledgements."""
         if staged.redis_calls is not None:
-            if self.topic is not None and staged.topic_records is not None:
+            if (self.topic is not None and staged.topic_records is not None
+                    and not staged.topic_sent):
                 self.topic.send(staged.topic_records)
+                staged.topic_sent = True
             self.redis.write_packed(staged.redis_calls)
             if self.topic is not None:
-                self.topic.confirm()
+                try:
+                    self.topic.confirm()
+                except Exception:
+                    staged.topic_sent = False  # not acknowledged: send again next attempt
+                    raise
         recommendations = staged.outputs.recommendations
         if self.recommendations is not None and recommendations:
             self.recommendations.write(recommendations)
