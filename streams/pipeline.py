@@ -11,6 +11,11 @@ had prefetched for them), keeps applying assignment changes, commits nothing new
 by itself once the writer got a batch through. Memory stays bounded by the batches already in
 flight: the one being retried, one queued behind it, and one the lane had prepared, each at
 most ``--batch-max-bytes`` of record values (plus their decoded columns).
+
+A process frozen past its session (SIGSTOP) may wake up after its partitions moved. The lane
+then commits nothing (``streams.fence``): it drops its partitions uncommitted and takes
+whatever Faust assigns next from the committed offsets; its in-flight batches are still
+written, which Redis's event-time guard makes harmless (never older over newer).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from streaminfer.connectors.redis_sink import (
 from streaminfer.streams.assignment import Assignment, GroupAssignment
 from streaminfer.streams.batch import Rejected
 from streaminfer.streams.batcher import Batcher
+from streaminfer.streams.fence import FreezeWatch, process_watch
 from streaminfer.streams.handlers import Handler, Written
 from streaminfer.streams.learning import Learner
 from streaminfer.streams.metrics import LaneRecorder
@@ -154,12 +160,16 @@ class HotPath:
         self._to_commit: dict[tuple[str, int], int] = {}
         self._offsets_lock = threading.Lock()
         self._paused: set[tuple[str, int]] = set()
+        self._watch: FreezeWatch | None = None
+        self._freezes_seen = 0
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; then commit what was written and close."""
         # Everything alive now (libraries, the model) is long-lived: keep it out of the
         # garbage collector's full passes, whose pauses otherwise show up as p99 latency.
         gc.freeze()
+        self._watch = process_watch()
+        self._freezes_seen = self._watch.freezes
         self._writer = BatchWriter(self._write, stop, self.retry_delay_s,
                                    on_retry=self.metrics.sink_retry,
                                    on_write=self.metrics.sink_writing)
@@ -167,6 +177,8 @@ class HotPath:
         try:
             while not stop.is_set():
                 self.metrics.before_batch(stop)
+                if self._watch.freezes != self._freezes_seen:
+                    self._after_freeze()
                 idle = not self.assignment.owned
                 self.assignment.apply_pending(self.consumer, block_s=0.1 if idle else 0.0)
                 if not self.assignment.owned and not isinstance(self.assignment,
@@ -195,6 +207,20 @@ class HotPath:
                 self.learner.close()
             self.assignment.stop()
             self.consumer.close()  # leaves the group at once: partitions move without waiting
+
+    def _fenced(self) -> bool:
+        """The process may have been frozen past its session: commit nothing."""
+        watch = self._watch
+        return watch is not None and (watch.suspect() or watch.freezes != self._freezes_seen)
+
+    def _after_freeze(self) -> None:
+        """Drop every partition uncommitted (their batches in flight are still written); Faust
+        assigns them again, to this worker or another, and they restart at committed offsets."""
+        assert self._watch is not None
+        fence = getattr(self.assignment, "fence", None)
+        if fence is not None:
+            fence(self.consumer)
+        self._freezes_seen = self._watch.freezes
 
     def _submit(self, prepared: Prepared, stop: threading.Event) -> None:
         """Queue a batch for the writer; while the writer retries a failed write, pause the
@@ -229,7 +255,7 @@ class HotPath:
     def _commit_new_offsets(self) -> None:
         """Commit (async) what the writer finished, from this thread: the consumer is used by
         one thread only."""
-        if not self._to_commit:
+        if not self._to_commit or self._fenced():
             return
         with self._offsets_lock:
             offsets, self._to_commit = self._to_commit, {}
@@ -246,6 +272,10 @@ class HotPath:
             for tp in offsets:
                 self._to_commit.pop((tp.topic, tp.partition), None)
         if not offsets:
+            return
+        if self._fenced():
+            log.warning("not committing %d partition(s): this process was frozen and may have "
+                        "lost them", len(offsets))
             return
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
