@@ -8,6 +8,7 @@ replays). ``Outcome.check`` compares the workers' final hashes with it, field by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -74,10 +75,8 @@ class OwnRedis:
         if self.proc is None:
             return
         client = redis.Redis(port=self.port, socket_timeout=10)
-        try:
+        with contextlib.suppress(redis.RedisError, OSError):
             client.shutdown(save=True)
-        except (redis.RedisError, OSError):
-            pass
         self.proc.wait(20)
         self.proc = None
 
@@ -282,6 +281,7 @@ def settle(cluster: Cluster, stream: Stream, client: redis.Redis, fault: str, *,
                           idle_s=0.5)
     dead_all += read_topic(cluster.bootstrap, cluster.dep.feedback_topic + ".dlq", schema="",
                            idle_s=0.5)
+    dead_all = [d for d in dead_all if _dead_ids([d]) & ids]  # this test's stream only
     recovery, gap = _recovery(records, stream, fault_end)
     outcome = Outcome(fault, len(ids), len(records), len(counts),
                       len(records) - len(counts), len(dead_all), recovery, gap,
@@ -298,10 +298,13 @@ def settle(cluster: Cluster, stream: Stream, client: redis.Redis, fault: str, *,
 def _dead_ids(dead: list[dict[str, Any]]) -> set[str]:
     out = set()
     for d in dead:
-        try:
-            out.add(json.loads(d["_value"])["event_id"])
-        except Exception:
-            out.add(RecordCodec("event").decode(d["_value"])["event_id"])
+        for decode in (json.loads, RecordCodec("event").decode,
+                       RecordCodec("feedback").decode):
+            try:
+                out.add(decode(d["_value"])["event_id"])
+                break
+            except Exception:
+                continue
     return out
 
 

@@ -32,3 +32,7 @@ def test_sigstop_past_the_session_timeout_then_sigcont(ready, client) -> None:  
     resumed = time.time()
     settle(ready, stream, client, "SIGSTOP 20 s", fault_end=resumed - 20,
            dup_bound=CRASH_DUPLICATES)
+    # the fence: on waking it refused to commit and dropped its partitions uncommitted
+    log = (ready.dep.log_dir / f"worker-{ready.dep.procs.index(victim)}.log").read_text()
+    assert "this process was frozen for" in log
+    assert "released partitions" in log and "uncommitted" in log
