@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,15 +36,21 @@ def cluster(services, own_redis, tmp_path_factory):  # type: ignore[no-untyped-d
     from harness import Cluster
 
     checkpoints = tmp_path_factory.mktemp("ckpt")
+    # a small filesystem of its own, so a test can fill it (root only; else that test skips)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs",
+                              str(checkpoints)], capture_output=True).returncode == 0
     made = Cluster(services.bootstrap, own_redis.url, tmp_path_factory.mktemp("cluster"),
                    env={"STREAMINFER_CHECKPOINT_URL": str(checkpoints),
                         "STREAMINFER_CHECKPOINT_EVERY_S": "2"})
     made.checkpoints = checkpoints  # type: ignore[attr-defined]
+    made.checkpoints_mounted = mounted  # type: ignore[attr-defined]
     client = own_redis.client()
     made.start(2, client)
     yield made
     made.stop()
     client.close()
+    if mounted:
+        subprocess.run(["umount", str(checkpoints)], check=False)
 
 
 @pytest.fixture

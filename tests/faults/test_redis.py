@@ -54,8 +54,10 @@ def test_redis_full_oom_errors_then_room_again(ready, own_redis, client) -> None
     time.sleep(5)
     used = int(client.info("memory")["used_memory"])
     client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", used)  # every write now fails with OOM
+    # below what is used: every write (the guard's script included) fails with OOM
+    client.config_set("maxmemory", max(1, used - 1_000_000))
     time.sleep(10)
     client.config_set("maxmemory", 0)
     back = time.time()
     settle(ready, stream, client, "Redis maxmemory (OOM) 10 s", fault_end=back, dup_bound=0)
+    assert "OOM command not allowed" in ready.dep.log_tail(10_000)
