@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -101,6 +102,10 @@ class FollowedAssignment(Assignment):
     #: Where to start a partition the first time it is assigned (a restored checkpoint's
     #: offsets, to replay the tail the checkpoint does not reflect); else the committed offset.
     start_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: after a freeze (``fence``): the share dropped, when, and how long to wait for Faust
+    fenced_share: frozenset[int] | None = None
+    fenced_at: float = 0.0
+    rejoin_wait_s: float = 15.0
 
     def carry(self, state: PartitionState, lock: AbstractContextManager[Any]) -> None:
         """Load ``state`` of the partitions the lane takes and drop that of those it lets go,
@@ -126,12 +131,28 @@ class FollowedAssignment(Assignment):
     def start(self, consumer: Consumer, commit_written: CommitWritten, forget: Forget) -> None:
         self._commit_written, self._forget = commit_written, forget
 
+    def fence(self, consumer: Consumer) -> None:
+        """After a freeze: release every partition (the lane commits nothing while fenced)
+        and wait for Faust's next command; if none comes within ``rejoin_wait_s`` the
+        membership was kept, and the share is taken again from the committed offsets."""
+        share = frozenset(p for _, p in self.owned)
+        self._release(consumer, set(self.owned))
+        self.fenced_share, self.fenced_at = share, time.monotonic()
+        log.warning("frozen: released partitions %s uncommitted; waiting for Faust",
+                    sorted(share))
+
     def apply_pending(self, consumer: Consumer, block_s: float = 0.0) -> None:
         try:
             command = self._commands.get(timeout=block_s) if block_s else (
                 self._commands.get_nowait())
         except queue.Empty:
+            if (self.fenced_share is not None
+                    and time.monotonic() - self.fenced_at > self.rejoin_wait_s):
+                share, self.fenced_share = self.fenced_share, None
+                log.info("no rebalance after the freeze: reading %s again", sorted(share))
+                self._acquire(consumer, {(t, p) for t in self.topics for p in share})
             return
+        self.fenced_share = None
         while True:
             self._apply(consumer, command)
             try:

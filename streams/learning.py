@@ -98,9 +98,9 @@ class Learner:
             self.hooks.scalars(self.model.version.updates,
                                {**self.hooks.progressive.snapshot(), **self._side_scalars()})
         if self.hooks.publish_params is not None:
-            self.hooks.publish_params(self.model)
+            _side_work("publishing parameters", self.hooks.publish_params, self.model)
         if self.hooks.checkpoint is not None:
-            self.hooks.checkpoint(False)
+            _side_work("a checkpoint", self.hooks.checkpoint, False)
 
     def _side_scalars(self) -> dict[str, float]:
         return {}
@@ -115,9 +115,18 @@ class Learner:
 
     def close(self) -> None:
         if self.hooks.checkpoint is not None:
-            self.hooks.checkpoint(True)
+            _side_work("the final checkpoint", self.hooks.checkpoint, True)
         if self.hooks.sync is not None:
             self.hooks.sync.close()
+
+
+def _side_work(what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """Run optional side work; a failure (Redis down, a full checkpoint disk) is logged and
+    tried again next period: it must never stop the lane that serves predictions."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("%s failed, will retry: %s: %s", what, type(exc).__name__, exc)
 
 
 def _usable(labels: np.ndarray, learning: Learning) -> np.ndarray:

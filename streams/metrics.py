@@ -46,6 +46,9 @@ class LaneRecorder(Protocol):
     def sink_retry(self, exc: BaseException, delay_s: float) -> None:
         """A sink write failed; the writer retries it after ``delay_s``."""
 
+    def sink_paused(self, paused: bool) -> None:
+        """The lane paused (True) or resumed (False) its partitions because a sink is down."""
+
     def update_lag(self, consumer: Consumer, owned: Set[tuple[str, int]]) -> None:
         """Chance to measure consumer lag on the lane's thread (rate-limited by the callee)."""
 
@@ -91,6 +94,9 @@ class PipelineMetrics:
         return None
 
     def sink_retry(self, exc: BaseException, delay_s: float) -> None:
+        return None
+
+    def sink_paused(self, paused: bool) -> None:
         return None
 
     def update_lag(self, consumer: Consumer, owned: Set[tuple[str, int]]) -> None:

@@ -202,6 +202,7 @@ class LaneMetrics:
         self._latency = obs.event_latency.labels(app, name)
         self._retries = {s: obs.sink_retries.labels(app, name, s) for s in SINKS}
         self._progress = obs.lane_progress.labels(app, name)
+        self._paused = obs.lane_paused.labels(app, name)
         self._lag_children: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
         now = time.monotonic()
@@ -275,6 +276,10 @@ class LaneMetrics:
         with self._lock:
             self._retry_sink = sink
             self._retry_until = time.monotonic() + delay_s
+
+    def sink_paused(self, paused: bool) -> None:
+        """The lane paused its partitions while a sink is down (1), or resumed them (0)."""
+        self._paused.set(1.0 if paused else 0.0)
 
     def update_lag(self, consumer: Consumer, owned: Set[tuple[str, int]]) -> None:
         """Lag = cached high watermark - position, per owned partition, at most once a second.
@@ -407,6 +412,9 @@ class Observability:
         self.lane_progress = Gauge("streaminfer_lane_last_progress_timestamp_seconds",
                                    "When the lane last wrote a batch (Unix time)", lane,
                                    registry=r)
+        self.lane_paused = Gauge("streaminfer_lane_paused",
+                                 "1 while the lane's partitions are paused because a sink "
+                                 "refuses writes", lane, registry=r)
         self.lane_stalled = Gauge("streaminfer_lane_stalled",
                                   "1 while the lane has work but made no progress", lane,
                                   registry=r)

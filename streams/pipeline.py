@@ -4,6 +4,18 @@ One ``HotPath`` owns one confluent-kafka consumer in the app's consumer group an
 own thread, off Faust's event loop, so inference never stalls the loop's heartbeats. This is
 the one place that decides when input offsets are committed: after both sinks and the
 dead-letter topic confirmed the whole batch (at-least-once; replays are idempotent in Redis).
+
+When a sink refuses writes (Redis or the broker down, Redis out of memory), the lane stops
+taking records: it pauses its partitions (``Consumer.pause``, which also drops what librdkafka
+had prefetched for them), keeps applying assignment changes, commits nothing new, and resumes
+by itself once the writer got a batch through. Memory stays bounded by the batches already in
+flight: the one being retried, one queued behind it, and one the lane had prepared, each at
+most ``--batch-max-bytes`` of record values (plus their decoded columns).
+
+A process frozen past its session (SIGSTOP) may wake up after its partitions moved. The lane
+then commits nothing (``streams.fence``): it drops its partitions uncommitted and takes
+whatever Faust assigns next from the committed offsets; its in-flight batches are still
+written, which Redis's event-time guard makes harmless (never older over newer).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from streaminfer.connectors.redis_sink import (
 from streaminfer.streams.assignment import Assignment, GroupAssignment
 from streaminfer.streams.batch import Rejected
 from streaminfer.streams.batcher import Batcher
+from streaminfer.streams.fence import FreezeWatch, process_watch
 from streaminfer.streams.handlers import Handler, Written
 from streaminfer.streams.learning import Learner
 from streaminfer.streams.metrics import LaneRecorder
@@ -58,6 +71,9 @@ class Staged:
     outputs: Written
     topic_records: EncodedPredictions | None
     redis_calls: PackedWrite | None
+    #: the topic records are queued in the producer: a retry after a Redis failure only
+    #: waits for them instead of queueing them again (no duplicate per retry)
+    topic_sent: bool = False
 
 
 @dataclass
@@ -81,11 +97,17 @@ class Sinks:
         """Redis and Kafka in parallel: queue the topic records, write Redis while Kafka
         acknowledges them, then wait for those acknowledgements."""
         if staged.redis_calls is not None:
-            if self.topic is not None and staged.topic_records is not None:
+            if (self.topic is not None and staged.topic_records is not None
+                    and not staged.topic_sent):
                 self.topic.send(staged.topic_records)
+                staged.topic_sent = True
             self.redis.write_packed(staged.redis_calls)
             if self.topic is not None:
-                self.topic.confirm()
+                try:
+                    self.topic.confirm()
+                except Exception:
+                    staged.topic_sent = False  # not acknowledged: send again next attempt
+                    raise
         recommendations = staged.outputs.recommendations
         if self.recommendations is not None and recommendations:
             self.recommendations.write(recommendations)
@@ -137,12 +159,17 @@ class HotPath:
         self._writer: BatchWriter | None = None
         self._to_commit: dict[tuple[str, int], int] = {}
         self._offsets_lock = threading.Lock()
+        self._paused: set[tuple[str, int]] = set()
+        self._watch: FreezeWatch | None = None
+        self._freezes_seen = 0
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; then commit what was written and close."""
         # Everything alive now (libraries, the model) is long-lived: keep it out of the
         # garbage collector's full passes, whose pauses otherwise show up as p99 latency.
         gc.freeze()
+        self._watch = process_watch()
+        self._freezes_seen = self._watch.freezes
         self._writer = BatchWriter(self._write, stop, self.retry_delay_s,
                                    on_retry=self.metrics.sink_retry,
                                    on_write=self.metrics.sink_writing)
@@ -150,17 +177,26 @@ class HotPath:
         try:
             while not stop.is_set():
                 self.metrics.before_batch(stop)
+                if self._watch.freezes != self._freezes_seen:
+                    self._after_freeze()
                 idle = not self.assignment.owned
                 self.assignment.apply_pending(self.consumer, block_s=0.1 if idle else 0.0)
                 if not self.assignment.owned and not isinstance(self.assignment,
                                                                 GroupAssignment):
                     continue
+                if self._writer.failing.is_set():
+                    self._pause_owned()  # a sink is down: take nothing new until it is back
+                    self._commit_new_offsets()
+                    stop.wait(0.05)
+                    continue
+                if self._paused:
+                    self._resume_paused()
                 messages = self.batcher.next_batch()
                 self._commit_new_offsets()
                 self.metrics.update_lag(self.consumer, self.assignment.owned)
                 if messages:
                     self.metrics.batch_fetched(len(messages))
-                    self._writer.submit(self.prepare(messages))
+                    self._submit(self.prepare(messages), stop)
                 if self.learner is not None:
                     with self.model_lock:
                         self.learner.idle()
@@ -176,10 +212,54 @@ class HotPath:
             # thousand "nanobind: leaked ..." lines when the worker exits.
             gc.unfreeze()
 
+    def _fenced(self) -> bool:
+        """The process may have been frozen past its session: commit nothing."""
+        watch = self._watch
+        return watch is not None and (watch.suspect() or watch.freezes != self._freezes_seen)
+
+    def _after_freeze(self) -> None:
+        """Drop every partition uncommitted (their batches in flight are still written); Faust
+        assigns them again, to this worker or another, and they restart at committed offsets."""
+        assert self._watch is not None
+        fence = getattr(self.assignment, "fence", None)
+        if fence is not None:
+            fence(self.consumer)
+        self._freezes_seen = self._watch.freezes
+
+    def _submit(self, prepared: Prepared, stop: threading.Event) -> None:
+        """Queue a batch for the writer; while the writer retries a failed write, pause the
+        partitions rather than letting librdkafka prefetch behind a blocked lane. A batch
+        still held at stop is dropped uncommitted (it is read again)."""
+        assert self._writer is not None
+        while not self._writer.offer(prepared, 0.05):
+            if self._writer.failing.is_set():
+                self._pause_owned()
+            if stop.is_set():
+                return
+
+    def _pause_owned(self) -> None:
+        new = self.assignment.owned - self._paused
+        if not new:
+            return
+        self.consumer.pause([TopicPartition(t, p) for t, p in sorted(new)])
+        if not self._paused:
+            log.warning("a sink refuses writes: pausing %d partition(s) until it is back",
+                        len(new))
+            self.metrics.sink_paused(True)
+        self._paused |= new
+
+    def _resume_paused(self) -> None:
+        owned = self._paused & self.assignment.owned
+        if owned:
+            self.consumer.resume([TopicPartition(t, p) for t, p in sorted(owned)])
+        log.info("sinks write again: resumed %d partition(s)", len(owned))
+        self._paused.clear()
+        self.metrics.sink_paused(False)
+
     def _commit_new_offsets(self) -> None:
         """Commit (async) what the writer finished, from this thread: the consumer is used by
         one thread only."""
-        if not self._to_commit:
+        if not self._to_commit or self._fenced():
             return
         with self._offsets_lock:
             offsets, self._to_commit = self._to_commit, {}
@@ -197,6 +277,10 @@ class HotPath:
                 self._to_commit.pop((tp.topic, tp.partition), None)
         if not offsets:
             return
+        if self._fenced():
+            log.warning("not committing %d partition(s): this process was frozen and may have "
+                        "lost them", len(offsets))
+            return
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # e.g. we already lost the partitions to another member
@@ -212,6 +296,7 @@ class HotPath:
             return dict(self._written)
 
     def _forget(self, partitions: set[tuple[str, int]]) -> None:
+        self._paused -= partitions
         with self._offsets_lock:
             for tp in partitions:
                 self._written.pop(tp, None)

@@ -440,6 +440,12 @@ def test_hot_path_reports_batches_lag_and_sink_retries(obs: Observability) -> No
         def close(self) -> None:
             pass
 
+        def pause(self, tps: list[TopicPartition]) -> None:
+            pass
+
+        def resume(self, tps: list[TopicPartition]) -> None:
+            pass
+
         def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
             return [TopicPartition(tp.topic, tp.partition, 3) for tp in tps]
 
