@@ -292,14 +292,15 @@ def test_user_app_serves_learns_and_restores_identically(
         snap = json.loads(raw) if raw else {}
         return (snap.get("learning") or {}).get("learned", 0) >= 20_000
     wait_for(learned_all, 120, "every label learned", project.logs)
-    accuracy = json.loads(redis_client.get(f"metrics:{name}:{_worker_id(proc)}"))[
-        "learning"]["accuracy"]
-    assert accuracy > 0.8, accuracy  # progressive accuracy of the served classes
     time.sleep(2.5)  # >= 2 checkpoint periods: the newest checkpoint has the final weights
 
     probe = [customer(i, f"{run}-probe", np.random.default_rng(11)) for i in range(300)]
     _publish_kcat(bootstrap, topic, [(r["customer_id"], json.dumps(r)) for r in probe])
     before = _served(bootstrap, predictions, {r["event_id"] for r in probe}, 60, project.logs)
+    # It learned the rule from the label topic (most events were served before their labels
+    # came, so the progressive accuracy says little here; the probe says what it learned).
+    hits = sum((before[r["event_id"]]["p_churn"] > 0.5) == bool(churned(r)) for r in probe)
+    assert hits / len(probe) > 0.9, hits
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
 
