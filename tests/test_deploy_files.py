@@ -37,6 +37,7 @@ from streaminfer.streams.settings import Settings, load_settings
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 DOCKERFILE = DEPLOY / "docker/Dockerfile"
+DOCKERFILES = [DOCKERFILE]
 COMPOSE = DEPLOY / "docker/compose.yaml"
 HEALTHCHECK = DEPLOY / "docker/healthcheck.py"
 K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))
@@ -52,9 +53,9 @@ WORKER_UID = 10001
 # ---------------------------------------------------------------- helpers
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the final file, continuation lines joined, comments dropped."""
-    lines = [ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
     joined = re.sub(r"\\\n", " ", "\n".join(lines))
     out = []
     for line in joined.splitlines():
@@ -64,8 +65,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def instruction(name: str) -> list[str]:
-    return [args for word, args in dockerfile_instructions() if word == name]
+def instruction(name: str, path: Path = DOCKERFILE) -> list[str]:
+    return [args for word, args in dockerfile_instructions(path) if word == name]
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -84,8 +85,35 @@ def k8s_docs() -> list[dict[str, Any]]:
 
 
 def k8s_doc(kind: str) -> dict[str, Any]:
-    (doc,) = [d for d in k8s_docs() if d["kind"] == kind]
+    (doc,) = k8s_all(kind)
     return doc
+
+
+def k8s_all(kind: str) -> list[dict[str, Any]]:
+    return [d for d in k8s_docs() if d["kind"] == kind]
+
+
+def worker_deployments() -> list[dict[str, Any]]:
+    """The worker Deployments: classifier, recommender, the classifier's GPU variant."""
+    found = k8s_all("Deployment")
+    assert len(found) >= 3, "expected classifier, recommender and GPU worker Deployments"
+    return found
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def topics_job_partitions() -> int:
+    args = k8s_doc("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    return int(args[args.index("--partitions") + 1])
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """What the worker container sees: the ConfigMap, overridden by the container's env."""
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {**k8s_doc("ConfigMap")["data"],
+            **{e["name"]: e["value"] for e in container.get("env", [])}}
 
 
 def pod_specs() -> Iterator[dict[str, Any]]:
@@ -193,12 +221,18 @@ def test_compose_service_env_loads_as_settings(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_k8s_configmap_and_container_env_load_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = k8s_doc("ConfigMap")
-    (container,) = k8s_doc("Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {**config["data"], **{e["name"]: e["value"] for e in container.get("env", [])}}
-    settings = load_with_env(monkeypatch, env)
-    assert_env_applied(settings, env)
-    assert settings.app == "classifier"
+    for deployment in worker_deployments():
+        env = container_env(deployment)
+        settings = load_with_env(monkeypatch, env)
+        assert_env_applied(settings, env)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert settings.app == args[args.index("--app") + 1], deployment["metadata"]["name"]
+        # A restart, reschedule or scale-down keeps what the model learned: the checkpoints
+        # are in Redis, not on the pod's emptyDir.
+        assert (settings.checkpoint_url or "").startswith("redis://")
+        assert settings.topic_replication_factor >= 3
+        assert settings.topic_min_insync_replicas == 2
 
 
 # ---------------------------------------------------------------- commands
@@ -261,18 +295,21 @@ def test_probes_and_image_agree() -> None:
     """k8s ignores the image's HEALTHCHECK: its probes ask the same /healthz (plus /readyz) on
     the port the worker serves by default, which the image exposes and the script asks."""
     port = Settings.model_fields["metrics_port"].default
-    assert instruction("EXPOSE") == [str(port)]
+    for dockerfile in DOCKERFILES:
+        assert instruction("EXPOSE", dockerfile) == [str(port)], dockerfile.name
     assert port == healthcheck_module().DEFAULT_PORT
-    spec = k8s_doc("Deployment")["spec"]["template"]
-    (container,) = spec["spec"]["containers"]
-    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
-    paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
-    for probe, path in paths.items():
-        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
-    annotations = spec["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(port)
-    assert annotations["prometheus.io/path"] == "/metrics"
+    for deployment in worker_deployments():
+        spec = deployment["spec"]["template"]
+        (container,) = spec["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz",
+                 "readinessProbe": "/readyz"}
+        for probe, path in paths.items():
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
+        annotations = spec["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
     for pod in pod_specs():
         assert pod["securityContext"]["runAsUser"] == WORKER_UID
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -311,19 +348,112 @@ def test_compose_wires_kafka_redis_topics_and_two_workers() -> None:
 
 
 def test_k8s_deployment_pdb_and_configmap_fit_together() -> None:
-    deployment, pdb, config = (k8s_doc(k) for k in ("Deployment", "PodDisruptionBudget",
-                                                      "ConfigMap"))
-    pod = deployment["spec"]["template"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    assert deployment["spec"]["selector"]["matchLabels"] == pdb["spec"]["selector"]["matchLabels"]
-    assert pod["spec"]["terminationGracePeriodSeconds"] >= 45
-    (container,) = pod["spec"]["containers"]
-    refs = [src["configMapRef"]["name"] for src in container["envFrom"] if "configMapRef" in src]
-    assert refs == [config["metadata"]["name"]]
-    assert {"requests", "limits"} <= container["resources"].keys()
+    config = k8s_doc("ConfigMap")
     assert {"STREAMINFER_BOOTSTRAP_SERVERS", "STREAMINFER_REDIS_URL"} <= config["data"].keys()
-    partitions = int(k8s_doc("Job")["spec"]["template"]["spec"]["containers"][0]["args"][3])
-    assert deployment["spec"]["replicas"] <= partitions, "replicas beyond partitions sit idle"
+    names = [d["metadata"]["name"] for d in worker_deployments()]
+    assert len(set(names)) == len(names)
+    deployments = worker_deployments()
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert matches(selector, pod["metadata"]["labels"]), name
+        others = [d for d in deployments if d["metadata"]["name"] != name]
+        assert not any(matches(selector, o["spec"]["template"]["metadata"]["labels"])
+                       for o in others), f"{name}: its selector also takes another's pods"
+        (pdb,) = [p for p in k8s_all("PodDisruptionBudget")
+                  if p["spec"]["selector"]["matchLabels"] == selector]
+        assert pdb["spec"]["maxUnavailable"] == 1
+        # The ScaledObject owns the count: a replicas field would be reset by each apply.
+        assert "replicas" not in deployment["spec"], name
+        assert pod["spec"]["terminationGracePeriodSeconds"] >= 45
+        (container,) = pod["spec"]["containers"]
+        refs = [src["configMapRef"]["name"] for src in container["envFrom"]
+                if "configMapRef" in src]
+        assert refs == [config["metadata"]["name"]]
+        assert {"requests", "limits"} <= container["resources"].keys()
+
+
+# kubernetes-validate has no schema for the CRDs (ScaledObject, ServiceMonitor) and only warns:
+# the tests below check their structure and that they point at the right things. The Kafka
+# scaler's required metadata (KEDA docs, scalers/apache-kafka):
+SCALED_OBJECT_KAFKA_METADATA = {"bootstrapServers", "consumerGroup", "topic", "lagThreshold"}
+
+
+def test_k8s_scaled_objects_scale_each_worker_on_its_lanes_lag_up_to_the_partitions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """KEDA must watch the group the lanes commit under, on the app's input topic, at the
+    brokers the workers use, and never want more pods than partitions."""
+    from streaminfer.streams.app import load_app
+    from streaminfer.streams.worker import Worker
+
+    scaled = k8s_all("ScaledObject")
+    deployments = {d["metadata"]["name"]: d for d in worker_deployments()}
+    targets = [so["spec"]["scaleTargetRef"]["name"] for so in scaled]
+    assert sorted(targets) == sorted(deployments), "one ScaledObject per worker Deployment"
+    partitions = topics_job_partitions()
+    for so in scaled:
+        name = so["metadata"]["name"]
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+        ref = so["spec"]["scaleTargetRef"]
+        assert ref.get("kind", "Deployment") == "Deployment"
+        assert ref.get("apiVersion", "apps/v1") == "apps/v1"
+        spec = so["spec"]
+        assert spec["maxReplicaCount"] == partitions, f"{name}: cap at the partition count"
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        assert meta.keys() >= SCALED_OBJECT_KAFKA_METADATA, name
+        assert all(isinstance(v, str) for v in meta.values()), f"{name}: KEDA wants strings"
+        assert int(meta["lagThreshold"]) > 0
+        assert meta.get("allowIdleConsumers", "false") == "false"  # else it scales past partitions
+        env = container_env(deployments[ref["name"]])
+        settings = load_with_env(monkeypatch, env)
+        worker = Worker(load_app(settings.app, settings), settings)  # no I/O
+        assert meta["bootstrapServers"] == settings.bootstrap_servers, name
+        assert meta["consumerGroup"] == worker.offsets_group, name
+        assert meta["topic"] == worker.topics()[0], name
+
+
+def test_k8s_service_and_service_monitor_reach_every_worker_metrics_port() -> None:
+    (service,) = k8s_all("Service")
+    (monitor,) = k8s_all("ServiceMonitor")
+    selector = service["spec"]["selector"]
+    for deployment in worker_deployments():
+        pod = deployment["spec"]["template"]
+        assert matches(selector, pod["metadata"]["labels"]), deployment["metadata"]["name"]
+        (container,) = pod["spec"]["containers"]
+        assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in
+                                                             container["ports"]}
+    job_pod = k8s_doc("Job")["spec"]["template"]
+    assert not matches(selector, job_pod["metadata"]["labels"]), "the topics job has no metrics"
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == Settings.model_fields["metrics_port"].default
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"]
+    assert endpoint.get("path", "/metrics") == "/metrics"
+
+
+def test_k8s_gpu_variant_requests_a_gpu_and_runs_the_cuda_image(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    deployments = worker_deployments()
+    gpu = [d for d in deployments if container_env(d).get("STREAMINFER_DEVICE") == "cuda"]
+    assert gpu, "no worker Deployment runs on CUDA"
+    for deployment in gpu:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        resources = container["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] \
+            == 1
+        assert container["image"].endswith("-cuda"), "the CPU image has no CUDA libraries"
+        assert load_with_env(monkeypatch, container_env(deployment)).device == "cuda"
+    for deployment in deployments:
+        if deployment not in gpu:
+            (container,) = deployment["spec"]["template"]["spec"]["containers"]
+            assert "nvidia.com/gpu" not in str(container["resources"])
+            assert not container["image"].endswith("-cuda")
 
 
 # ---------------------------------------------------------------- health check, real server
