@@ -265,7 +265,7 @@ def test_cli_parse_rejects_what_the_cli_would_reject() -> None:
 
 
 def test_compose_worker_command_matches_the_image_default() -> None:
-    assert streaminfer_services()["classifier"]["command"] == json.loads(instruction("CMD")[-1])
+    assert streaminfer_services()["worker"]["command"] == json.loads(instruction("CMD")[-1])
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -303,7 +303,7 @@ def test_cpu_image_takes_torch_from_the_cpu_index_and_cuda_image_from_pypi() -> 
     env = dict(final_stage(DOCKERFILE_CUDA))["ENV"]
     assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=compute" in env
     assert "--device" in json.loads(instruction("CMD", DOCKERFILE_CUDA)[-1])
-    compose_args = streaminfer_services()["classifier"]["build"]["args"]
+    compose_args = streaminfer_services()["worker"]["build"]["args"]
     assert "download.pytorch.org/whl/cpu" in compose_args["TORCH_INDEX_URL"]
 
 
@@ -388,8 +388,12 @@ def test_compose_wires_kafka_redis_topics_and_two_workers() -> None:
     assert "--appendonly" in services["redis"]["command"]
     assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] \
         == "yes"
-    worker = services["classifier"]
+    worker = services["worker"]
     assert worker["deploy"]["replicas"] == 2
+    # `--scale worker=N`: replicas share no name, host port or volume; what they learned goes
+    # to the Redis checkpoint store, which any replica restores from.
+    assert not {"container_name", "ports", "volumes", "hostname"} & worker.keys()
+    assert worker["environment"]["STREAMINFER_CHECKPOINT_URL"].startswith("redis://redis:")
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert worker["stop_signal"] == "SIGTERM"
     topics_args = [COMPOSE_DEFAULT.sub(r"\1", a) for a in services["topics"]["command"]]
@@ -587,8 +591,8 @@ def test_docker_compose_config_accepts_the_file() -> None:
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)["services"]
     assert resolved["topics"]["command"] == ["topics", "create", "--partitions", "4"]
-    assert resolved["classifier"]["deploy"]["replicas"] == 2
-    assert {"kafka", "redis", "topics", "classifier", "producer"} <= resolved.keys()
+    assert resolved["worker"]["deploy"]["replicas"] == 2
+    assert {"kafka", "redis", "topics", "worker", "producer"} <= resolved.keys()
 
 
 def test_kubernetes_validate_strict_passes() -> None:
