@@ -161,6 +161,8 @@ class Worker:
         self.options = options or WorkerOptions()
         self.partitions = partitions
         self.group = f"{settings.consumer_group}-{app.name}"
+        # The lanes commit here (lag-based autoscalers watch it); the Faust group only joins.
+        self.offsets_group = f"{self.group}-offsets"
         self.learning = app.learning if settings.learn else None
         self.label_topic = self.learning.topic if self.learning is not None else None
         self.lanes: list[HotPath] = []
@@ -284,7 +286,7 @@ class Worker:
             if partition_state is not None:
                 assignment.carry(partition_state, self.model_lock)
             self.lanes.append(build_lane(app, settings, handler, self.obs.lane(i),
-                                         self.model_lock, assignment, f"{self.group}-offsets",
+                                         self.model_lock, assignment, self.offsets_group,
                                          learner))
 
         faust_app.on_partitions_revoked.connect(self.on_partitions_revoked)

