@@ -44,8 +44,8 @@ def test_installed_outside_the_repo_beside_a_user_models_package(wheel: Path,
     # streaminfer itself only from the wheel.
     venv.create(env_dir, with_pip=True, system_site_packages=True)
     python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
-                    str(wheel)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--ignore-installed", str(wheel)], check=True)
     project = tmp_path / "project"
     (project / "models").mkdir(parents=True)
     (project / "models" / "__init__.py").write_text("WHOSE = 'the user'\n")
