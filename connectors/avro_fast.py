@@ -106,6 +106,57 @@ def _read_array(buf: bytes, pos: int, item: Callable[[bytes, int], tuple[Any, in
             out.append(value)
 
 
+def _read_map(buf: bytes, pos: int, item: Callable[[bytes, int], tuple[Any, int]]
+              ) -> tuple[dict[str, Any], int]:
+    out: dict[str, Any] = {}
+    while True:
+        count, pos = _read_varint(buf, pos)
+        if count == 0:
+            return out, pos
+        if count < 0:
+            count = -count
+            _, pos = _read_varint(buf, pos)
+        for _ in range(count):
+            key, pos = _read_string(buf, pos)
+            out[key], pos = item(buf, pos)
+
+
+def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
+    n, pos = _read_length(buf, pos)
+    end = pos + n
+    if end > len(buf):
+        raise ValueError("string runs past the end of the record")
+    return buf[pos:end].decode(), end
+
+
+def _read_bytes(buf: bytes, pos: int) -> tuple[bytes, int]:
+    n, pos = _read_length(buf, pos)
+    end = pos + n
+    if end > len(buf):
+        raise ValueError("bytes run past the end of the record")
+    return buf[pos:end], end
+
+
+def _read_double(buf: bytes, pos: int) -> tuple[float, int]:
+    return _UNPACK_D(buf, pos)[0], pos + 8
+
+
+def _read_float(buf: bytes, pos: int) -> tuple[float, int]:
+    return _UNPACK_F(buf, pos)[0], pos + 4
+
+
+def _read_bool(buf: bytes, pos: int) -> tuple[bool, int]:
+    return buf[pos] == 1, pos + 1
+
+
+_UNPACK_D = struct.Struct("<d").unpack_from
+_UNPACK_F = struct.Struct("<f").unpack_from
+#: readers of map values and array items that are not numbers in bulk
+_ITEM_READERS = {"string": "_read_string", "bytes": "_read_bytes", "int": "_read_varint",
+                 "long": "_read_varint", "double": "_read_double", "float": "_read_float",
+                 "boolean": "_read_bool"}
+
+
 def _varint_lines(target: str, indent: str) -> list[str]:
     """Inline the one-byte case (lengths and small ints), call out for longer varints."""
     return [f"{indent}b = buf[pos]",
@@ -145,7 +196,7 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
         inner = _decode_lines(name, other, target, indent + "    ")
         if inner is None:
             return None
-        return [f"{indent}branch, pos = _read_varint(buf, pos)",
+        return [*_varint_lines("branch", indent),
                 f"{indent}if branch == {null_index}:",
                 f"{indent}    {target} = None",
                 f"{indent}elif branch == {1 - null_index}:", *inner,
@@ -170,9 +221,30 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
         if items in _FIXED:
             code, size = _FIXED[items]
             return [f"{indent}{target}, pos = _read_float_array(buf, pos, {code!r}, {size})"]
-        if items in _INTEGER:
-            return [f"{indent}{target}, pos = _read_array(buf, pos, _read_varint)"]
+        if items in _ITEM_READERS:
+            return [f"{indent}{target}, pos = _read_array(buf, pos, {_ITEM_READERS[items]})"]
         return None
+    if kind == "map" and isinstance(ftype, dict):
+        values = ftype.get("values")
+        if isinstance(values, str) and values in _ITEM_READERS:
+            return [f"{indent}{target}, pos = _read_map(buf, pos, {_ITEM_READERS[values]})"]
+        return None
+    if kind == "enum" and isinstance(ftype, dict):
+        symbols = tuple(str(s) for s in ftype.get("symbols", ()))
+        return [*_varint_lines("i", indent),
+                f"{indent}if not 0 <= i < {len(symbols)}:",
+                f"{indent}    raise ValueError(f'enum index {{i}} out of range')",
+                f"{indent}{target} = {symbols!r}[i]"]
+    if kind == "record" and isinstance(ftype, dict) and isinstance(ftype.get("fields"), list):
+        lines: list[str] = []
+        parts = []
+        for j, field in enumerate(ftype["fields"]):
+            body = _decode_lines(field["name"], field["type"], f"{target}_{j}", indent)
+            if body is None:
+                return None
+            lines += body
+            parts.append(f"{field['name']!r}: {target}_{j}")
+        return [*lines, f"{indent}{target} = {{{', '.join(parts)}}}"]
     return None
 
 
@@ -192,7 +264,10 @@ def compile_decoder(schema: dict[str, Any]) -> Decoder | None:
               "        raise ValueError(f'{len(buf) - pos} bytes after the record')",
               "    return {" + ", ".join(names) + "}"]
     scope: dict[str, Any] = {"_read_varint": _read_varint, "_read_array": _read_array,
-                             "_read_length": _read_length,
+                             "_read_length": _read_length, "_read_map": _read_map,
+                             "_read_string": _read_string, "_read_bytes": _read_bytes,
+                             "_read_double": _read_double, "_read_float": _read_float,
+                             "_read_bool": _read_bool,
                              "_read_float_array": _read_float_array,
                              "_unpack_f": struct.Struct("<f").unpack_from,
                              "_unpack_d": struct.Struct("<d").unpack_from}

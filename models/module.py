@@ -21,7 +21,7 @@ from torch import nn
 from streaminfer.errors import ConfigError, ModelError
 from streaminfer.models._inputs import first_nonfinite
 from streaminfer.models.base import Model, ModelVersion
-from streaminfer.models.device import Runner
+from streaminfer.models.device import Runner, configure_threads
 from streaminfer.models.optim import build_optimizer
 
 __all__ = ["FileModel", "Loss", "TorchModel", "qualified_name"]
@@ -94,6 +94,7 @@ class TorchModel(Model):
         if activation not in ("sigmoid", "softmax", "none"):
             raise ConfigError(f"activation must be sigmoid, softmax or none, got {activation!r}")
         self.name = name
+        configure_threads()  # the built-in models' thread policy: leave a core for I/O
         self.runner = Runner(device)
         self.module = module.to(self.runner.device)
         self.loss_name = loss if isinstance(loss, str) else qualified_name(loss)

@@ -58,9 +58,24 @@ def test_multi_block_arrays_from_other_writers_are_read() -> None:
 
 
 def test_unsupported_schemas_fall_back() -> None:
-    nested = {"type": "record", "name": "N", "fields": [
-        {"name": "m", "type": {"type": "map", "values": "string"}}]}
-    assert compile_decoder(nested) is None and compile_encoder(nested) is None
+    union = {"type": "record", "name": "U", "fields": [{"name": "u", "type": ["int", "string"]}]}
+    assert compile_decoder(union) is None and compile_encoder(union) is None
+
+
+def test_maps_enums_and_nested_records_decode_compiled() -> None:
+    """What user schemas often hold is read by the compiled decoder too (the encoder, only
+    needed for predictions, leaves them to fastavro)."""
+    schema = {"type": "record", "name": "N", "fields": [
+        {"name": "m", "type": {"type": "map", "values": "string"}},
+        {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["a", "b"]}},
+        {"name": "r", "type": {"type": "record", "name": "R", "fields": [
+            {"name": "x", "type": ["null", "int"]}, {"name": "s", "type": "string"}]}},
+        {"name": "tags", "type": {"type": "array", "items": "string"}}]}
+    record = {"m": {"k": "v"}, "e": "b", "r": {"x": None, "s": "t"}, "tags": ["p", "q"]}
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), record)
+    assert compile_encoder(schema) is None
+    assert compile_decoder(schema)(out.getvalue()) == record
 
 
 def test_trailing_bytes_are_an_error() -> None:
