@@ -82,5 +82,7 @@ class BatchWriter:
             finally:
                 if self._on_write is not None:
                     self._on_write(False)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            # Only a failed attempt waits (a sleep in the finally above also ran after every
+            # successful write: 0.5 s per batch).
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
