@@ -102,8 +102,5 @@ def test_defaults_reach_auc_095_at_2000_events_per_second(services: Any, new_top
     served = np.array([predictions[i]["score"] for i in ids])
     auc = roc_auc_score(y, served)
     steps = max(ModelVersion.parse(predictions[i]["model_version"]).updates for i in ids)
-    from collections import Counter
-    c = Counter(ModelVersion.parse(predictions[i]["model_version"]).updates for i in ids)
-    print(sorted(c.items()))
     print(f"\nphishing at defaults, 2000 ev/s: progressive AUC {auc:.4f}, {steps} steps")
     assert auc >= 0.950, (auc, steps)
