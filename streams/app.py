@@ -180,15 +180,20 @@ class Learning:
     optimizer: Literal["sgd", "adagrad", "adam"] = "adam"
     lr: float = 1e-3
     l2: float = 0.0
-    batch_size: int = 128
+    #: examples per optimiser step; a micro-batch with fewer labels takes one smaller step
+    batch_size: int = 8
+    #: optimiser steps per micro-batch at most (0: no bound): when labels arrive faster than
+    #: ``batch_size * max_steps`` per micro-batch, they merge into larger steps
+    max_steps: int = 4
     #: progressive metrics: ``classifier`` (AUC, log-loss), ``multiclass`` (accuracy),
     #: ``recommender`` (RMSE, MAE); default: by ``loss``
     progressive: Literal["classifier", "multiclass", "recommender"] | None = None
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.l2 < 0 or self.batch_size < 1:
-            raise ConfigError(f"learning: lr must be > 0, l2 >= 0 and batch_size >= 1 (got "
-                              f"lr={self.lr}, l2={self.l2}, batch_size={self.batch_size})")
+        if self.lr <= 0 or self.l2 < 0 or self.batch_size < 1 or self.max_steps < 0:
+            raise ConfigError(f"learning: lr must be > 0, l2 >= 0, batch_size >= 1 and "
+                              f"max_steps >= 0 (got lr={self.lr}, l2={self.l2}, "
+                              f"batch_size={self.batch_size}, max_steps={self.max_steps})")
 
     @property
     def metrics(self) -> str | None:

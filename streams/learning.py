@@ -32,7 +32,8 @@ from streaminfer.streams.decode import RecordDecoder
 from streaminfer.streams.join import Joined, JoinState
 from streaminfer.streams.user_state import UserState
 
-__all__ = ["FeedbackLearner", "InlineLearner", "Learner", "LearnerHooks", "labels_of"]
+__all__ = ["FeedbackLearner", "InlineLearner", "Learner", "LearnerHooks", "labels_of",
+           "step_size"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,11 @@ class Learner:
     """What both learners share: step accounting, sync, metrics and periodic side work."""
 
     model: Model
-    learn_batch_size: int = 32
+    learn_batch_size: int = 8
     hooks: LearnerHooks = field(default_factory=LearnerHooks)
     feedback_topic: str | None = None
+    #: at most this many optimiser steps per micro-batch (0: no bound), see ``step_sizes``
+    max_steps: int = 4
     steps: int = 0
     learned: int = 0
     _last_side_work: float = field(default_factory=time.monotonic)
@@ -75,7 +78,7 @@ class Learner:
             return
         if self.hooks.progressive is not None:
             self.hooks.progressive.update(served, y)
-        size = self.learn_batch_size
+        size = step_size(len(y), self.learn_batch_size, self.max_steps)
         for start in range(0, len(y), size):
             rows = range(start, min(start + size, len(y)))
             chunk = x[start:start + size] if isinstance(x, np.ndarray) else take_rows(x, rows)
@@ -127,6 +130,20 @@ def _side_work(what: str, fn: Callable[..., Any], *args: Any) -> None:
         fn(*args)
     except Exception as exc:
         log.warning("%s failed, will retry: %s: %s", what, type(exc).__name__, exc)
+
+
+def step_size(labels: int, batch_size: int, max_steps: int) -> int:
+    """Examples per optimiser step for a micro-batch that brought ``labels`` labels.
+
+    The adaptive rule (docs/learning.md): step on whatever labels the micro-batch brought,
+    in steps of ``batch_size`` (a micro-batch with fewer labels is one smaller step), and when
+    labels arrive faster than that, merge them into at most ``max_steps`` larger steps. At low
+    rates the model moves after every few labels (sample efficiency); at saturation the step
+    count per micro-batch, hence the learning cost per event, stays bounded.
+    """
+    if max_steps <= 0 or labels <= batch_size * max_steps:
+        return batch_size
+    return -(-labels // max_steps)
 
 
 def _usable(labels: np.ndarray, learning: Learning) -> np.ndarray:

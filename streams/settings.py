@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     lr: float | None = Field(None, gt=0)
     l2: float | None = Field(None, ge=0)
     hidden: int = Field(0, ge=0)
-    learn_batch_size: int | None = Field(None, gt=0)  # None: the app's own, see below
+    learn_batch_size: int | None = Field(None, gt=0)  # None: the app's own (Learning)
+    learn_max_steps: int | None = Field(None, ge=0)  # None: the app's own; 0: no bound
     join_window_s: float = Field(600.0, gt=0)
 
     sync_mode: Literal["off", "async", "sync"] = "off"

@@ -335,6 +335,8 @@ class Worker:
                             self.written_offsets, sync, store, on_saved=self.obs.mark_checkpoint,
                             current=lambda: self.model or model)
         batch_size = settings.learn_batch_size or learning.batch_size
+        max_steps = (learning.max_steps if settings.learn_max_steps is None
+                     else settings.learn_max_steps)
         if learning.topic is not None:
             table = faust_app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
             join = JoinState(FaustTableStore(table, faust_app),
@@ -345,13 +347,14 @@ class Worker:
                                    event_time=learning.event_time,
                                    fields=[learning.label])
             return FeedbackLearner(model, batch_size, hooks, feedback_topic=learning.topic,
-                                   join=join, labels=labels, learning=learning)
+                                   max_steps=max_steps, join=join, labels=labels, learning=learning)
         state = None
         if self.app.state is not None:
             table = faust_app.Table(self.app.state.name, partitions=n, key_type=bytes,
                                     value_type=bytes)
             state = UserState(FaustTableStore(table, faust_app), model)  # type: ignore[arg-type]
-        return InlineLearner(model, batch_size, hooks, learning=learning, state=state)
+        return InlineLearner(model, batch_size, hooks, max_steps=max_steps, learning=learning,
+                             state=state)
 
     def run(self, loglevel: str = "info") -> None:
         """Start and run until SIGTERM/SIGINT; the current batch is finished and committed.

@@ -85,7 +85,8 @@ def test_classifier_accepts_numpy_torch_and_single_vector_alike() -> None:
     x, _ = _separable(4, np.random.default_rng(3))
     from_numpy = model.predict(x)
     assert torch.equal(from_numpy, model.predict(torch.from_numpy(x)))
-    assert torch.equal(from_numpy[:1], model.predict(x[0]))
+    # One row vs four: the matmul may take another kernel, so equal up to float rounding.
+    assert torch.allclose(from_numpy[:1], model.predict(x[0]), rtol=1e-6, atol=0)
 
 
 def test_untrained_classifier_scores_are_probabilities() -> None:

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.services
 river_datasets = pytest.importorskip("river.datasets")
 
 LEARNING = {"STREAMINFER_NUM_FEATURES": "9", "STREAMINFER_LEARN_BATCH_SIZE": "1",
+            "STREAMINFER_LEARN_MAX_STEPS": "0",
             "STREAMINFER_OPTIMIZER": "sgd", "STREAMINFER_LR": "0.1", "STREAMINFER_SEED": "7",
             "STREAMINFER_BATCH_MAX_WAIT_MS": "5"}
 
@@ -81,3 +82,26 @@ def test_progressive_auc_matches_in_process_learner(services: Any, new_topic: An
     assert max(updates) >= len(y) - 50  # the worker did learn (almost) every label
     print(f"\nphishing progressive AUC: pipeline {pipeline_auc:.4f}, in-process same timing "
           f"{roc_auc_score(y, same_timing):.4f}, sequential {sequential_auc:.4f}")
+
+
+@pytest.mark.learning_quality
+def test_defaults_reach_auc_095_at_2000_events_per_second(services: Any, new_topic: Any,
+                                                          redis_client: redis.Redis,
+                                                          tmp_path: Path) -> None:
+    """What a new user gets: ``streaminfer worker --num-features 9``, every other setting at
+    its default, the stream at 2,000 ev/s with each label right behind its event."""
+    x, y = phishing()
+    with deployment(services, new_topic, tmp_path, partitions=1) as dep:
+        worker = dep.start_worker("--num-features", "9")
+        dep.wait_ready([worker], redis_client)
+        run = uuid.uuid4().hex[:8]
+        ids = publish_interleaved(dep.bootstrap, dep.events_topic, dep.feedback_topic, x, y,
+                                  run, rate=2000)
+        predictions = wait_all_served(dep, len(ids), 60, "every event predicted")
+        dep.stop_all()
+
+    served = np.array([predictions[i]["score"] for i in ids])
+    auc = roc_auc_score(y, served)
+    steps = max(ModelVersion.parse(predictions[i]["model_version"]).updates for i in ids)
+    print(f"\nphishing at defaults, 2000 ev/s: progressive AUC {auc:.4f}, {steps} steps")
+    assert auc >= 0.950, (auc, steps)

@@ -31,5 +31,5 @@ def app(settings: Settings) -> App:
         model=_model,
         outputs=Outputs(["score"], topic=settings.predictions_topic),
         learning=Learning(topic=settings.feedback_topic, schema="feedback", label="label",
-                          loss="bce", batch_size=128),
+                          loss="bce", batch_size=8, max_steps=8),
     )

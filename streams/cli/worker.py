@@ -57,12 +57,17 @@ __all__ = ["worker"]
 @click.option("--feedback-topic", help="Classifier labels, joined to events by event_id; "
               "must have the events topic's partition count [default feedback].")
 @click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]),
-              help="Online optimiser [default: adam for the classifier, adagrad for the "
-              "recommender].")
+              help="Online optimiser [default: adagrad (lr 0.3 classifier, 0.1 "
+              "recommender)].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
 @click.option("--l2", type=click.FloatRange(min=0), help="L2 penalty (weight decay).")
 @click.option("--learn-batch-size", type=click.IntRange(min=1),
-              help="Examples per optimiser step [default: 128 classifier, 32 recommender].")
+              help="Examples per optimiser step; more labels than this times "
+              "--learn-max-steps in a micro-batch merge into larger steps [default: 8 "
+              "classifier, 32 recommender].")
+@click.option("--learn-max-steps", type=click.IntRange(min=0),
+              help="Optimiser steps per micro-batch at most; 0: no bound [default: 8 "
+              "classifier, 0 recommender].")
 @click.option("--join-window-s", type=click.FloatRange(min=0, min_open=True),
               help="Event-time window for joining feedback to its event [default 600].")
 @click.option("--sync-mode", type=click.Choice(["off", "async", "sync"]),
