@@ -32,6 +32,7 @@ from streaminfer.connectors.avro_fast import (
     compile_columns_encoder,
     compile_decoder,
     compile_encoder,
+    compile_projection,
 )
 from streaminfer.errors import DecodeError
 
@@ -226,6 +227,23 @@ class RecordCodec:
         return self.encode_many(records)
 
     # -- decoding --------------------------------------------------------------------------
+    def projection(self, paths: list[tuple[str, ...]]) -> Callable[[bytes], tuple[Any, ...]] | None:
+        """A compiled reader of just the fields at ``paths``, for the *body* of a record
+        written with exactly this codec's schema (after ``schema.header``); ``None`` when the
+        schema has types the compiled readers do not cover. It raises ``DecodeError``."""
+        read = compile_projection(_strip_logical_types(self.schema.raw), paths)
+        if read is None:
+            return None
+        name = self.schema.full_name
+
+        def project(body: bytes) -> tuple[Any, ...]:
+            try:
+                return read(body)
+            except (IndexError, ValueError, struct.error) as exc:
+                raise DecodeError(f"Avro body does not match {name}: {exc}") from None
+
+        return project
+
     def decode_typed(self, data: bytes | None) -> tuple[dict[str, Any], bool]:
         """``(record, typed)``: ``typed`` is true when the record was read with exactly the
         reader schema, so every field already has its schema type (no checks needed)."""

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compile_decoder", "compile_encoder", "encode_long"]
+__all__ = ["compile_decoder", "compile_encoder", "compile_projection", "encode_long"]
 
 Decoder = Callable[[bytes], dict[str, Any]]
 Encoder = Callable[[dict[str, Any]], bytes]
@@ -248,6 +248,23 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
     return None
 
 
+_DECODE_SCOPE: dict[str, Any] = {
+    "_read_varint": _read_varint, "_read_array": _read_array, "_read_length": _read_length,
+    "_read_map": _read_map, "_read_string": _read_string, "_read_bytes": _read_bytes,
+    "_read_double": _read_double, "_read_float": _read_float, "_read_bool": _read_bool,
+    "_read_float_array": _read_float_array, "_unpack_f": _UNPACK_F, "_unpack_d": _UNPACK_D,
+}
+
+
+def _finish(lines: list[str], result: str) -> Any:
+    lines += ["    if pos != len(buf):",
+              "        raise ValueError(f'{len(buf) - pos} bytes after the record')",
+              f"    return {result}"]
+    scope = dict(_DECODE_SCOPE)
+    exec("\n".join(lines), scope)  # source built from the schema alone
+    return scope["decode"]
+
+
 def compile_decoder(schema: dict[str, Any]) -> Decoder | None:
     """``decode(body) -> dict`` for a record schema written *and* read with ``schema``."""
     if _type_name(schema) != "record":
@@ -260,19 +277,46 @@ def compile_decoder(schema: dict[str, Any]) -> Decoder | None:
             return None
         lines += body
         names.append(f"{field['name']!r}: v{i}")
-    lines += ["    if pos != len(buf):",
-              "        raise ValueError(f'{len(buf) - pos} bytes after the record')",
-              "    return {" + ", ".join(names) + "}"]
-    scope: dict[str, Any] = {"_read_varint": _read_varint, "_read_array": _read_array,
-                             "_read_length": _read_length, "_read_map": _read_map,
-                             "_read_string": _read_string, "_read_bytes": _read_bytes,
-                             "_read_double": _read_double, "_read_float": _read_float,
-                             "_read_bool": _read_bool,
-                             "_read_float_array": _read_float_array,
-                             "_unpack_f": struct.Struct("<f").unpack_from,
-                             "_unpack_d": struct.Struct("<d").unpack_from}
-    exec("\n".join(lines), scope)  # source built above from the schema alone
-    return scope["decode"]  # type: ignore[no-any-return]
+    return _finish(lines, "{" + ", ".join(names) + "}")  # type: ignore[no-any-return]
+
+
+def compile_projection(schema: dict[str, Any], paths: list[tuple[str, ...]]
+                       ) -> Callable[[bytes], tuple[Any, ...]] | None:
+    """``decode(body) -> tuple``: only the leaf fields at ``paths`` (nested records as
+    ``("outer", "inner")``), in that order, for a body written with ``schema``.
+
+    What the worker needs of a record, without building the record: no dict per record (or
+    per nested record) and no lookups after it. Every field is still read, since Avro has
+    no index; ``None`` when a type is not covered (then the caller decodes whole records).
+    """
+    if _type_name(schema) != "record":
+        return None
+    lines = ["def decode(buf):", "    pos = 0"]
+    where: dict[tuple[str, ...], str] = {}
+    count = iter(range(1 << 30))
+
+    def walk(record: dict[str, Any], prefix: tuple[str, ...], indent: str) -> bool:
+        for field in record["fields"]:
+            path = (*prefix, field["name"])
+            var = f"v{next(count)}"
+            ftype = field["type"]
+            inner = ftype if _type_name(ftype) == "record" and isinstance(ftype, dict) else None
+            if inner is not None and any(p[:len(path)] == path for p in paths):
+                if not walk(inner, path, indent):
+                    return False
+                continue
+            body = _decode_lines(field["name"], ftype, var, indent)
+            if body is None:
+                return False
+            lines.extend(body)
+            where[path] = var
+        return True
+
+    if not walk(schema, (), "    "):
+        return None
+    if any(path not in where for path in paths):
+        return None  # e.g. a nullable nested record: leave it to the whole-record path
+    return _finish(lines, "(" + "".join(f"{where[p]}, " for p in paths) + ")")  # type: ignore[no-any-return]
 
 
 # -- encoding -------------------------------------------------------------------------------
