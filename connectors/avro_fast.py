@@ -248,6 +248,17 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
     return None
 
 
+def _skip_lines(ftype: Any, indent: str) -> list[str] | None:
+    """Source lines that move past a value of ``ftype`` the caller does not need: strings and
+    bytes without copying them, maps and arrays of strings without keeping them."""
+    kind = _type_name(ftype)
+    if kind in ("string", "bytes"):
+        return [*_length_lines("n", indent), f"{indent}pos += n",
+                f"{indent}if pos > len(buf):",
+                f"{indent}    raise ValueError('string runs past the end of the record')"]
+    return _decode_lines("_", ftype, "_", indent)
+
+
 _DECODE_SCOPE: dict[str, Any] = {
     "_read_varint": _read_varint, "_read_array": _read_array, "_read_length": _read_length,
     "_read_map": _read_map, "_read_string": _read_string, "_read_bytes": _read_bytes,
@@ -305,11 +316,14 @@ def compile_projection(schema: dict[str, Any], paths: list[tuple[str, ...]]
                 if not walk(inner, path, indent):
                     return False
                 continue
-            body = _decode_lines(field["name"], ftype, var, indent)
+            wanted = path in paths
+            body = (_decode_lines(field["name"], ftype, var, indent) if wanted
+                    else _skip_lines(ftype, indent))
             if body is None:
                 return False
             lines.extend(body)
-            where[path] = var
+            if wanted:
+                where[path] = var
         return True
 
     if not walk(schema, (), "    "):

@@ -180,10 +180,10 @@ def _lookup(record: dict[str, Any], column: Column) -> Any:
     return value
 
 
-def _array(kind: str, values: list[Any]) -> Any:
+def _array(kind: str, values: list[Any], nullable: bool = True) -> Any:
     """A column's values as the batch holds them: numbers as arrays, the rest as lists."""
     if kind in ("number", "integer", "timestamp", "boolean"):
-        if any(v is None for v in values):
+        if nullable and None in values:
             return np.asarray([math.nan if v is None else v for v in values], np.float64)
         dtype = {"number": np.float64, "boolean": np.bool_}.get(kind, np.int64)
         return np.asarray(values, dtype)
@@ -284,7 +284,7 @@ class RecordDecoder:
             times.append(ts)
         if rows:
             by_column = list(zip(*rows, strict=True))
-            columns = {c.name: _array(c.kind, list(v))
+            columns = {c.name: _array(c.kind, list(v), c.nullable)
                        for c, v in zip(self.columns, by_column, strict=True)}
         else:
             columns = {c.name: _array(c.kind, []) for c in self.columns}

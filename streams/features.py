@@ -117,6 +117,20 @@ class _Hashed:
     field: str
     buckets: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cache", {})
+
+    def _bucket(self, value: Any) -> int:
+        """crc32 is stable across processes and machines (Python's hash() is salted); values
+        repeat, so each is hashed once (up to 100,000 of them)."""
+        cache: dict[Any, int] = self._cache  # type: ignore[attr-defined]
+        bucket = cache.get(value)
+        if bucket is None:
+            bucket = zlib.crc32(str(value).encode()) % self.buckets
+            if len(cache) < 100_000:
+                cache[value] = bucket
+        return bucket
+
     @property
     def fields(self) -> tuple[str, ...]:
         return (self.field,)
@@ -126,9 +140,7 @@ class _Hashed:
         return self.buckets
 
     def __call__(self, columns: Columns, n: int) -> np.ndarray:
-        # crc32 is stable across processes and machines (Python's hash() is salted).
-        codes = np.fromiter((zlib.crc32(str(v).encode()) % self.buckets
-                             for v in _column(columns, self.field)), np.int64, n)
+        codes = np.fromiter(map(self._bucket, _column(columns, self.field)), np.int64, n)
         out = np.zeros((n, self.buckets), np.float32)
         out[np.arange(n), codes] = 1.0
         return out

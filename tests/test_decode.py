@@ -187,3 +187,28 @@ def test_records_of_an_older_writer_schema_are_resolved_and_checked() -> None:
     batch, rejected = decoder.decode(msgs)
     assert rejected == []
     assert batch.columns["unit"] == ["C", "F"] and batch.columns["value"].tolist() == [1.5, 2.5]
+
+
+def test_fields_a_worker_does_not_need_are_skipped_not_lost() -> None:
+    """Only the named fields become columns; the others (a string, a map, a nested record)
+    are read past, and the record's own values stay right."""
+    schema = {"type": "record", "name": "Wide", "fields": [
+        {"name": "id", "type": "string"}, {"name": "note", "type": "string"},
+        {"name": "k", "type": "string"}, {"name": "ts", "type": "long"},
+        {"name": "tags", "type": {"type": "map", "values": "string"}},
+        {"name": "x", "type": "double"},
+        {"name": "geo", "type": {"type": "record", "name": "Geo", "fields": [
+            {"name": "lat", "type": "double"}, {"name": "name", "type": "string"}]}}]}
+    codec = RecordCodec(schema)
+    decoder = RecordDecoder(codec, key="k", event_id="id", event_time="ts",
+                            fields=["x", "geo.lat"])
+    now = now_ms()
+    msgs = [_msg(codec.encode({"id": f"i{n}", "note": "é" * n, "k": "key", "ts": now,
+                               "tags": {"a": "b"} if n else {}, "x": n / 2,
+                               "geo": {"lat": -n, "name": "somewhere"}}), n) for n in range(3)]
+    msgs.append(_msg(msgs[0].value()[:-3], 3))  # truncated: a dead letter, not a crash
+    batch, rejected = decoder.decode(msgs)
+    assert set(batch.columns) == {"x", "geo.lat"}
+    assert batch.columns["x"].tolist() == [0.0, 0.5, 1.0]
+    assert batch.columns["geo.lat"].tolist() == [0.0, -1.0, -2.0]
+    assert [r.msg.offset() for r in rejected] == [3] and rejected[0].error_type == "decode"
