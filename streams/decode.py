@@ -221,7 +221,56 @@ class RecordDecoder:
         self._n_roles = len(roles)
 
     def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]:
-        """Valid records as columns, and the rejected rest (each says field and reason)."""
+        """Valid records as columns, and the rejected rest (each says field and reason).
+
+        The common case, records written with the input's own schema and all three roles
+        named fields, is one compiled call per record and column-wise checks of the roles;
+        anything else (JSON, other writers, a bad value) goes record by record, so that a
+        rejection names the field.
+        """
+        rejected: list[Rejected] = []
+        fast = self._project_all(messages)
+        if fast is not None and fast[1]:
+            kept = fast[0]
+            cols = list(zip(*fast[1], strict=True))
+            ids, keys, times = list(cols[0]), list(cols[1]), list(cols[2])
+            by_column = [list(col) for col in cols[3:]]
+        else:
+            kept, ids, keys, times, values = self._decode_each(messages, rejected)
+            by_column = [[v[j] for v in values] for j in range(len(self.columns))]
+        columns = {c.name: _array(c.kind, col, c.nullable)
+                   for c, col in zip(self.columns, by_column, strict=True)}
+        return Batch(kept, ids, keys, np.asarray(times, np.int64), columns), rejected
+
+    def _project_all(self, messages: Sequence[Message]
+                     ) -> tuple[list[Message], list[tuple[Any, ...]]] | None:
+        """``(messages, (event_id, key, ts, *columns) rows)`` when every message of the
+        batch is read by the compiled projection with fine roles; ``None`` otherwise, and
+        the batch goes record by record (in order: a key's records stay in sequence)."""
+        project, header = self._project, self.codec.schema.header
+        if project is None or self._n_roles != 3:
+            return None
+        rows: list[tuple[Any, ...]] = []
+        for msg in messages:
+            data = msg.value()
+            if not data or data[:10] != header:
+                return None
+            try:
+                rows.append(project(data[10:]))
+            except DecodeError:
+                return None
+        if rows:
+            ids, keys, times = zip(*(r[:3] for r in rows), strict=True)
+            ts = np.asarray(times, np.int64)
+            if not (all(ids) and all(keys) and ts.min() >= MIN_TS
+                    and ts.max() <= now_ms() + MAX_FUTURE_MS):
+                return None
+        return list(messages), rows
+
+    def _decode_each(self, messages: Sequence[Message], rejected: list[Rejected]
+                     ) -> tuple[list[Message], list[str], list[str], list[int],
+                                list[tuple[Any, ...]]]:
+        """Record by record: decode, check, and say which field is wrong."""
         now = now_ms()
         high = now + MAX_FUTURE_MS
         kept: list[Message] = []
@@ -229,20 +278,14 @@ class RecordDecoder:
         ids: list[str] = []
         keys: list[str] = []
         times: list[int] = []
-        rejected: list[Rejected] = []
         decode, get, n_roles = self.codec.decode_typed, self._get, self._n_roles
         has_id, has_key, has_ts = (self.event_id is not None, self.key is not None,
                                    self.event_time is not None)
-        project, header = self._project, self.codec.schema.header
         for msg in messages:
             try:
                 data = msg.value()
-                if project is not None and data and data[:10] == header:
-                    values = project(data[10:])  # the common case: our own schema, compiled
-                    record = None
-                else:
-                    record, typed = decode(data)
-                    values = get(record) if typed else None
+                record, typed = decode(data)
+                values = get(record) if typed else None
                 if values is not None:
                     i = 0
                     if has_id:
@@ -257,8 +300,6 @@ class RecordDecoder:
                             and (not has_ts or MIN_TS <= ts <= high)):
                         values = None  # find and name the problem the slow way
                 if values is None:
-                    if record is None:
-                        record, _ = decode(data)
                     values = self._checked(record, now)
                     event_id, key, ts = values[-3:]
                     values = values[:-3]
@@ -282,13 +323,8 @@ class RecordDecoder:
             ids.append(event_id)
             keys.append(key)
             times.append(ts)
-        if rows:
-            by_column = list(zip(*rows, strict=True))
-            columns = {c.name: _array(c.kind, list(v), c.nullable)
-                       for c, v in zip(self.columns, by_column, strict=True)}
-        else:
-            columns = {c.name: _array(c.kind, []) for c in self.columns}
-        return Batch(kept, ids, keys, np.asarray(times, np.int64), columns), rejected
+        return kept, ids, keys, times, rows
+
 
     def _checked(self, record: dict[str, Any], now: int) -> tuple[Any, ...]:
         """Column values checked one by one, then (event_id, key, ts); raises naming the
