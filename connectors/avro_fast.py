@@ -158,11 +158,16 @@ _ITEM_READERS = {"string": "_read_string", "bytes": "_read_bytes", "int": "_read
 
 
 def _varint_lines(target: str, indent: str) -> list[str]:
-    """Inline the one-byte case (lengths and small ints), call out for longer varints."""
+    """Inline the one- and two-byte cases (lengths, small ints: |v| < 8192), call out for
+    longer varints."""
     return [f"{indent}b = buf[pos]",
             f"{indent}if b < 0x80:",
             f"{indent}    {target} = (b >> 1) ^ -(b & 1)",
             f"{indent}    pos += 1",
+            f"{indent}elif buf[pos + 1] < 0x80:",
+            f"{indent}    b = (b & 0x7F) | (buf[pos + 1] << 7)",
+            f"{indent}    {target} = (b >> 1) ^ -(b & 1)",
+            f"{indent}    pos += 2",
             f"{indent}else:",
             f"{indent}    {target}, pos = _read_varint(buf, pos)"]
 
@@ -256,7 +261,28 @@ def _skip_lines(ftype: Any, indent: str) -> list[str] | None:
         return [*_length_lines("n", indent), f"{indent}pos += n",
                 f"{indent}if pos > len(buf):",
                 f"{indent}    raise ValueError('string runs past the end of the record')"]
+    if kind == "map" and isinstance(ftype, dict) and ftype.get("values") in ("string", "bytes"):
+        return [f"{indent}pos = _skip_strings(buf, pos, 2)"]
+    if (kind == "array" and isinstance(ftype, dict)
+            and _type_name(ftype.get("items")) in ("string", "bytes")):
+        return [f"{indent}pos = _skip_strings(buf, pos, 1)"]
     return _decode_lines("_", ftype, "_", indent)
+
+
+def _skip_strings(buf: bytes, pos: int, per_item: int) -> int:
+    """Past a map of strings (``per_item`` 2: key and value) or an array of strings (1)."""
+    while True:
+        count, pos = _read_varint(buf, pos)
+        if count == 0:
+            return pos
+        if count < 0:
+            count = -count
+            _, pos = _read_varint(buf, pos)
+        for _ in range(count * per_item):
+            n, pos = _read_length(buf, pos)
+            pos += n
+            if pos > len(buf):
+                raise ValueError("string runs past the end of the record")
 
 
 _DECODE_SCOPE: dict[str, Any] = {
@@ -264,6 +290,7 @@ _DECODE_SCOPE: dict[str, Any] = {
     "_read_map": _read_map, "_read_string": _read_string, "_read_bytes": _read_bytes,
     "_read_double": _read_double, "_read_float": _read_float, "_read_bool": _read_bool,
     "_read_float_array": _read_float_array, "_unpack_f": _UNPACK_F, "_unpack_d": _UNPACK_D,
+    "_skip_strings": _skip_strings,
 }
 
 
