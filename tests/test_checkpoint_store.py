@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import redis
 import torch
-from conftest import Services
+from servers import Services
 
 from streaminfer.connectors.checkpoint_store import RedisCheckpointBlobs
 from streaminfer.connectors.params_publisher import (

@@ -23,7 +23,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from conftest import Services
+from servers import Services
 
 from streaminfer.streams.demo import FleetStats, unpredicted, worker_args
 from streaminfer.streams.settings import load_settings

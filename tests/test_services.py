@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from conftest import Services, kafka_answers, redis_answers, state_dir
+from servers import Services, kafka_answers, redis_answers, state_dir
 
 from streaminfer.streams.cli import main
 

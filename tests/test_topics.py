@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from click.testing import CliRunner, Result
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
-from conftest import Services
+from servers import Services
 
 from streaminfer.connectors.admin import ensure_topics, list_topics
 from streaminfer.errors import ConfigError
