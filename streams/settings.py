@@ -94,8 +94,6 @@ class Settings(BaseSettings):
     quantize_refresh_s: float = Field(
         1.0, ge=0, description="Rebuild the int8 copy at most this often, after learning "
         "steps changed the master")
-    canary_share: float = Field(0.05, ge=0, le=1, description="Share of keys (hashed) the "
-                                "'canary' version serves")
 
     metrics_port: int = Field(
         9464, ge=-1, le=65_535,
