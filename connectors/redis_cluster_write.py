@@ -60,7 +60,7 @@ SLOTS = 16384
 #: Error replies that mean "this node no longer owns (all of) these keys": re-read the map.
 _TOPOLOGY = (MovedError, AskError, ClusterDownError, TryAgainError, ReadOnlyError,
              MasterDownError)
-_TOPOLOGY_TEXT = ("non local key", "slot not served", "not served")
+_TOPOLOGY_TEXT = ("non local key", "not served", "cluster is down", "CLUSTERDOWN")
 
 
 class ClusterWriteError(RedisError):
@@ -100,7 +100,7 @@ class ClusterRouter:
     """Which master owns which slot, and one pipelined script call per master."""
 
     def __init__(self, client: RedisCluster, *, wait_replicas: int = 0,
-                 wait_timeout_ms: int = 1000, attempts: int = 20,
+                 wait_timeout_ms: int = 1000, attempts: int = 150,
                  retry_sleep_s: float = 0.1) -> None:
         if wait_replicas < 0:
             raise ValueError(f"wait_replicas must be >= 0, got {wait_replicas}")
@@ -114,8 +114,9 @@ class ClusterRouter:
         self._cache_id = -1
         self._owner: list[str] = []
         self._topology_changed = False
-        self._wait = (b"" if wait_replicas == 0 else
-                      _pack("WAIT", wait_replicas, wait_timeout_ms))
+        # Per master: (replicas connected, when checked). WAIT asks for at most that many, so
+        # a master that lost its replica (after a failover) is not waited on for nothing.
+        self._replicas: dict[str, tuple[int, float]] = {}
 
     # ---------------------------------------------------------------- slot map
 
@@ -143,7 +144,7 @@ class ClusterRouter:
         map and sent again until all succeeded. Returns ``(row indices, reply)`` per call."""
         done: list[tuple[list[int], Any]] = []
         calls = plan.calls
-        for _ in range(self.attempts):
+        for attempt in range(self.attempts):
             replies, failed = self.send(calls, script)
             retry: list[int] = []
             for call, reply in zip(calls, replies, strict=True):
@@ -154,8 +155,9 @@ class ClusterRouter:
             if not retry:
                 return done
             if self._topology_changed:  # else only NOSCRIPT: loaded, resend at once
-                log.info("Redis Cluster: %d rows for %s failed; re-reading the slot map",
-                         len(retry), sorted(set(failed)))
+                if attempt == 0:
+                    log.info("Redis Cluster: %d rows for %s failed; re-reading the slot map "
+                             "until they are written", len(retry), sorted(set(failed)))
                 self.pause()
             calls = self.plan(plan.keys, plan.pack, sorted(retry)).calls
         raise ClusterWriteError(
@@ -179,7 +181,7 @@ class ClusterRouter:
         names of the nodes whose call failed because of the topology (the caller re-packs
         those rows and sends them again). Raises on any other error.
         """
-        pending: list[tuple[int, Any, Any]] = []
+        pending: list[tuple[int, Any, Any, int]] = []
         failed: list[str] = []
         self._topology_changed = False
         replies: list[Any] = [None] * len(calls)
@@ -197,21 +199,23 @@ class ClusterRouter:
                 self._topology_changed = True
                 continue
             try:
-                conn.send_packed_command([call.command, self._wait] if self._wait
-                                         else [call.command])
+                want = self._wait_for(call.node)
+                conn.send_packed_command(
+                    [call.command, _pack("WAIT", want, self.wait_timeout_ms)] if want
+                    else [call.command])
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 conn.disconnect()
                 pool.release(conn)
                 failed.append(call.node)
                 self._topology_changed = True
                 continue
-            pending.append((i, conn, pool))
-        for i, conn, pool in pending:
+            pending.append((i, conn, pool, want))
+        for i, conn, pool, want in pending:
             call = calls[i]
             try:
                 reply, error = _read(conn)
                 acked = None
-                if self._wait:
+                if want:
                     acked, _ = _read(conn)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 conn.disconnect()
@@ -231,8 +235,9 @@ class ClusterRouter:
                 else:
                     raise error
                 continue
-            if acked is not None and int(acked) < self.wait_replicas:
-                if self._connected_replicas(call.node) >= self.wait_replicas:
+            if acked is not None and int(acked) < want:
+                self._replicas.pop(call.node, None)
+                if self._connected_replicas(call.node) >= want:
                     failed.append(call.node)  # a replica exists but lags: write again
                     self._topology_changed = True
                     continue
@@ -244,6 +249,23 @@ class ClusterRouter:
         node = self.client.get_node(node_name=node_name)
         if node is not None and node.redis_connection is not None:
             node.redis_connection.script_load(script)
+
+    def _wait_for(self, node_name: str) -> int:
+        """Replicas to WAIT for on ``node_name``: the setting, capped by those connected
+        (checked at most once a second; ``ROLE`` lists them)."""
+        if self.wait_replicas == 0:
+            return 0
+        known = self._replicas.get(node_name)
+        if known is None or time.monotonic() - known[1] > 1.0:
+            try:
+                count = self._connected_replicas(node_name)
+            except RedisError:
+                count = self.wait_replicas  # unknown: ask for all, the reply decides
+            known = (count, time.monotonic())
+            self._replicas[node_name] = known
+        if known[0] < self.wait_replicas:
+            self.degraded_writes += 1
+        return min(self.wait_replicas, known[0])
 
     def _connected_replicas(self, node_name: str) -> int:
         node = self.client.get_node(node_name=node_name)
