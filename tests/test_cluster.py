@@ -134,14 +134,15 @@ class Progress(threading.Thread):
 
     def longest_stall(self, since: float, until: float | None = None) -> float:
         """Longest time after ``since`` during which the total did not grow."""
-        last_t, last_v, worst = since, None, 0.0
-        for t, v in self.samples:
+        last_t, last_v, worst, end = since, None, 0.0, since
+        for t, v in list(self.samples):
             if t < since or (until is not None and t > until):
                 continue
+            end = t
             if last_v is None or v > last_v:
                 worst = max(worst, t - last_t)
                 last_t, last_v = t, v
-        return worst
+        return max(worst, end - last_t)  # a stall still going on counts too
 
     def resumed_after(self, since: float) -> float | None:
         """Seconds from ``since`` until the total grew past its value at ``since``."""
@@ -294,11 +295,11 @@ def test_kafka_brokers_killed_mid_stream_nothing_lost(
         first_kill = time.monotonic()
         os.kill(_broker_pid(cluster_state, 2), signal.SIGKILL)
         time.sleep(10)
-        stall_one = progress.longest_stall(first_kill)
+        stall_one = progress.longest_stall(first_kill, time.monotonic())
         second_kill = time.monotonic()
         os.kill(_broker_pid(cluster_state, 3), signal.SIGKILL)
         time.sleep(8)  # one broker of three: below min.insync.replicas, producers must wait
-        waited = progress.longest_stall(second_kill)
+        waited = progress.longest_stall(second_kill, time.monotonic())
         restart = time.monotonic()
         _services(cluster_state, "up", "--brokers", "3")
         restarted = time.monotonic() - restart
