@@ -321,3 +321,76 @@ def test_kafka_brokers_killed_mid_stream_nothing_lost(
     finally:
         dep.stop_all()
         client.close()
+
+
+def test_every_redis_user_works_on_the_cluster(redis_cluster: str) -> None:
+    """Predictions, top-N, checkpoints, published parameters and the registry, on a
+    3-master cluster, with the key layout of a single instance."""
+    import torch
+
+    from streaminfer.connectors.checkpoint_store import RedisCheckpointBlobs
+    from streaminfer.connectors.params_publisher import ParamsPublisher, read_params
+    from streaminfer.connectors.redis_sink import (
+        PredictionRow,
+        RecommendationRow,
+        RedisPredictionSink,
+        RedisRecommendationSink,
+    )
+    from streaminfer.connectors.registry_store import RedisRegistryBlobs
+
+    client = connect(redis_cluster)
+    sink = RedisPredictionSink(client, "ct")
+    rows = [PredictionRow(event_id=f"e{i}", key=f"k{i}", score=0.5, model_version="v1",
+                          event_ts=1000 + i, processed_ts=2000, model_name="m")
+            for i in range(3000)]
+    assert sink.write(rows).applied == 3000
+    owners = {client.get_node_from_key(f"pred:ct:k{i}").name for i in range(3000)}
+    assert len(owners) == 3  # the rows really went to all three masters
+    assert sink.write(rows[:5]).applied == 5  # a replay is an idempotent overwrite
+    older = PredictionRow(event_id="e0", key="k7", score=0.1, model_version="v0",
+                          event_ts=1, processed_ts=2000, model_name="m")
+    assert sink.write([older]).stale == 1
+    assert client.hget("pred:ct:k7", "event_id") == b"e7"
+
+    recs = RedisRecommendationSink(client)
+    top = [RecommendationRow(user=f"u{i}", items=("a", "b"), scores=(1.0, 2.0), event_id="x",
+                             event_ts=10, processed_ts=11, model_version="v1")
+           for i in range(200)]
+    assert recs.write(top).applied == 200
+    stale = RecommendationRow(user="u3", items=("z",), scores=(9.0,), event_id="w",
+                              event_ts=10, processed_ts=11)
+    assert recs.write([stale]).stale == 1
+    assert client.zrange("recs:u3", 0, -1) == [b"a", b"b"]
+    assert client.hget("recs_meta:u3", "event_id") == b"x"
+
+    blobs = RedisCheckpointBlobs(client)
+    for n in range(4):
+        blobs.put("ct", f"c{n}", n, b"state%d" % n, "{}")
+    assert [i for i, _, _ in blobs.index("ct")] == ["c3", "c2", "c1", "c0"]
+    assert blobs.drop_oldest("ct", keep=2) == ["c0", "c1"]
+    assert not blobs.exists("ckpt:ct:c0") and blobs.get("ct", "ckpt:ct:c3")[0] == b"state3"
+
+    class _Version:
+        updates = 3
+
+        def __str__(self) -> str:
+            return "v1+u3"
+
+    class _Model:
+        name, version = "m", _Version()
+
+        def state_dict(self) -> dict[str, torch.Tensor]:
+            return {"w": torch.ones(3)}
+
+        def config(self) -> dict[str, Any]:
+            return {}
+
+    ParamsPublisher(client, "ct").publish(_Model())  # type: ignore[arg-type]
+    assert read_params(client, "ct")["w"].tolist() == [1.0, 1.0, 1.0]
+
+    registry = RedisRegistryBlobs(client)
+    assert registry.create("mdl", 1, b"w1", "{}")
+    assert not registry.create("mdl", 1, b"other", "{}")  # versions are immutable
+    registry.write_labels("mdl", '{"active": 1}')
+    assert registry.names() == ["mdl"] and registry.versions("mdl") == [1]
+    assert registry.read("mdl", 1) == (b"w1", "{}")
