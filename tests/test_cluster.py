@@ -262,6 +262,10 @@ def _wait_promoted(port: int, timeout: float) -> float:
     raise AssertionError(f"replica on {port} not promoted within {timeout}s")
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _s(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.1f}s"
 
@@ -351,6 +355,24 @@ def test_every_redis_user_works_on_the_cluster(redis_cluster: str) -> None:
                           event_ts=1, processed_ts=2000, model_name="m")
     assert sink.write([older]).stale == 1
     assert client.hget("pred:ct:k7", "event_id") == b"e7"
+
+    # Move 2,000 slots (with their keys) to another master behind the sink's back: its next
+    # batch meets the old owner's refusal, re-reads the map and lands every row.
+    primaries = client.get_primaries()
+    ids = {n.name: n.redis_connection.execute_command("CLUSTER MYID") for n in primaries}
+    src, dst = primaries[0].name, primaries[1].name
+    subprocess.run(["redis-cli", "--cluster", "reshard", src, "--cluster-from",
+                    _text(ids[src]), "--cluster-to", _text(ids[dst]), "--cluster-slots", "2000",
+                    "--cluster-yes"], check=True, capture_output=True, timeout=120)
+    newer = [PredictionRow(event_id=f"n{i}", key=f"k{i}", score=0.7, model_version="v2",
+                           event_ts=9000 + i, processed_ts=9999, model_name="m")
+             for i in range(3000)]
+    retries = sink.router.topology_retries
+    assert sink.write(newer).applied == 3000
+    assert sink.router.topology_retries > retries  # it did meet the move
+    fresh = connect(redis_cluster)
+    assert all(fresh.hget(f"pred:ct:k{i}", "event_id") == f"n{i}".encode()
+               for i in range(0, 3000, 7))
 
     recs = RedisRecommendationSink(client)
     top = [RecommendationRow(user=f"u{i}", items=("a", "b"), scores=(1.0, 2.0), event_id="x",
