@@ -2,15 +2,18 @@
 
 Layout, per app: hash ``ckpt:{app}:{id}`` (fields ``state``: safetensors bytes, ``manifest``:
 JSON) indexed by the sorted set ``ckpts:{app}`` (score ``created_ms``), written in one
-MULTI/EXEC so a reader never sees one without the other. :class:`RedisCheckpointBlobs` only
+MULTI/EXEC so a reader never sees one without the other (on a Redis Cluster, where the two keys
+live in different slots: the hash first, then the index, so the index never names a missing
+checkpoint; pruning removes the index entries first). :class:`RedisCheckpointBlobs` only
 moves bytes; it is the ``CheckpointBlobs`` backend of ``models.checkpoint_store``'s
 ``BlobCheckpointStore``, which builds and reads the models. Mind Redis memory: prune.
 """
 
 from __future__ import annotations
 
-import redis
+from typing import Any
 
+from streaminfer.connectors.redis_client import RedisClient, write_in_order
 from streaminfer.errors import CheckpointError
 
 __all__ = ["RedisCheckpointBlobs"]
@@ -23,7 +26,7 @@ def _text(value: bytes | str) -> str:
 class RedisCheckpointBlobs:
     """Hash ``{prefix}:{app}:{id}`` + sorted set ``{prefix}s:{app}`` by created_ms."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "ckpt") -> None:
+    def __init__(self, client: RedisClient, prefix: str = "ckpt") -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError(
                 "RedisCheckpointBlobs needs a client with decode_responses=False: "
@@ -39,10 +42,9 @@ class RedisCheckpointBlobs:
 
     def put(self, app: str, ckpt_id: str, created_ms: int, state: bytes, manifest: str) -> str:
         key = self._key(app, ckpt_id)
-        with self.client.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all or nothing
-            pipe.hset(key, mapping={"state": state, "manifest": manifest})
-            pipe.zadd(self._index(app), {ckpt_id: created_ms})
-            pipe.execute()
+        write_in_order(self.client, [  # MULTI/EXEC on one instance: all or nothing
+            lambda p: p.hset(key, mapping={"state": state, "manifest": manifest}),
+            lambda p: p.zadd(self._index(app), {ckpt_id: created_ms})])
         return key
 
     def index(self, app: str) -> list[tuple[str, int, str]]:
@@ -65,10 +67,13 @@ class RedisCheckpointBlobs:
         index = self._index(app)
         doomed = [_text(m) for m in self.client.zrange(index, 0, -(keep + 1))]
         if doomed:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(*(self._key(app, d) for d in doomed))
-                pipe.zrem(index, *doomed)
-                pipe.execute()
+            keys = [self._key(app, d) for d in doomed]
+
+            def delete(p: Any) -> None:  # one DEL per key: a cluster's keys span slots
+                for k in keys:
+                    p.delete(k)
+
+            write_in_order(self.client, [lambda p: p.zrem(index, *doomed), delete])
         return doomed
 
     def __repr__(self) -> str:

@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import redis
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
+
+from streaminfer.connectors.redis_client import RedisClient, write_in_order
 
 __all__ = ["ParamsPublisher", "PublishableModel", "read_params", "read_params_manifest"]
 
@@ -60,7 +61,7 @@ class ParamsPublisher:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         app: str,
         *,
         every_s: float = 10.0,
@@ -96,10 +97,9 @@ class ParamsPublisher:
         self._last_at = now
         version = str(model.version)
         if version == self._last_version:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.expire(_key(self.prefix, self.app, version), self.ttl_s)
-                pipe.expire(_key(self.prefix, self.app, "latest"), self.ttl_s)
-                pipe.execute()
+            write_in_order(self.client, [
+                lambda p: p.expire(_key(self.prefix, self.app, version), self.ttl_s),
+                lambda p: p.expire(_key(self.prefix, self.app, "latest"), self.ttl_s)])
             return None
         return self.publish(model)
 
@@ -118,18 +118,23 @@ class ParamsPublisher:
         }
         key = _key(self.prefix, self.app, version)
         index = _key(self.prefix, self.app, "versions")
-        with self.client.pipeline(transaction=True) as pipe:  # readers never see half of it
-            pipe.hset(
-                key, mapping={"state": safetensors_save(tensors), "manifest": json.dumps(manifest)}
-            )
-            pipe.expire(key, self.ttl_s)
-            pipe.set(_key(self.prefix, self.app, "latest"), version, ex=self.ttl_s)
-            pipe.lrem(index, 0, version)
-            pipe.lpush(index, version)
-            pipe.lrange(index, self.keep, -1)
-            pipe.ltrim(index, 0, self.keep - 1)
-            pipe.expire(index, self.ttl_s)
-            dropped = pipe.execute()[-3]
+        state = safetensors_save(tensors)
+
+        def index_steps(p: Any) -> None:
+            p.lrem(index, 0, version)
+            p.lpush(index, version)
+            p.lrange(index, self.keep, -1)
+            p.ltrim(index, 0, self.keep - 1)
+            p.expire(index, self.ttl_s)
+
+        # One transaction on a single instance (readers never see half of it); on a cluster
+        # the parameters first, then the pointer to them, then the index.
+        dropped = write_in_order(self.client, [
+            lambda p: p.hset(key, mapping={"state": state, "manifest": json.dumps(manifest)}),
+            lambda p: p.expire(key, self.ttl_s),
+            lambda p: p.set(_key(self.prefix, self.app, "latest"), version, ex=self.ttl_s),
+            index_steps,
+        ])[-3]
         # Only the newest ``keep`` versions stay: a big model published every few seconds
         # would otherwise fill Redis until the TTLs run out.
         stale = [_key(self.prefix, self.app, _text(v)) for v in dropped if _text(v) != version]
@@ -141,7 +146,7 @@ class ParamsPublisher:
         return version
 
 
-def _resolve(client: redis.Redis, app: str, version: str, prefix: str) -> str:
+def _resolve(client: RedisClient, app: str, version: str, prefix: str) -> str:
     if version != "latest":
         return version
     pointer = client.get(_key(prefix, app, "latest"))
@@ -153,7 +158,7 @@ def _resolve(client: redis.Redis, app: str, version: str, prefix: str) -> str:
     return _text(pointer)
 
 
-def _field(client: redis.Redis, app: str, version: str, prefix: str, field: str) -> bytes:
+def _field(client: RedisClient, app: str, version: str, prefix: str, field: str) -> bytes:
     key = _key(prefix, app, _resolve(client, app, version, prefix))
     value = client.hget(key, field)
     if value is None:
@@ -162,7 +167,7 @@ def _field(client: redis.Redis, app: str, version: str, prefix: str, field: str)
 
 
 def read_params(
-    client: redis.Redis, app: str, version: str = "latest", *, prefix: str = "params"
+    client: RedisClient, app: str, version: str = "latest", *, prefix: str = "params"
 ) -> dict[str, torch.Tensor]:
     """The published tensors of ``app`` at ``version`` (``"latest"``, or e.g. ``"v1+u42"``).
 
@@ -173,7 +178,7 @@ def read_params(
 
 
 def read_params_manifest(
-    client: redis.Redis, app: str, version: str = "latest", *, prefix: str = "params"
+    client: RedisClient, app: str, version: str = "latest", *, prefix: str = "params"
 ) -> dict[str, Any]:
     """What :func:`read_params` returns describes: version, updates, config, worker, time."""
     return json.loads(_field(client, app, version, prefix, "manifest"))

@@ -25,24 +25,32 @@ The write returns only after Redis has executed the script and replied, so the c
 commit input offsets afterwards (how durable that reply is depends on the server's AOF/replica
 settings, not on this module). Batches over ``MAX_ROWS_PER_CALL`` rows take one call per
 chunk; each chunk is atomic on its own, and since a key occurs once per batch after
-de-duplication, the outcome is the same. All keys of a batch go into one script call, which needs a
-single Redis instance (not Redis Cluster, where keys of one call must share a hash slot).
+de-duplication, the outcome is the same.
+
+On a Redis Cluster (a ``redis.RedisCluster`` client, e.g. from ``redis+cluster://`` URLs) the
+rows are grouped by the master owning each key and each master gets one script call per batch,
+all masters at once; ``connectors.redis_cluster_write`` says how slot moves and failovers are
+handled. The key layout is the same. Top-N rows on a cluster take two calls per master (the
+``recs_meta`` guard, then the ``recs`` sets of the rows it applied), because a user's two keys
+may live on different masters; between the two a reader can see the new meta with the old set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import hiredis
-import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streaminfer.connectors.prediction import PredictionRow, Predictions
+from streaminfer.connectors.redis_client import RedisClient, connect, is_cluster
+from streaminfer.connectors.redis_cluster_write import ClusterPlan, ClusterRouter
 
 __all__ = [
     "PackedWrite",
@@ -142,6 +150,78 @@ return applied
 )
 
 
+# Cluster variants: no declared keys (they would have to share one slot), keys read from ARGV,
+# and the flag that lets one call write keys of many slots of the node it runs on.
+_CROSS_SLOT = "#!lua flags=allow-cross-slot-keys\n"
+
+# ARGV[1..5] = ttl, processed_ts, model_name, model_version, m; ARGV[6..5+m] = output field
+# names; then per row: key, event_id, event_ts, value_1..value_m.
+_CLUSTER_PREDICTION_LUA = _CROSS_SLOT + _LUA_NEWER + """
+local ttl, pts, name, ver = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local m = tonumber(ARGV[5])
+local applied = 0
+for b = 6 + m, #ARGV, 3 + m do
+  local key = ARGV[b]
+  if newer(key, ARGV[b + 2], ARGV[b + 1]) then
+    local fields = {'event_id', ARGV[b + 1], 'event_ts', ARGV[b + 2], 'processed_ts', pts,
+      'model_name', name, 'model_version', ver}
+    for j = 1, m do
+      fields[#fields + 1] = ARGV[5 + j]
+      fields[#fields + 1] = ARGV[b + 2 + j]
+    end
+    redis.call('HSET', key, unpack(fields))
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    applied = applied + 1
+  end
+end
+return applied
+"""
+
+# ARGV[1] = ttl; per row: recs_meta key, event_id, event_ts, processed_ts, model_version.
+# Returns one 0/1 per row: applied or stale.
+_CLUSTER_RECS_META_LUA = _CROSS_SLOT + _LUA_NEWER + """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for b = 2, #ARGV, 5 do
+  local mkey, id, ts = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  if newer(mkey, ts, id) then
+    redis.call('HSET', mkey, 'event_id', id, 'event_ts', ts, 'processed_ts', ARGV[b + 3],
+      'model_version', ARGV[b + 4])
+    if ttl > 0 then redis.call('EXPIRE', mkey, ttl) end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+# ARGV[1] = ttl; per row: recs key, n, item_1, score_1, ..., item_n, score_n.
+_CLUSTER_RECS_SET_LUA = _CROSS_SLOT + """
+local ttl = tonumber(ARGV[1])
+local p = 2
+while p <= #ARGV do
+  local zkey, n = ARGV[p], tonumber(ARGV[p + 1])
+  redis.call('DEL', zkey)
+  local args = {}
+  for j = 0, n - 1 do
+    args[#args + 1] = ARGV[p + 3 + 2 * j]
+    args[#args + 1] = ARGV[p + 2 + 2 * j]
+  end
+  for s = 1, #args, 1000 do
+    redis.call('ZADD', zkey, unpack(args, s, math.min(s + 999, #args)))
+  end
+  if ttl > 0 and n > 0 then redis.call('EXPIRE', zkey, ttl) end
+  p = p + 2 + 2 * n
+end
+return 1
+"""
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class RecommendationRow:
     """A user's top-N items (best first or not: Redis sorts them by score)."""
@@ -169,6 +249,7 @@ class PackedWrite:
 
     commands: list[tuple[bytes, int]]
     stale: int = 0
+    cluster: ClusterPlan | None = None  # on a Redis Cluster: one call per master instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,10 +264,20 @@ class WriteResult:
         return WriteResult(self.applied + other.applied, self.stale + other.stale)
 
 
-def _connect(url_or_client: str | redis.Redis) -> redis.Redis:
+def _connect(url_or_client: str | RedisClient) -> RedisClient:
     if isinstance(url_or_client, str):
-        return redis.Redis.from_url(url_or_client)
+        return connect(url_or_client)
     return url_or_client
+
+
+def _router(client: RedisClient, wait_replicas: int | None,
+            wait_timeout_ms: int) -> ClusterRouter | None:
+    if not is_cluster(client):
+        if wait_replicas:
+            raise ValueError("wait_replicas is for Redis Cluster clients")
+        return None
+    return ClusterRouter(client, wait_replicas=1 if wait_replicas is None else wait_replicas,
+                         wait_timeout_ms=wait_timeout_ms)
 
 
 def _latest_per(rows: Sequence[Any], attr: str) -> list[Any]:
@@ -204,15 +295,22 @@ def _chunks(rows: list[Any], size: int) -> Iterable[list[Any]]:
 class RedisPredictionSink:
     """Event-time guarded, idempotent batch writer for ``pred:{app}:{key}`` hashes."""
 
-    def __init__(self, url_or_client: str | redis.Redis, app: str, ttl_s: int = 0) -> None:
+    def __init__(self, url_or_client: str | RedisClient, app: str, ttl_s: int = 0, *,
+                 wait_replicas: int | None = None, wait_timeout_ms: int = 1000) -> None:
+        """``wait_replicas`` (Redis Cluster only; default 1 there): replicas that must hold a
+        batch before it counts as written, so a failover cannot lose it."""
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
         self.client = _connect(url_or_client)
         self.app = app
         self.ttl_s = int(ttl_s)
         self._prefix = f"pred:{app}:"
-        # EVALSHA with automatic SCRIPT LOAD + retry on NOSCRIPT (e.g. after a Redis restart).
-        self._script = self.client.register_script(_PREDICTION_LUA)
+        self.router = _router(self.client, wait_replicas, wait_timeout_ms)
+        if self.router is None:
+            # EVALSHA with automatic SCRIPT LOAD + retry on NOSCRIPT (after a Redis restart).
+            self._sha = self.client.register_script(_PREDICTION_LUA).sha
+        else:  # loaded on each master when it first answers NOSCRIPT
+            self._sha = _sha(_CLUSTER_PREDICTION_LUA)
 
     def key_for(self, key: str) -> str:
         """The Redis hash holding ``key``'s latest prediction."""
@@ -256,6 +354,11 @@ class RedisPredictionSink:
     def write_packed(self, packed: PackedWrite) -> WriteResult:
         """Run the script calls of :meth:`pack_columns`; returns once Redis has replied."""
         result = WriteResult(stale=packed.stale)
+        if packed.cluster is not None:
+            assert self.router is not None
+            for rows, applied in self.router.execute(packed.cluster, _CLUSTER_PREDICTION_LUA):
+                result += WriteResult(int(applied), len(rows) - int(applied))
+            return result
         for command, rows in packed.commands:
             try:
                 applied = int(_request(self.client, command))
@@ -272,10 +375,24 @@ class RedisPredictionSink:
         commands = []
         prefix = self._prefix
         names = list(outputs)
+        if self.router is not None:
+            full = [prefix + k for k in keys]
+            head: list[Any] = ["EVALSHA", self._sha, 0, self.ttl_s, int(processed_ts), name,
+                               version, len(names), *names]
+            cols = (full, ids, ts, *outputs.values())
+
+            def pack(rows: list[int]) -> bytes:
+                args = list(head)
+                for i in rows:
+                    args += [col[i] for col in cols]
+                return hiredis.pack_command(tuple(args))
+
+            return PackedWrite([], stale, self.router.plan(full, pack,
+                                                           max_rows=MAX_ROWS_PER_CALL))
         for lo in range(0, len(keys), MAX_ROWS_PER_CALL):
             hi = lo + MAX_ROWS_PER_CALL
             chunk = [prefix + k for k in keys[lo:hi]]
-            args: list[Any] = ["EVALSHA", self._script.sha, len(chunk), *chunk, self.ttl_s,
+            args: list[Any] = ["EVALSHA", self._sha, len(chunk), *chunk, self.ttl_s,
                                int(processed_ts), name, version, len(names), *names]
             columns = (ids[lo:hi], ts[lo:hi], *(col[lo:hi] for col in outputs.values()))
             for row in zip(*columns, strict=True):
@@ -284,7 +401,7 @@ class RedisPredictionSink:
         return PackedWrite(commands, stale)
 
 
-def _request(client: redis.Redis, command: bytes) -> Any:
+def _request(client: RedisClient, command: bytes) -> Any:
     """Send one pre-packed command on a pooled connection and read its reply.
 
     redis-py's ``execute_command`` would pack the arguments again on the writer's thread;
@@ -316,12 +433,15 @@ def _latest_index(keys: list[str], ts: list[int], ids: list[str]) -> list[int]:
 class RedisRecommendationSink:
     """Event-time guarded writer replacing each user's ``recs:{user}`` top-N atomically."""
 
-    def __init__(self, url_or_client: str | redis.Redis, ttl_s: int = 0) -> None:
+    def __init__(self, url_or_client: str | RedisClient, ttl_s: int = 0, *,
+                 wait_replicas: int | None = None, wait_timeout_ms: int = 1000) -> None:
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
         self.client = _connect(url_or_client)
         self.ttl_s = int(ttl_s)
-        self._script = self.client.register_script(_RECOMMENDATION_LUA)
+        self.router = _router(self.client, wait_replicas, wait_timeout_ms)
+        if self.router is None:
+            self._script = self.client.register_script(_RECOMMENDATION_LUA)
 
     @staticmethod
     def key_for(user: str) -> str:
@@ -337,6 +457,8 @@ class RedisRecommendationSink:
         """Replace each user's top-N with the newest row; returns once Redis has replied."""
         rows = _latest_per(recommendations, "user")
         result = WriteResult(stale=len(recommendations) - len(rows))
+        if self.router is not None:
+            return result + self._write_cluster(rows)
         for chunk in _chunks(rows, MAX_ROWS_PER_CALL):
             keys: list[str] = []
             args: list[Any] = [self.ttl_s]
@@ -358,3 +480,40 @@ class RedisRecommendationSink:
             applied = int(self._script(keys=keys, args=args))
             result += WriteResult(applied, len(chunk) - applied)
         return result
+
+    def _write_cluster(self, rows: list[RecommendationRow]) -> WriteResult:
+        """Guard and set each ``recs_meta`` on its master, then replace the applied rows'
+        ``recs`` sets on theirs. A crash in between is repaired by the replay: the guard
+        accepts the same event again and the set is written then."""
+        router = self.router
+        assert router is not None
+        meta_sha, set_sha = _sha(_CLUSTER_RECS_META_LUA), _sha(_CLUSTER_RECS_SET_LUA)
+
+        def pack_meta(idx: list[int]) -> bytes:
+            args: list[Any] = ["EVALSHA", meta_sha, 0, self.ttl_s]
+            for i in idx:
+                r = rows[i]
+                args += [f"recs_meta:{r.user}", r.event_id, int(r.event_ts),
+                         int(r.processed_ts), r.model_version]
+            return hiredis.pack_command(tuple(args))
+
+        applied: list[int] = []
+        meta = router.plan([f"recs_meta:{r.user}" for r in rows], pack_meta,
+                           max_rows=MAX_ROWS_PER_CALL)
+        for idx, flags in router.execute(meta, _CLUSTER_RECS_META_LUA):
+            applied += [i for i, flag in zip(idx, flags, strict=True) if int(flag)]
+
+        def pack_set(idx: list[int]) -> bytes:
+            args: list[Any] = ["EVALSHA", set_sha, 0, self.ttl_s]
+            for i in idx:
+                r = rows[i]
+                args += [f"recs:{r.user}", len(r.items)]
+                for item, score in zip(r.items, r.scores, strict=True):
+                    args += [item, repr(float(score))]
+            return hiredis.pack_command(tuple(args))
+
+        if applied:
+            router.execute(router.plan([f"recs:{r.user}" for r in rows], pack_set,
+                                       sorted(applied), max_rows=MAX_ROWS_PER_CALL),
+                           _CLUSTER_RECS_SET_LUA)
+        return WriteResult(len(applied), len(rows) - len(applied))

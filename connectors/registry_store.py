@@ -9,7 +9,8 @@ version write create-only so versions stay immutable. Layouts:
   place (a rename onto an existing version fails), the labels file is replaced atomically;
 * Redis hash ``registry:{name}:v:{N}`` (``weights``, ``manifest``), sorted set
   ``registry:{name}:versions``, string ``registry:{name}:labels``, set ``registry:names``;
-  the create is one Lua script (exists? then nothing);
+  the create is one Lua script (exists? then nothing); on a Redis Cluster, where those keys
+  live in different slots, the script creates the version hash and the index follows it;
 * S3 ``{prefix}/{name}/versions/{N}/weights.safetensors`` and ``.../manifest.json``,
   ``{prefix}/{name}/labels.json``, through boto3 (any S3-compatible endpoint); the manifest
   is written last and with ``If-None-Match: *``, so a version exists once its manifest does.
@@ -25,8 +26,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import redis
-
+from streaminfer.connectors.redis_client import (
+    CLUSTER_SCHEMES,
+    RedisClient,
+    connect,
+    is_cluster,
+    write_in_order,
+)
 from streaminfer.errors import ConfigError, RegistryError
 
 __all__ = ["DirectoryRegistryBlobs", "RedisRegistryBlobs", "S3RegistryBlobs",
@@ -107,16 +113,24 @@ redis.call('SADD', KEYS[3], ARGV[4])
 return 1
 """
 
+# The same for one key (Redis Cluster): the index is written by the caller afterwards.
+_CREATE_ONE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'weights', ARGV[1], 'manifest', ARGV[2])
+return 1
+"""
+
 
 class RedisRegistryBlobs:
     """A registry in Redis (mind its memory: every version stays until deleted)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "registry") -> None:
+    def __init__(self, client: RedisClient, prefix: str = "registry") -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisRegistryBlobs needs decode_responses=False: weights are "
                              "binary")
         self.client, self.prefix = client, prefix
-        self._create = client.register_script(_CREATE)
+        self._cluster = is_cluster(client)
+        self._create = client.register_script(_CREATE_ONE if self._cluster else _CREATE)
 
     def _key(self, name: str, *parts: object) -> str:
         return ":".join([self.prefix, name, *map(str, parts)])
@@ -130,7 +144,15 @@ class RedisRegistryBlobs:
     def create(self, name: str, version: int, weights: bytes, manifest: str) -> bool:
         keys = [self._key(name, "v", version), self._key(name, "versions"),
                 f"{self.prefix}:names"]
-        return bool(self._create(keys=keys, args=[weights, manifest, version, name]))
+        if not self._cluster:
+            return bool(self._create(keys=keys, args=[weights, manifest, version, name]))
+        # Cluster: the three keys live in different slots. Create the version (atomic on its
+        # own key), then index it; the index steps are idempotent, so they also run when the
+        # version exists (a writer that crashed after its create is indexed by the next).
+        created = bool(self._create(keys=keys[:1], args=[weights, manifest]))
+        self.client.zadd(keys[1], {str(version): version})
+        self.client.sadd(keys[2], name)
+        return created
 
     def read(self, name: str, version: int) -> tuple[bytes, str]:
         weights, manifest = self.client.hmget(self._key(name, "v", version),
@@ -145,10 +167,8 @@ class RedisRegistryBlobs:
         return None if value is None else _text(value)
 
     def write_labels(self, name: str, text: str) -> None:
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(name, "labels"), text)
-            pipe.sadd(f"{self.prefix}:names", name)
-            pipe.execute()
+        write_in_order(self.client, [lambda p: p.set(self._key(name, "labels"), text),
+                                     lambda p: p.sadd(f"{self.prefix}:names", name)])
 
     def __repr__(self) -> str:
         return f"RedisRegistryBlobs({self.client!r}, prefix={self.prefix!r})"
@@ -245,8 +265,8 @@ def registry_blobs_from_url(url: str, *, s3_endpoint: str | None = None) -> Any:
     """The backend a URL names: a path or ``file:///path``, ``redis://...``,
     ``s3://bucket/prefix`` (``s3_endpoint`` or ``AWS_ENDPOINT_URL`` for a non-AWS server)."""
     parsed = urlparse(url)
-    if parsed.scheme in ("redis", "rediss", "unix"):
-        return RedisRegistryBlobs(redis.Redis.from_url(url))
+    if parsed.scheme in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+        return RedisRegistryBlobs(connect(url))
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ConfigError(f"registry URL {url!r}: expected s3://bucket/prefix")

@@ -75,14 +75,14 @@ def run_worker(app: str, services: LocalServices, *args: str, name: str, log: Pa
                ready_timeout: float = 120) -> Iterator[subprocess.Popen[bytes]]:
     """``streaminfer worker --app APP ARGS`` until the block ends (then SIGTERM), once it
     reads its partitions (its metrics key in Redis says so). ``name`` is the app's name."""
-    import redis
+    from streaminfer.connectors.redis_client import connect as connect_redis
 
     full_env = {**services.env(), **(env or {})}
     handle = log.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "streaminfer", "worker", "--app", app,
                              *args], cwd=cwd, env=full_env, stdout=handle,
                             stderr=subprocess.STDOUT)
-    client = redis.Redis.from_url(services.redis_url)
+    client = connect_redis(services.redis_url)
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -138,9 +138,9 @@ def _schema(spec: str | Path) -> dict[str, Any]:
 def wait_for_predictions(services: LocalServices, *, app: str, keys: Sequence[str],
                          timeout: float = 120) -> dict[str, dict[str, str]]:
     """The Redis hashes ``pred:{app}:{key}`` of ``keys``, once every one of them exists."""
-    import redis
+    from streaminfer.connectors.redis_client import connect as connect_redis
 
-    client = redis.Redis.from_url(services.redis_url, decode_responses=True)
+    client = connect_redis(services.redis_url, decode_responses=True)
     found: dict[str, dict[str, str]] = {}
 
     def all_there() -> bool:

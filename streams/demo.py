@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient
 from streaminfer.connectors.avro import make_codec
 from streaminfer.connectors.kafka import DeliveryFailures, make_producer, produce_batch
 from streaminfer.connectors.publish import PublishReport, publish_chunks
+from streaminfer.connectors.redis_client import connect as connect_redis
 from streaminfer.connectors.sources import SyntheticClassifier, SyntheticRatings
 from streaminfer.errors import StreaminferError
 from streaminfer.streams.settings import Settings
@@ -82,7 +83,7 @@ def kafka_answers(settings: Settings, timeout: float = 3.0) -> bool:
 
 def redis_answers(url: str, timeout: float = 2.0) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout,
+        return bool(connect_redis(url, socket_connect_timeout=timeout,
                                          socket_timeout=timeout).ping())
     except (redis.RedisError, OSError):
         return False

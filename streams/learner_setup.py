@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from streaminfer.connectors.params_publisher import ParamsPublisher
+from streaminfer.connectors.redis_client import connect as connect_redis
 from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
 from streaminfer.models.checkpoint_store import (
@@ -108,7 +107,7 @@ def build_hooks(settings: Settings, app: App, model: Model, restored: Restored, 
         logger = ScalarLogger(settings.tensorboard_dir, every_s=5.0, prefix=app.name)
         hooks.scalars = logger.log
     if settings.publish_params_every_s > 0:
-        publisher = ParamsPublisher(redis.Redis.from_url(settings.redis_url), app.name,
+        publisher = ParamsPublisher(connect_redis(settings.redis_url), app.name,
                                     every_s=settings.publish_params_every_s, worker=worker_id)
         hooks.publish_params = publisher.maybe_publish
     if store is not None:

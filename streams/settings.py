@@ -35,7 +35,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMINFER_", extra="forbid", frozen=True)
 
     bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # redis+cluster://h:p,h:p for a Redis Cluster
+    redis_cluster: bool = Field(
+        False, description="redis_url names a Redis Cluster node: the same as writing it "
+        "redis+cluster://")
+    redis_wait_replicas: int | None = Field(
+        None, ge=0, le=16,
+        description="Redis Cluster: replicas that must hold a prediction batch before its "
+        "offsets are committed (WAIT), so a failover cannot lose it; default 1 on a cluster. "
+        "A master left without replicas is written to anyway (counted as degraded)")
     schema_registry_url: str | None = None
     wire_format: WireFormat = "auto"
     kafka_properties: dict[str, str] = Field(default_factory=dict)
@@ -124,9 +132,27 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(("redis://", "rediss://", "unix://", "redis+cluster://",
+                                 "rediss+cluster://")):
+            raise ValueError("must start with redis://, rediss://, unix://, redis+cluster:// "
+                             "or rediss+cluster://")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cluster_flag(cls, data: Any) -> Any:
+        """``redis_cluster=True`` turns ``redis://`` into ``redis+cluster://`` (the one form
+        the rest of the code reads)."""
+        if isinstance(data, dict) and str(data.get("redis_cluster", "")).lower() in (
+                "true", "1", "yes"):
+            url = str(data.get("redis_url") or cls.model_fields["redis_url"].default)
+            for plain in ("redis", "rediss"):
+                if url.startswith(f"{plain}://"):
+                    url = f"{plain}+cluster://" + url[len(plain) + 3:]
+            if url.startswith("unix://"):
+                raise ValueError("redis_cluster: a Redis Cluster is not reached over unix://")
+            data = {**data, "redis_url": url}
+        return data
 
     @field_validator("kafka_properties")
     @classmethod

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import redis
-
 from streaminfer.connectors.checkpoint_store import RedisCheckpointBlobs
+from streaminfer.connectors.redis_client import CLUSTER_SCHEMES, connect
 from streaminfer.connectors.registry_store import registry_blobs_from_url
 from streaminfer.connectors.sync_transport import KafkaTransport
 from streaminfer.errors import ConfigError
@@ -74,11 +73,12 @@ def create_kafka_sync(
 
 
 def store_from_url(url: str | Path) -> CheckpointStore:
-    """The store a URL names: ``/path`` or ``file:///path`` (disk), ``redis://...`` (Redis)."""
+    """The store a URL names: ``/path`` or ``file:///path`` (disk), ``redis://...`` (Redis),
+    ``redis+cluster://...`` (Redis Cluster)."""
     text = str(url)
     parsed = urlparse(text)
-    if parsed.scheme in ("redis", "rediss", "unix"):
-        return BlobCheckpointStore(RedisCheckpointBlobs(redis.Redis.from_url(text)))
+    if parsed.scheme in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+        return BlobCheckpointStore(RedisCheckpointBlobs(connect(text)))
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ConfigError(f"file URLs must name a local path (file:///path), got {text!r}")

@@ -36,6 +36,8 @@ from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.dead_letter import DeadLetterWriter
 from streaminfer.connectors.kafka import make_consumer
 from streaminfer.connectors.predictions_sink import PredictionsTopicSink
+from streaminfer.connectors.redis_client import RedisClient
+from streaminfer.connectors.redis_client import connect as connect_redis
 from streaminfer.connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
 from streaminfer.errors import ConfigError
 from streaminfer.models import checkpoint
@@ -107,7 +109,7 @@ def build_handler(app: App, settings: Settings, model: Model) -> AppHandler:
 
 def build_sinks(app: App, settings: Settings) -> Sinks:
     """A lane's own sinks: producers are not shared between threads."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_redis(settings.redis_url)
     topic = None
     if app.outputs.topic is not None:
         codec = RecordCodec(app.outputs.prediction_schema(app.name),
@@ -117,10 +119,12 @@ def build_sinks(app: App, settings: Settings) -> Sinks:
                                      encode_many=codec.encode_many,
                                      encode_columns=codec.encode_columns)
     return Sinks(
-        redis=RedisPredictionSink(client, app.name, settings.redis_ttl_s),
+        redis=RedisPredictionSink(client, app.name, settings.redis_ttl_s,
+                                  wait_replicas=settings.redis_wait_replicas),
         topic=topic,
         dead_letters=DeadLetterWriter(settings.kafka_config(), settings.dlq_topic),
-        recommendations=RedisRecommendationSink(client, settings.redis_ttl_s)
+        recommendations=RedisRecommendationSink(client, settings.redis_ttl_s,
+                                                wait_replicas=settings.redis_wait_replicas)
         if app.outputs.top_n else None,
     )
 
@@ -175,7 +179,7 @@ class Worker:
         self._settled: frozenset[int] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._redis: redis.Redis | None = None
+        self._redis: RedisClient | None = None
         self.swap: ModelSwap | None = None  # with a model registry: follows its labels
 
     # -- topics -----------------------------------------------------------------------------
@@ -294,7 +298,7 @@ class Worker:
         faust_app.on_rebalance_complete.connect(self.on_rebalance_complete)
         faust_app.service(_LaneService(self))  # type: ignore[arg-type]
         faust_app.timer(1.0)(self.publish_metrics)
-        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._redis = connect_redis(settings.redis_url)
         return faust_app
 
     def _model_swap(self) -> ModelSwap | None:

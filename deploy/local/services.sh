@@ -7,6 +7,14 @@
 #   deploy/local/services.sh status [kafka|redis]...   running/stopped, pid, address (exit 3 if not all up)
 #   deploy/local/services.sh reset                     down, then delete the state (topics, keys)
 #
+# Clusters, beside (never instead of) the single-node services above, each on its own ports and
+# state directory:
+#   deploy/local/services.sh up --brokers 3       Kafka: 3 KRaft nodes, each broker+controller
+#                                                 (a 3-voter quorum), = service kafka-cluster
+#   deploy/local/services.sh up --redis-cluster   Redis Cluster: 3 masters + 1 replica each,
+#                                                 = service redis-cluster
+#   (down / status / reset take the same flags or service names)
+#
 # Kafka version: 4.4.0, the newest Kafka on Maven Central when this was written. Checked on
 # Java 17 with confluent-kafka 2.16 (librdkafka 2.16) and aiokafka 0.14 / faust-streaming 0.15.3:
 # produce, consume, consumer-group commit and Faust topic creation/rebalance all work, so there is
@@ -23,7 +31,15 @@
 #   KAFKA_BOOTSTRAP          use this broker, start no Kafka
 #   KAFKA_HOME               use $KAFKA_HOME/libs/*.jar instead of fetching with Maven
 #   REDIS_URL                use this Redis, start no Redis
-# After `up`, $STREAMINFER_STATE/env holds KAFKA_BOOTSTRAP=... and REDIS_URL=... lines.
+#   STREAMINFER_KAFKA_CLUSTER_PORT  first broker port of kafka-cluster; brokers use
+#                            PORT..PORT+2, controllers PORT+100..PORT+102 [29092]
+#   STREAMINFER_KAFKA_CLUSTER_HEAP  JVM -Xmx of each cluster node [512m]
+#   STREAMINFER_REDIS_CLUSTER_PORT  first port of redis-cluster: PORT..PORT+5 [17001]
+#   STREAMINFER_REDIS_CLUSTER_NODE_TIMEOUT_MS  cluster-node-timeout: how long a dead master
+#                            goes unnoticed before its replica is promoted [2000]
+# After `up`, $STREAMINFER_STATE/env holds KAFKA_BOOTSTRAP=... and REDIS_URL=... lines; the
+# clusters' addresses go to $STREAMINFER_STATE/env.cluster (KAFKA_CLUSTER_BOOTSTRAP=...,
+# REDIS_CLUSTER_URL=redis+cluster://...).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -385,6 +401,248 @@ redis_status() {
   fi
 }
 
+# ---------------------------------------------------------------- Kafka cluster (3 KRaft nodes)
+
+KCLUSTER_PORT="${STREAMINFER_KAFKA_CLUSTER_PORT:-29092}"
+KCLUSTER_HEAP="${STREAMINFER_KAFKA_CLUSTER_HEAP:-512m}"
+KCLUSTER_DIR="$STATE/kafka-cluster"
+KCLUSTER_NODES=3
+
+kcluster_bootstrap() {
+  local i out=()
+  for ((i = 0; i < KCLUSTER_NODES; i++)); do out+=("127.0.0.1:$((KCLUSTER_PORT + i))"); done
+  (IFS=,; echo "${out[*]}")
+}
+
+kcluster_node_pid() {  # node id -> pid of that node's JVM (matched by its server.properties)
+  local dir="$KCLUSTER_DIR/node$1" pid
+  pid="$(read_pid "$dir/kafka.pid")"
+  if [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] && alive "$pid" \
+     && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "kafka.Kafka $dir/server.properties"; then
+    echo "$pid"
+  fi
+}
+
+kcluster_write_config() {  # node id
+  local id="$1" dir="$KCLUSTER_DIR/node$1" voters="" j
+  for ((j = 1; j <= KCLUSTER_NODES; j++)); do
+    voters+="${voters:+,}$j@127.0.0.1:$((KCLUSTER_PORT + 100 + j - 1))"
+  done
+  mkdir -p "$dir"
+  cat >"$dir/server.properties" <<EOF
+# Written by deploy/local/services.sh (kafka-cluster); edits are overwritten on the next \`up\`.
+node.id=$id
+process.roles=broker,controller
+listeners=PLAINTEXT://127.0.0.1:$((KCLUSTER_PORT + id - 1)),CONTROLLER://127.0.0.1:$((KCLUSTER_PORT + 100 + id - 1))
+advertised.listeners=PLAINTEXT://127.0.0.1:$((KCLUSTER_PORT + id - 1))
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+controller.quorum.voters=$voters
+log.dirs=$dir/data
+num.partitions=4
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+delete.topic.enable=true
+# The controller fences a silent broker after this long (default 9 s), then moves its leaders.
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
+EOF
+  cat >"$dir/log4j2.properties" <<EOF
+status = error
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $dir/kafka.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = file
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+logger.broker.name = kafka.server.BrokerServer
+logger.broker.level = INFO
+EOF
+}
+
+kafka_cluster_up() {
+  local libs version t0 id pid cluster_id started=()
+  t0="$(date +%s.%N)"
+  libs="$(kafka_libs)"
+  version="$(kafka_libs_version "$libs")"
+  mkdir -p "$KCLUSTER_DIR"
+  if [[ ! -s "$KCLUSTER_DIR/cluster.id" ]]; then
+    python3 -c 'import base64, uuid
+while (u := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+    pass
+print(u)' >"$KCLUSTER_DIR/cluster.id"
+  fi
+  cluster_id="$(cat "$KCLUSTER_DIR/cluster.id")"
+  for ((id = 1; id <= KCLUSTER_NODES; id++)); do
+    local dir="$KCLUSTER_DIR/node$id"
+    pid="$(kcluster_node_pid "$id")"
+    if [[ -n "$pid" ]]; then log "kafka-cluster: node $id already running (pid $pid)"; continue; fi
+    for port in $((KCLUSTER_PORT + id - 1)) $((KCLUSTER_PORT + 100 + id - 1)); do
+      port_open "$port" && die "port $port is taken by another process (set STREAMINFER_KAFKA_CLUSTER_PORT)"
+    done
+    kcluster_write_config "$id"
+    local java=(java -Xmx"$KCLUSTER_HEAP" -Xms128m -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+                -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
+                -Djava.awt.headless=true -Dlog4j2.configurationFile="$dir/log4j2.properties"
+                -cp "$libs/*")
+    if [[ ! -f "$dir/data/meta.properties" ]]; then
+      "${java[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
+        >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "formatting node $id failed"; }
+    fi
+    setsid nohup "${java[@]}" kafka.Kafka "$dir/server.properties" \
+      >"$dir/stdout.log" 2>&1 </dev/null 9>&- &
+    echo $! >"$dir/kafka.pid"
+    started+=("$id")
+  done
+  [[ ${#started[@]} -eq 0 ]] && return
+  log "kafka-cluster: starting node(s) ${started[*]} of Kafka $version on $(kcluster_bootstrap) ..."
+  local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+  for id in "${started[@]}"; do
+    until kafka_answers "127.0.0.1:$((KCLUSTER_PORT + id - 1))"; do
+      if [[ -z "$(kcluster_node_pid "$id")" ]]; then
+        tail -n 30 "$KCLUSTER_DIR/node$id/stdout.log" "$KCLUSTER_DIR/node$id/kafka.log" >&2 2>/dev/null || true
+        die "kafka-cluster: node $id exited during start-up (logs above)"
+      fi
+      ((SECONDS > deadline)) && die "kafka-cluster: node $id did not answer within ${KAFKA_START_TIMEOUT}s"
+      sleep 0.25
+    done
+  done
+  log "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "kafka-cluster: running, up in %.1fs", b - a }')"
+}
+
+kafka_cluster_down() {
+  local id
+  for ((id = 1; id <= KCLUSTER_NODES; id++)); do
+    [[ -d "$KCLUSTER_DIR/node$id" ]] || continue
+    stop_pid "kafka-cluster node $id" "$(kcluster_node_pid "$id")"
+    rm -f "$KCLUSTER_DIR/node$id/kafka.pid"
+  done
+}
+
+kafka_cluster_status() {
+  local id pid rc=0
+  for ((id = 1; id <= KCLUSTER_NODES; id++)); do
+    pid="$(kcluster_node_pid "$id")"
+    if [[ -n "$pid" ]]; then
+      echo "kafka-cluster  node $id  running  pid $pid  127.0.0.1:$((KCLUSTER_PORT + id - 1))"
+    else
+      echo "kafka-cluster  node $id  stopped"; rc=1
+    fi
+  done
+  return "$rc"
+}
+
+# ---------------------------------------------------------------- Redis Cluster (3 masters + 3 replicas)
+
+RCLUSTER_PORT="${STREAMINFER_REDIS_CLUSTER_PORT:-17001}"
+RCLUSTER_TIMEOUT="${STREAMINFER_REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}"
+RCLUSTER_DIR="$STATE/redis-cluster"
+RCLUSTER_NODES=6
+
+rcluster_ports() { local i; for ((i = 0; i < RCLUSTER_NODES; i++)); do echo $((RCLUSTER_PORT + i)); done; }
+
+rcluster_url() {
+  local out=() p
+  for p in $(rcluster_ports); do out+=("127.0.0.1:$p"); done
+  (IFS=,; echo "redis+cluster://${out[*]}")
+}
+
+rcluster_pid() {  # port -> pid of our redis-server on it (pid file, name and port match)
+  local pid
+  pid="$(read_pid "$RCLUSTER_DIR/$1/redis.pid")"
+  if [[ -n "$pid" ]] && alive "$pid" && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == redis-server* ]] \
+     && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- ":$1\b"; then
+    echo "$pid"
+  fi
+}
+
+rcluster_info() { timeout 5 redis-cli -p "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
+
+redis_cluster_up() {
+  redis_install
+  local p started=0
+  for p in $(rcluster_ports); do
+    local dir="$RCLUSTER_DIR/$p"
+    mkdir -p "$dir"
+    [[ -n "$(rcluster_pid "$p")" ]] && continue
+    port_open "$p" && die "port $p is taken by another process (set STREAMINFER_REDIS_CLUSTER_PORT)"
+    cat >"$dir/redis.conf" <<EOF
+# Written by deploy/local/services.sh (redis-cluster); edits are overwritten on the next \`up\`.
+bind 127.0.0.1
+port $p
+daemonize yes
+pidfile $dir/redis.pid
+logfile $dir/redis.log
+dir $dir
+cluster-enabled yes
+cluster-config-file nodes.conf
+cluster-node-timeout $RCLUSTER_TIMEOUT
+appendonly yes
+appendfsync everysec
+auto-aof-rewrite-min-size 512mb
+save ""
+EOF
+    redis-server "$dir/redis.conf" >&2 9>&-
+    started=$((started + 1))
+  done
+  local deadline=$((SECONDS + 30))
+  for p in $(rcluster_ports); do
+    until [[ "$(timeout 5 redis-cli -p "$p" ping 2>/dev/null)" == PONG ]]; do
+      ((SECONDS > deadline)) && { tail -n 20 "$RCLUSTER_DIR/$p/redis.log" >&2; die "redis-cluster: node $p did not start"; }
+      sleep 0.1
+    done
+  done
+  if [[ "$(rcluster_info "$RCLUSTER_PORT" cluster_slots_assigned)" != 16384 ]]; then
+    local addrs=()
+    for p in $(rcluster_ports); do addrs+=("127.0.0.1:$p"); done
+    log "redis-cluster: creating the cluster (3 masters, 1 replica each) ..."
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+      >"$RCLUSTER_DIR/create.log" 2>&1 \
+      || { cat "$RCLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed"; }
+  fi
+  deadline=$((SECONDS + 60))
+  for p in $(rcluster_ports); do
+    until [[ "$(rcluster_info "$p" cluster_state)" == ok ]]; do
+      ((SECONDS > deadline)) && die "redis-cluster: node $p does not report cluster_state:ok"
+      sleep 0.2
+    done
+  done
+  log "redis-cluster: running ($started node(s) started now) at $(rcluster_url)"
+}
+
+redis_cluster_down() {
+  local p
+  for p in $(rcluster_ports); do
+    [[ -d "$RCLUSTER_DIR/$p" ]] || continue
+    stop_pid "redis-cluster $p" "$(rcluster_pid "$p")"
+  done
+}
+
+redis_cluster_status() {
+  local p pid rc=0 role
+  for p in $(rcluster_ports); do
+    pid="$(rcluster_pid "$p")"
+    if [[ -n "$pid" ]]; then
+      role="$(timeout 5 redis-cli -p "$p" role 2>/dev/null | head -n1)"
+      echo "redis-cluster  127.0.0.1:$p  running  pid $pid  $role  cluster_state:$(rcluster_info "$p" cluster_state)"
+    else
+      echo "redis-cluster  127.0.0.1:$p  stopped"; rc=1
+    fi
+  done
+  return "$rc"
+}
+
 # ---------------------------------------------------------------- common
 
 stop_pid() {  # name pid: SIGTERM, wait, SIGKILL after STOP_TIMEOUT; never touches other pids
@@ -414,13 +672,36 @@ write_env() {
   cat "$STATE/env"
 }
 
+write_cluster_env() {
+  printf 'KAFKA_CLUSTER_BOOTSTRAP=%s\nREDIS_CLUSTER_URL=%s\n' "$(kcluster_bootstrap)" \
+    "$(rcluster_url)" >"$STATE/env.cluster.tmp"
+  mv "$STATE/env.cluster.tmp" "$STATE/env.cluster"
+  echo "# cluster addresses (also in $STATE/env.cluster):"
+  cat "$STATE/env.cluster"
+}
+
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
-  local which=("$@")
+  local which=() arg
+  while [[ $# -gt 0 ]]; do
+    arg="$1"; shift
+    case "$arg" in
+      --brokers) [[ "${1:-}" == 3 ]] || die "--brokers takes 3 (the only cluster size offered)"
+                 shift; which+=(kafka-cluster) ;;
+      --brokers=3) which+=(kafka-cluster) ;;
+      --redis-cluster) which+=(redis-cluster) ;;
+      *) which+=("$arg") ;;
+    esac
+  done
   [[ ${#which[@]} -eq 0 ]] && which=(kafka redis)
+  local clusters_only=1
   for svc in "${which[@]}"; do
-    [[ "$svc" == kafka || "$svc" == redis ]] || die "unknown service '$svc' (kafka or redis)"
+    case "$svc" in
+      kafka|redis) clusters_only=0 ;;
+      kafka-cluster|redis-cluster) ;;
+      *) die "unknown service '$svc' (kafka, redis, kafka-cluster or redis-cluster)" ;;
+    esac
   done
   mkdir -p "$STATE"
   # One `up`/`down` at a time per state dir: concurrent test sessions share the services.
@@ -431,15 +712,22 @@ main() {
   local rc=0
   case "$cmd" in
     up)
-      for svc in "${which[@]}"; do "${svc}_up"; done
-      write_env ;;
+      for svc in "${which[@]}"; do "${svc//-/_}_up"; done
+      if ((clusters_only)); then write_cluster_env; else write_env; fi ;;
     down)
-      for svc in "${which[@]}"; do "${svc}_down"; done ;;
+      for svc in "${which[@]}"; do "${svc//-/_}_down"; done ;;
     status)
-      for svc in "${which[@]}"; do "${svc}_status" || rc=3; done ;;
-    reset)
-      kafka_down; redis_down
-      rm -rf "$KAFKA_DIR" "$REDIS_DIR" "$STATE/env"
+      for svc in "${which[@]}"; do "${svc//-/_}_status" || rc=3; done ;;
+    reset)  # the named services (default: kafka redis), then their state
+      for svc in "${which[@]}"; do
+        "${svc//-/_}_down"
+        case "$svc" in
+          kafka) rm -rf "$KAFKA_DIR" "$STATE/env" ;;
+          redis) rm -rf "$REDIS_DIR" "$STATE/env" ;;
+          kafka-cluster) rm -rf "$KCLUSTER_DIR" "$STATE/env.cluster" ;;
+          redis-cluster) rm -rf "$RCLUSTER_DIR" "$STATE/env.cluster" ;;
+        esac
+      done
       log "state removed from $STATE" ;;
     *)
       sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2

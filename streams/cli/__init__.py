@@ -61,7 +61,15 @@ def _parse_property(ctx: click.Context, param: click.Parameter, values: tuple[st
 @click.option(
     "--redis-url",
     metavar="URL",
-    help="Redis URL [env STREAMINFER_REDIS_URL or REDIS_URL; default redis://127.0.0.1:6379/0].",
+    help="Redis URL [env STREAMINFER_REDIS_URL or REDIS_URL; default redis://127.0.0.1:6379/0]; "
+    "redis+cluster://HOST:PORT[,..] for a Redis Cluster.",
+)
+@click.option(
+    "--redis-cluster",
+    is_flag=True,
+    default=None,
+    help="The Redis URL names a Redis Cluster node (same as redis+cluster://) "
+    "[env STREAMINFER_REDIS_CLUSTER].",
 )
 @click.option(
     "--schema-registry",

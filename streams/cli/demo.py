@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streaminfer.connectors.admin import AdminError, ensure_topics
+from streaminfer.connectors.redis_client import connect as connect_redis
 from streaminfer.streams.cli._common import settings_from
 from streaminfer.streams.demo import (
     DemoError,
@@ -226,7 +227,7 @@ class _DemoRun:
         fleet.start(self.workers, worker_args(self.settings, self.ctx.obj or {}, self.app))
         for w in fleet.workers:
             self.say(f"started worker {w.index} (pid {w.pid}), log {w.log_path}")
-        self.client = client = redis.Redis.from_url(self.settings.redis_url)
+        self.client = client = connect_redis(self.settings.redis_url)
         t0 = time.monotonic()
         fleet.wait_joined(client, join_timeout)
         joined, everything = time.monotonic(), frozenset(range(partitions))

@@ -99,9 +99,8 @@ def register(ctx: click.Context, name: str, source: str, parent: int | None,
     worker's published parameters in Redis), or a TorchScript / torch.export (.pt2) file.
     """
     def go() -> None:
-        import redis
-
         from streaminfer.connectors.params_publisher import read_params, read_params_manifest
+        from streaminfer.connectors.redis_client import connect as connect_redis
         from streaminfer.models import checkpoint
         from streaminfer.models.export import tensors_from_file
 
@@ -111,7 +110,7 @@ def register(ctx: click.Context, name: str, source: str, parent: int | None,
         if source.startswith("params:"):
             _, app, version = [*source.split(":"), "latest"][:3]
             settings = settings_from(ctx)
-            client = redis.Redis.from_url(settings.redis_url)
+            client = connect_redis(settings.redis_url)
             tensors = read_params(client, app, version)
             manifest = read_params_manifest(client, app, version)
             number = registry.register_tensors(
