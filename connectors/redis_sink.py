@@ -329,9 +329,11 @@ class RedisPredictionSink:
             groups.setdefault((row.processed_ts, row.model_name, row.model_version),
                               []).append(row)
         for (processed_ts, name, version), group in groups.items():
-            outputs: dict[str, list[Any]] = {"score": [r.score for r in group]}
-            if any(r.scores for r in group):
-                outputs["scores"] = [json.dumps([float(s) for s in r.scores]) for r in group]
+            # Every row writes ``scores`` ("[]" when it has none), so a newer row never
+            # leaves an older row's extra scores behind in the hash.
+            outputs: dict[str, list[Any]] = {
+                "score": [r.score for r in group],
+                "scores": [json.dumps([float(s) for s in r.scores]) for r in group]}
             result += self.write_packed(self._pack(
                 processed_ts, name, version, [r.key for r in group], [r.event_id for r in group],
                 [r.event_ts for r in group], outputs))

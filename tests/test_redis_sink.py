@@ -65,6 +65,7 @@ def test_older_event_in_a_later_batch_does_not_overwrite(redis_client: redis.Red
         "score": "0.9",
         "model_name": "logreg",
         "model_version": "logreg-1.7",
+        "scores": "[]",
     }
 
 
