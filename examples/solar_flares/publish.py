@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,9 @@ def flare_class(y: dict[str, int]) -> int:
     return 1 if y["c-class-flares"] else 0
 
 
-def region(i: int, x: dict[str, Any], ts: int, epoch: int) -> dict[str, Any]:
+def region(i: int, x: dict[str, Any], ts: int, run: str) -> dict[str, Any]:
     return {
-        "event_id": f"flare-{epoch}-{i}", "region": f"r{i % 200}", "ts": ts,
+        "event_id": f"flare-{run}-{i}", "region": f"r{i % 200}", "ts": ts,
         "zurich_class": x["zurich-class"], "largest_spot_size": x["largest-spot-size"],
         "spot_distribution": x["spot-distribution"], "activity": int(x["activity"]),
         "evolution": int(x["evolution"]),
@@ -54,10 +55,11 @@ def main() -> None:
     producer = Producer({"bootstrap.servers": args.bootstrap, "enable.idempotence": True})
     sent = 0
     start = time.monotonic()
+    run = uuid.uuid4().hex[:6]  # event ids unique to this run: labels join their own events
     for epoch in range(args.epochs):
         for i, (x, y) in enumerate(SolarFlare()):
             ts = int(time.time() * 1000)
-            record = region(i, x, ts, epoch)
+            record = region(i, x, ts, f"{run}-{epoch}")
             key = record["region"].encode()
             producer.produce("flares", events.encode(record), key, timestamp=ts)
             label = {"event_id": record["event_id"], "region": record["region"],
