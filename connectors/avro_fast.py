@@ -91,16 +91,23 @@ def _read_float_array(buf: bytes, pos: int, code: str, size: int) -> tuple[list[
     return out, pos
 
 
+def _block(buf: bytes, pos: int) -> tuple[int, int]:
+    """The item count of the next array/map block (0: the end); a negative count is followed
+    by the block's byte size, which a reader does not need."""
+    count, pos = _read_varint(buf, pos)
+    if count < 0:
+        count = -count
+        _, pos = _read_varint(buf, pos)
+    return count, pos
+
+
 def _read_array(buf: bytes, pos: int, item: Callable[[bytes, int], tuple[Any, int]]
                 ) -> tuple[list[Any], int]:
     out: list[Any] = []
     while True:
-        count, pos = _read_varint(buf, pos)
+        count, pos = _block(buf, pos)
         if count == 0:
             return out, pos
-        if count < 0:
-            count = -count
-            _, pos = _read_varint(buf, pos)
         for _ in range(count):
             value, pos = item(buf, pos)
             out.append(value)
@@ -110,12 +117,9 @@ def _read_map(buf: bytes, pos: int, item: Callable[[bytes, int], tuple[Any, int]
               ) -> tuple[dict[str, Any], int]:
     out: dict[str, Any] = {}
     while True:
-        count, pos = _read_varint(buf, pos)
+        count, pos = _block(buf, pos)
         if count == 0:
             return out, pos
-        if count < 0:
-            count = -count
-            _, pos = _read_varint(buf, pos)
         for _ in range(count):
             key, pos = _read_string(buf, pos)
             out[key], pos = item(buf, pos)
@@ -272,12 +276,9 @@ def _skip_lines(ftype: Any, indent: str) -> list[str] | None:
 def _skip_strings(buf: bytes, pos: int, per_item: int) -> int:
     """Past a map of strings (``per_item`` 2: key and value) or an array of strings (1)."""
     while True:
-        count, pos = _read_varint(buf, pos)
+        count, pos = _block(buf, pos)
         if count == 0:
             return pos
-        if count < 0:
-            count = -count
-            _, pos = _read_varint(buf, pos)
         for _ in range(count * per_item):
             n, pos = _read_length(buf, pos)
             pos += n

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from servers import redis_answers
 from workers import Deployment, read_topic, redis_predictions, wait_for
 
 from streaminfer.connectors.admin import ensure_topics
@@ -63,13 +64,7 @@ class OwnRedis:
         wait_for(self.answers, 20, f"redis on port {self.port}")
 
     def answers(self) -> bool:
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-        finally:
-            client.close()
+        return redis_answers(f"redis://127.0.0.1:{self.port}/0", timeout=1.0)
 
     def stop(self) -> None:
         if self.proc is None:
