@@ -43,6 +43,7 @@ from streaminfer.streams.assignment import Assignment, GroupAssignment
 from streaminfer.streams.batch import Rejected
 from streaminfer.streams.batcher import Batcher
 from streaminfer.streams.fence import FreezeWatch, process_watch
+from streaminfer.streams.guard import ModelGuard
 from streaminfer.streams.handlers import Handler, Written
 from streaminfer.streams.learning import Learner
 from streaminfer.streams.metrics import LaneRecorder
@@ -127,6 +128,9 @@ def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
 class HotPath:
     """One consumer's loop. ``model_lock`` keeps learning steps out of a batch's inference.
 
+    ``guard`` (optional, ``streams.guard``): the model's circuit breaker and fallbacks;
+    without it a failing batch is split and its bad records dead-lettered (``score_isolating``).
+
     ``learner`` (optional) takes the batch's feedback records and learns from them after the
     batch's inference, so the serving model changes between batches, never within one.
     """
@@ -144,6 +148,7 @@ class HotPath:
         learner: Learner | None = None,
         on_batch: Callable[[Any], None] | None = None,
         retry_delay_s: float = 0.5,
+        guard: ModelGuard | None = None,
     ) -> None:
         self.consumer = consumer
         self.assignment = assignment
@@ -155,6 +160,7 @@ class HotPath:
         self.learner = learner
         self.on_batch = on_batch
         self.retry_delay_s = retry_delay_s
+        self.guard = guard
         self._written: dict[tuple[str, int], int] = {}
         self._writer: BatchWriter | None = None
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -319,8 +325,14 @@ class HotPath:
             events = messages
         batch, rejected = self.handler.decode(events)
         with self.model_lock:
-            batch, scores = score_isolating(self.handler, batch, rejected)
+            fallback = None
+            if self.guard is not None:
+                batch, scores, fallback = self.guard.score(batch, rejected)
+            else:
+                batch, scores = score_isolating(self.handler, batch, rejected)
             outputs = self.handler.outputs(batch, scores, now_ms())
+            if fallback is not None:
+                outputs.predictions.fallback = fallback
             if self.learner is not None:
                 self.learner.process(batch, scores, feedback, rejected)
         staged = self.sinks.stage(outputs)

@@ -95,6 +95,14 @@ __all__ = ["worker"]
 @click.option("--stall-after-s", type=click.FloatRange(min=0, min_open=True),
               help="/healthz fails when a lane with work made no progress for this long; a "
               "lane retrying a sink write still counts as alive [default 30].")
+@click.option("--model-timeout-s", type=click.FloatRange(min=0),
+              help="Abandon a batch's forward pass after this long and serve the batch from "
+              "fallbacks (previous version, stored prediction, default); 0: never [default 30].")
+@click.option("--breaker-failure-rate", type=click.FloatRange(0, 1, min_open=True),
+              help="Share of failed or slow batches that opens the model's circuit breaker "
+              "[default 0.5].")
+@click.option("--breaker-open-s", type=click.FloatRange(min=0),
+              help="Seconds the breaker stays open before a trial batch [default 10].")
 @click.option("--identity-model", is_flag=True, hidden=True,
               help="Benchmarks: score with a no-op model (bare I/O path).")
 @click.option("--web-port", type=int, help="Serve Faust's web/metrics endpoint on this port.")
