@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(1000, gt=0, le=100_000)
     batch_max_wait_ms: float = Field(10.0, ge=0, le=60_000)
     batch_max_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_record_bytes: int = Field(
+        1024 * 1024, gt=0, description="An input record's value over this many bytes goes to "
+        "the dead-letter topic undecoded")
     latency_target_ms: float = Field(100.0, gt=0)
 
     device: str = "auto"

@@ -102,7 +102,8 @@ def build_handler(app: App, settings: Settings, model: Model) -> AppHandler:
     codec = RecordCodec(app.input_schema(settings.schema_registry_url), "json",
                         registry_url=settings.schema_registry_url, topic=app.input.topic)
     decoder = RecordDecoder(codec, key=app.input.key, event_id=app.input.event_id,
-                            event_time=app.input.event_time, fields=app.decode_fields)
+                            event_time=app.input.event_time, fields=app.decode_fields,
+                            max_record_bytes=settings.max_record_bytes, kafka_key_is_key=True)
     inline = app.learning if (settings.learn and app.learning is not None
                               and app.learning.topic is None) else None
     return AppHandler(model, decoder, app.features, app.outputs, inline_labels=inline)

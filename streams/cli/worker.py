@@ -42,6 +42,8 @@ __all__ = ["worker"]
               "already queued.")
 @click.option("--batch-max-bytes", type=click.IntRange(min=1), help="A batch closes at this "
               "many value bytes [default 4 MiB].")
+@click.option("--max-record-bytes", type=click.IntRange(min=1), help="An input record over "
+              "this many bytes goes to the dead-letter topic undecoded [default 1 MiB].")
 @click.option("--latency-target-ms", type=click.FloatRange(min=0, min_open=True),
               help="Batch size adapts so a batch's service time stays under half of this "
               "[default 100].")

@@ -42,7 +42,8 @@ def cluster(services, own_redis, tmp_path_factory):  # type: ignore[no-untyped-d
     made = Cluster(services.bootstrap, own_redis.url, tmp_path_factory.mktemp("cluster"),
                    env={"STREAMINFER_CHECKPOINT_URL": str(checkpoints),
                         "STREAMINFER_CHECKPOINT_EVERY_S": "2",
-                        "STREAMINFER_MODEL_TIMEOUT_S": "2", "STREAMINFER_BREAKER_OPEN_S": "2"})
+                        "STREAMINFER_MODEL_TIMEOUT_S": "2", "STREAMINFER_BREAKER_OPEN_S": "2",
+                        "STREAMINFER_MAX_RECORD_BYTES": "1040000"})
     made.checkpoints = checkpoints  # type: ignore[attr-defined]
     made.checkpoints_mounted = mounted  # type: ignore[attr-defined]
     client = own_redis.client()
