@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         1, ge=1, le=32,
         description="min.insync.replicas of every topic streaminfer creates (2 with "
                     "replication 3: an acks=all write survives one broker loss)")
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once", description="exactly-once: each batch's prediction records and its "
+        "input offsets are one Kafka transaction per input partition (readers use "
+        "isolation.level=read_committed); Redis is idempotent either way")
     model_timeout_s: float = Field(
         30.0, ge=0,
         description="A batch's forward pass that takes longer is abandoned (it keeps running on "

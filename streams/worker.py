@@ -37,6 +37,7 @@ from streaminfer.connectors.dead_letter import DeadLetterWriter
 from streaminfer.connectors.kafka import make_consumer
 from streaminfer.connectors.predictions_sink import PredictionsTopicSink
 from streaminfer.connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
+from streaminfer.connectors.transactions import PartitionTransactions
 from streaminfer.errors import ConfigError
 from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
@@ -135,9 +136,17 @@ def build_lane(app: App, settings: Settings, handler: AppHandler,
     consumer = make_consumer(settings.kafka_config(), group, **_LANE_CONSUMER)
     limit = AdaptiveLimit(settings.latency_target_ms, settings.batch_max_records)
     batcher = Batcher(consumer, limit, settings.batch_max_wait_ms / 1000, settings.batch_max_bytes)
+    transactions = None
+    if settings.processing_guarantee == "exactly-once":
+        if app.outputs.topic is None:
+            raise ConfigError("processing_guarantee=exactly-once needs a predictions topic "
+                              "(the app's outputs.topic is None)")
+        transactions = PartitionTransactions(settings.kafka_config(), group,
+                                             app.outputs.topic)
     return HotPath(consumer, assignment, batcher, handler, build_sinks(app, settings), metrics,
                    model_lock=model_lock, learner=learner,
-                   guard=build_guard(app, settings, handler, metrics))
+                   guard=build_guard(app, settings, handler, metrics),
+                   transactions=transactions)
 
 
 def build_guard(app: App, settings: Settings, handler: AppHandler,

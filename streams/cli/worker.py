@@ -97,6 +97,10 @@ __all__ = ["worker"]
 @click.option("--stall-after-s", type=click.FloatRange(min=0, min_open=True),
               help="/healthz fails when a lane with work made no progress for this long; a "
               "lane retrying a sink write still counts as alive [default 30].")
+@click.option("--processing-guarantee", type=click.Choice(["at-least-once", "exactly-once"]),
+              help="exactly-once: a batch's predictions-topic records and its input offsets "
+              "commit as one Kafka transaction (read them with isolation.level="
+              "read_committed) [default at-least-once].")
 @click.option("--model-timeout-s", type=click.FloatRange(min=0),
               help="Abandon a batch's forward pass after this long and serve the batch from "
               "fallbacks (previous version, stored prediction, default); 0: never [default 30].")

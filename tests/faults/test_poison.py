@@ -73,7 +73,8 @@ def test_poison_records_go_to_the_dlq_with_a_reason(ready: Cluster, client) -> N
     run = uuid.uuid4().hex[:8]
     poison = _poison(run)
     producer = make_producer({"bootstrap.servers": ready.bootstrap,
-                              "message.max.bytes": 2_000_000, "compression.type": "none"})
+                              "message.max.bytes": 2_000_000, "compression.type": "none",
+                              "delivery.report.only.error": False})
     where: dict[tuple[int, int], str] = {}
     errors: list[str] = []
 
@@ -113,7 +114,8 @@ def test_poison_records_go_to_the_dlq_with_a_reason(ready: Cluster, client) -> N
                                         + h["streaminfer.reason"].decode())
         return len(reasons) == len(poison)
 
-    wait_for(all_dead, 60, "a dead letter for each poison record", ready.dep.log_tail)
+    wait_for(all_dead, 60, "a dead letter for each poison record",
+             lambda: f"missing: {sorted(set(poison) - set(reasons))}\n{ready.dep.log_tail()}")
     for name, (_, _, phrase) in poison.items():
         print(f"POISON {name}: {reasons[name][:150]}")
         assert phrase in reasons[name], (name, reasons[name])
