@@ -14,8 +14,13 @@ because the lanes commit under a group without members (manual assignment); the 
 per-partition id is the classic (pre-447) scheme.
 
 A fenced partition is reported (:class:`ProducerFenced`) and refused until claimed again; the
-lane then stops reading it. Dead letters stay at-least-once (their own producer); Redis writes
-are idempotent (event-time guard) and happen inside the transaction, before its commit.
+lane then stops reading it, and claims it again at once only if it was not frozen (then it is
+still the rightful holder; a frozen one waits for Faust). A producer is never replaced on the
+fly: a worker waking from a freeze mid-commit once did so and fenced the partition's new
+holder, which duplicated a batch. A commit that times out is retried, not aborted.
+
+Dead letters stay at-least-once (their own producer); Redis writes are idempotent (event-time
+guard) and happen inside the transaction, before its commit.
 """
 
 from __future__ import annotations
@@ -55,8 +60,12 @@ class PartitionTransactions:
         self.topic = topic
         self.timeout_s = timeout_s
         self._producers: dict[int, Producer] = {}
-        #: partitions fenced and not claimed again (the lane stops reading them)
+        #: partitions fenced (or whose producer failed fatally) and not claimed again: the
+        #: lane stops reading them, and claims them again only if it still owns them
         self.fenced: set[int] = set()
+        #: False once the lane claims partitions as it takes them (``claim``): a producer is
+        #: then never made on the fly, which would fence the partition's rightful holder
+        self.lazy = True
 
     def transactional_id(self, partition: int) -> str:
         return f"{self.prefix}-{partition}"
@@ -83,6 +92,9 @@ class PartitionTransactions:
         with ``offsets`` atomically; on failure abort (nothing visible, nothing committed)."""
         if partition in self.fenced:
             raise ProducerFenced(partition, "fenced earlier")
+        if not self.lazy and partition not in self._producers:
+            self.fenced.add(partition)
+            raise ProducerFenced(partition, "its transactional id is not claimed")
         producer = self._producer(partition)
         try:
             producer.begin_transaction()
@@ -96,7 +108,7 @@ class PartitionTransactions:
                         producer.poll(0.05)
             before_commit()
             producer.send_offsets_to_transaction(offsets, group_metadata, self.timeout_s)
-            producer.commit_transaction(self.timeout_s)
+            self._commit(partition, producer)
         except KafkaException as exc:
             self._failed(partition, producer, exc.args[0])
             raise
@@ -115,28 +127,39 @@ class PartitionTransactions:
             self._producers[partition] = producer
         return producer
 
+    def _commit(self, partition: int, producer: Producer) -> None:
+        """``commit_transaction``, called again while its error is retriable (e.g. a timeout:
+        the commit may be under way; aborting then would conflict with it)."""
+        for attempt in range(5):
+            try:
+                producer.commit_transaction(self.timeout_s)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or err.code() in _FENCED or attempt == 4:
+                    raise
+                log.warning("committing partition %d's transaction: %s; trying again",
+                            partition, err.str())
+
     def _failed(self, partition: int, producer: Producer, err: KafkaError) -> None:
-        if err.code() in _FENCED:
-            self.fenced.add(partition)
-            self._producers.pop(partition, None)
-            raise ProducerFenced(partition, err.str())
-        if err.fatal():
-            self._close(partition)  # a fresh producer (same id) next time
-        else:  # abortable or retriable: abort; the caller retries the whole transaction
-            self._abort(partition, producer)
+        """Raise ProducerFenced if the producer is unusable; else abort (the caller retries
+        the whole transaction)."""
+        if err.code() in _FENCED or err.fatal():
+            self._lost(partition, err.str())
+        self._abort(partition, producer)
 
     def _abort(self, partition: int, producer: Producer) -> None:
         try:
             producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
-            err = exc.args[0]
-            if err.code() in _FENCED:
-                self.fenced.add(partition)
-                self._producers.pop(partition, None)
-            else:
-                log.warning("aborting partition %d's transaction failed (%s); starting a "
-                            "fresh producer", partition, err.str())
-                self._close(partition)
+            self._lost(partition, f"abort failed: {exc.args[0].str()}")
+
+    def _lost(self, partition: int, why: str) -> None:
+        """The producer cannot go on: the partition must be claimed again (only by a lane
+        that still owns it), never silently replaced, which could fence its new holder."""
+        self.fenced.add(partition)
+        self._close(partition)
+        raise ProducerFenced(partition, why)
 
     def _close(self, partition: int) -> None:
         producer = self._producers.pop(partition, None)

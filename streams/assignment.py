@@ -185,6 +185,10 @@ class FollowedAssignment(Assignment):
         finally:
             self._commit_written = commit
 
+    def acquire_again(self, consumer: Consumer, tps: set[tuple[str, int]]) -> None:
+        """Read ``tps`` again from their committed offsets (``before_acquire`` first)."""
+        self._acquire(consumer, tps - self.owned)
+
     def _release(self, consumer: Consumer, tps: set[tuple[str, int]]) -> None:
         """Commit what was written for ``tps``, then stop reading them."""
         if not tps:

@@ -200,6 +200,7 @@ class HotPath:
         if self.transactions is not None and isinstance(self.assignment, FollowedAssignment):
             self.assignment.before_acquire = self.transactions.claim
             self.assignment.after_release = self.transactions.release
+            self.transactions.lazy = False
         self.assignment.start(self.consumer, self._commit_written, self._forget)
         try:
             while not stop.is_set():
@@ -248,10 +249,17 @@ class HotPath:
         assert self.transactions is not None
         fenced = set(self.transactions.fenced)
         tps = {tp for tp in self.assignment.owned if tp[1] in fenced}
-        if tps and isinstance(self.assignment, FollowedAssignment):
-            log.warning("fenced: partitions %s were taken over; no longer reading them",
-                        sorted(fenced))
-            self.assignment.release_uncommitted(self.consumer, tps)
+        if not tps or not isinstance(self.assignment, FollowedAssignment):
+            return
+        self.assignment.release_uncommitted(self.consumer, tps)
+        if self._fenced():
+            log.warning("fenced: partitions %s were taken over while this process was "
+                        "frozen; no longer reading them", sorted(fenced))
+            return
+        # not frozen: we are still their rightful holder (the producer failed otherwise)
+        log.warning("partitions %s: transactional producer lost; claiming them again and "
+                    "reading from the committed offsets", sorted(fenced))
+        self.assignment.acquire_again(self.consumer, tps)
 
     def _fenced(self) -> bool:
         """The process may have been frozen past its session: commit nothing."""
