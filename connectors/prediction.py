@@ -42,6 +42,8 @@ class PredictionRow:
             "scores": list(self.scores),
             "event_ts": self.event_ts,
             "processed_ts": self.processed_ts,
+            "degraded": False,
+            "fallback": None,
         }
 
 
