@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from harness import Cluster, free_port, settle
 
+from streaminfer.connectors.admin import AdminError, ensure_topics
+
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "local" / "services.sh"
 CRASH_DUPLICATES = 4 * 200
 
@@ -30,11 +32,24 @@ class OwnBroker:
         subprocess.run(["bash", str(SCRIPT), *args, "kafka"], env=self.env, check=True,
                        timeout=180, capture_output=True)
 
+    def wait_controller(self, timeout: float = 120) -> None:
+        """Until the new broker's controller creates topics (it may lag its listener)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ensure_topics({"bootstrap.servers": self.bootstrap}, {"probe": 1})
+                return
+            except AdminError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     made = OwnBroker(tmp_path_factory.mktemp("kafka"))
     made.run("up")
+    made.wait_controller()
     yield made
     made.run("down")
 
