@@ -22,7 +22,9 @@ CRASH_DUPLICATES = 4 * 200
 class OwnBroker:
     def __init__(self, state: Path) -> None:
         self.port = free_port()
-        self.env = {**os.environ, "STREAMINFER_STATE": str(state),
+        inherited = {k: v for k, v in os.environ.items()
+                     if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}  # else the script uses those
+        self.env = {**inherited, "STREAMINFER_STATE": str(state),
                     "STREAMINFER_KAFKA_PORT": str(self.port),
                     "STREAMINFER_KAFKA_CONTROLLER_PORT": str(free_port()),
                     "STREAMINFER_KAFKA_HEAP": "512m"}
