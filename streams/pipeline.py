@@ -66,6 +66,7 @@ class Prepared:
     prepare_s: float
     group_metadata: Any = None  # exactly-once: the lane consumer's, for its offsets
 
+
 @dataclass
 class Staged:
     """A batch's sink writes, encoded and packed, waiting only for I/O."""
