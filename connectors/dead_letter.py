@@ -11,6 +11,12 @@ and why travel as headers (the same facts as ``schemas/dead_letter.avsc``)::
     streaminfer.source_partition  its partition (decimal text)
     streaminfer.source_offset     its offset (decimal text)
     streaminfer.failed_ts         when it failed, epoch ms (decimal text); also the record timestamp
+    streaminfer.truncated         only on a record too large to park whole: original sizes
+
+One exception to "byte for byte": a key over ``MAX_KEY_BYTES`` or a value over
+``MAX_VALUE_BYTES`` is cut to that size (header ``streaminfer.truncated``), because a dead
+letter at the broker's message size limit would be refused, and a lane that cannot park a
+poison record could never commit past it.
 
 The worker calls ``flush()`` before committing the batch's offsets; if it raises, the batch
 must not be committed (a replay will dead-letter the records again, which is harmless).
@@ -41,6 +47,9 @@ VALIDATION = "validation"
 MODEL = "model"
 
 HEADER_PREFIX = "streaminfer."
+#: dead letters stay well under the broker's default 1 MB message limit (headers included)
+MAX_VALUE_BYTES = 512 * 1024
+MAX_KEY_BYTES = 16 * 1024
 
 
 class DeadLetterWriter:
@@ -92,6 +101,14 @@ class DeadLetterWriter:
             (HEADER_PREFIX + "source_offset", str(offset).encode()),
             (HEADER_PREFIX + "failed_ts", str(failed_ts).encode()),
         ]
+        if (value is not None and len(value) > MAX_VALUE_BYTES) or (
+                key is not None and len(key) > MAX_KEY_BYTES):
+            sizes = (f"key {0 if key is None else len(key)} bytes, value "
+                     f"{0 if value is None else len(value)} bytes; cut to at most "
+                     f"{MAX_KEY_BYTES} and {MAX_VALUE_BYTES}")
+            headers.append((HEADER_PREFIX + "truncated", sizes.encode()))
+            key = None if key is None else key[:MAX_KEY_BYTES]
+            value = None if value is None else value[:MAX_VALUE_BYTES]
         topic = self._topic_for(source_topic)
         produce_waiting(self._producer, topic, value, key, timestamp=failed_ts, headers=headers,
                         on_delivery=self._reporter(f"{source_topic}[{partition}]@{offset}"))

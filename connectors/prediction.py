@@ -42,6 +42,8 @@ class PredictionRow:
             "scores": list(self.scores),
             "event_ts": self.event_ts,
             "processed_ts": self.processed_ts,
+            "degraded": False,
+            "fallback": None,
         }
 
 
@@ -50,7 +52,9 @@ class Predictions:
     """One batch's predictions as columns; row ``i`` is ``event_ids[i]``, ``keys[i]``, ...
 
     ``outputs`` maps each declared output name to its column of floats (``{"score": [...]}``
-    for the built-in apps); the first output is the primary ``scores``.
+    for the built-in apps); the first output is the primary ``scores``. Rows a fallback
+    served (the model's circuit breaker was open) say so in ``fallback``; the topic's records
+    carry it as ``degraded``/``fallback``.
     """
 
     event_ids: list[str]
@@ -60,6 +64,9 @@ class Predictions:
     processed_ts: int
     model_name: str
     model_version: str
+    #: per row, which fallback served it (``previous``, ``cached``, ``default``) or ``""``
+    #: for the model itself; ``None``: the model served the whole batch
+    fallback: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -78,10 +85,17 @@ class Predictions:
 
     def columns(self) -> tuple[dict[str, list[Any]], dict[str, Any]]:
         """``(per-row columns, per-batch constants)`` for a columns encoder."""
-        return ({"event_id": self.event_ids, "key": self.keys, **self.outputs,
-                 "event_ts": self.event_ts},
-                {"model_name": self.model_name, "model_version": self.model_version,
-                 "processed_ts": self.processed_ts})
+        columns: dict[str, list[Any]] = {"event_id": self.event_ids, "key": self.keys,
+                                          **self.outputs, "event_ts": self.event_ts}
+        constants: dict[str, Any] = {"model_name": self.model_name,
+                                     "model_version": self.model_version,
+                                     "processed_ts": self.processed_ts}
+        if self.fallback is None:
+            constants.update(degraded=False, fallback=None)
+        else:
+            columns["degraded"] = [bool(kind) for kind in self.fallback]
+            columns["fallback"] = [kind or None for kind in self.fallback]
+        return columns, constants
 
     def rows(self) -> list[PredictionRow]:
         """Rows for code that handles a few at a time (the primary output as ``score``, all

@@ -7,8 +7,10 @@ script, atomic per batch): a row is applied only if it is at least as new as wha
 Key layout (``{app}`` is the settings' app name, ``{key}``/``{user}`` the entity key)::
 
     pred:{app}:{key}   hash    event_id, event_ts, processed_ts (int ms), model_name,
-                               model_version, and one field per declared output (the
-                               built-in apps: score), as float text
+                               model_version, one field per declared output (the
+                               built-in apps: score), as float text, and degraded (0/1)
+                               and fallback (previous|cached|default, or empty) from
+                               columnar writes (``pack_columns``)
     recs:{user}        zset    member = item id, score = recommender score (top-N only;
                                replaced as a whole on every applied write)
     recs_meta:{user}   hash    event_id, event_ts, processed_ts, model_version of that top-N
@@ -350,6 +352,8 @@ class RedisPredictionSink:
             ids = [batch.event_ids[i] for i in keep]
             ts = [batch.event_ts[i] for i in keep]
             outputs = {name: [col[i] for i in keep] for name, col in batch.outputs.items()}
+        outputs = {**outputs, **_flags(batch.fallback, len(keys), keep if len(keep) != len(batch)
+                                       else None)}
         return self._pack(batch.processed_ts, batch.model_name, batch.model_version, keys, ids,
                           ts, outputs, stale=len(batch) - len(keep))
 
@@ -401,6 +405,16 @@ class RedisPredictionSink:
                 args += row
             commands.append((hiredis.pack_command(tuple(args)), len(chunk)))
         return PackedWrite(commands, stale)
+
+
+def _flags(fallback: list[str] | None, n: int, keep: list[int] | None
+           ) -> dict[str, list[Any]]:
+    """``degraded`` (0/1) and ``fallback`` (which one, or empty) per row: written on every
+    row, so a model-served row clears a fallback's marks."""
+    if fallback is None:
+        return {"degraded": [0] * n, "fallback": [""] * n}
+    kinds = fallback if keep is None else [fallback[i] for i in keep]
+    return {"degraded": [int(bool(k)) for k in kinds], "fallback": list(kinds)}
 
 
 def _request(client: RedisClient, command: bytes) -> Any:

@@ -106,10 +106,11 @@ class Outputs:
 
     ``names`` are the model's output columns, in order (``(n,)`` for one, ``(n, k)`` for
     ``k``): fields of the Redis hash ``pred:{app}:{key}`` (beside ``event_id``, ``event_ts``,
-    ``processed_ts``, ``model_name``, ``model_version``) and of the predictions topic's
-    records, whose Avro schema is generated from them. ``activation`` turns an ``nn.Module``'s
-    raw outputs into scores. ``top_n`` > 0 keeps a sorted set ``recs:{key}`` of the model's
-    best items (the model must offer ``top_n_many(keys, n)``).
+    ``processed_ts``, ``model_name``, ``model_version``, ``degraded``, ``fallback``) and of
+    the predictions topic's records, whose Avro schema is generated from them.
+    ``activation`` turns an ``nn.Module``'s raw outputs into scores. ``top_n`` > 0 keeps a
+    sorted set ``recs:{key}`` of the model's best items (the model must offer
+    ``top_n_many(keys, n)``).
     """
 
     names: Sequence[str] = ("score",)
@@ -123,7 +124,7 @@ class Outputs:
         if not names:
             raise ConfigError("outputs.names: at least one output is needed")
         reserved = {"event_id", "event_ts", "processed_ts", "model_name", "model_version",
-                    "key"}
+                    "key", "degraded", "fallback"}
         for name in names:
             if not _FIELD.match(name) or name in reserved:
                 raise ConfigError(f"outputs.names: {name!r} must be an identifier and not one "
@@ -153,6 +154,8 @@ class Outputs:
                 {"name": "event_ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
                 {"name": "processed_ts",
                  "type": {"type": "long", "logicalType": "timestamp-millis"}},
+                {"name": "degraded", "type": "boolean", "default": False},
+                {"name": "fallback", "type": ["null", "string"], "default": None},
             ],
         }
 

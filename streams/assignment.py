@@ -99,6 +99,10 @@ class FollowedAssignment(Assignment):
     _forget: Forget | None = None
     on_assigned: Callable[[frozenset[int]], None] | None = None
     on_revoked: Callable[[frozenset[int]], None] | None = None
+    #: called before partitions are read (before their committed offsets are fetched) and
+    #: after they are let go: exactly-once claims and releases their transactional ids here
+    before_acquire: Callable[[frozenset[int]], None] | None = None
+    after_release: Callable[[frozenset[int]], None] | None = None
     #: Where to start a partition the first time it is assigned (a restored checkpoint's
     #: offsets, to replay the tail the checkpoint does not reflect); else the committed offset.
     start_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -173,6 +177,18 @@ class FollowedAssignment(Assignment):
         finally:
             command.done.set()
 
+    def release_uncommitted(self, consumer: Consumer, tps: set[tuple[str, int]]) -> None:
+        """Stop reading ``tps`` without committing (another process took them over)."""
+        commit, self._commit_written = self._commit_written, lambda _: None
+        try:
+            self._release(consumer, tps & self.owned)
+        finally:
+            self._commit_written = commit
+
+    def acquire_again(self, consumer: Consumer, tps: set[tuple[str, int]]) -> None:
+        """Read ``tps`` again from their committed offsets (``before_acquire`` first)."""
+        self._acquire(consumer, tps - self.owned)
+
     def _release(self, consumer: Consumer, tps: set[tuple[str, int]]) -> None:
         """Commit what was written for ``tps``, then stop reading them."""
         if not tps:
@@ -184,10 +200,15 @@ class FollowedAssignment(Assignment):
         self.owned -= tps
         if self.on_revoked is not None:
             self.on_revoked(frozenset(p for _, p in tps))
+        if self.after_release is not None:
+            gone = {p for _, p in tps} - {p for _, p in self.owned}
+            self.after_release(frozenset(gone))
 
     def _acquire(self, consumer: Consumer, tps: set[tuple[str, int]]) -> None:
         if not tps:
             return
+        if self.before_acquire is not None:
+            self.before_acquire(frozenset(p for _, p in tps))
         consumer.incremental_assign(
             [TopicPartition(t, p, self.start_offsets.pop((t, p), OFFSET_STORED))
              for t, p in sorted(tps)])

@@ -24,10 +24,15 @@ from streaminfer.connectors.records import now_ms, parse_event_time
 from streaminfer.errors import DecodeError, InvalidRecord
 from streaminfer.streams.batch import Batch, Rejected
 
-__all__ = ["MAX_FUTURE_MS", "MIN_TS", "Column", "InvalidRows", "RecordDecoder", "columns_of"]
+__all__ = ["MAX_FUTURE_MS", "MAX_ID_CHARS", "MAX_RECORD_BYTES", "MIN_TS", "Column",
+           "InvalidRows", "RecordDecoder", "columns_of"]
 
 MIN_TS = 946_684_800_000  # 2000-01-01: older event times are treated as corrupt
 MAX_FUTURE_MS = 24 * 3600 * 1000  # event times more than a day ahead are treated as corrupt
+#: a record value over this many bytes is rejected before it is decoded (``--max-record-bytes``)
+MAX_RECORD_BYTES = 1024 * 1024
+#: a key or event id longer than this is rejected: it would become a Redis key and a label
+MAX_ID_CHARS = 4096
 
 _NUMBER = {"float": "number", "double": "number", "int": "integer", "long": "integer",
            "boolean": "boolean", "string": "string", "enum": "string", "bytes": "bytes",
@@ -196,11 +201,22 @@ class RecordDecoder:
     ``key``/``event_id``/``event_time`` name fields of the record; ``None`` takes the Kafka
     record key, ``"topic:partition:offset"`` and the Kafka timestamp instead. ``fields``
     limits the columns gathered (default: every field of the schema).
+
+    Rejected before or besides the schema's own checks: a value over ``max_record_bytes``
+    (never decoded), a key or event id over :data:`MAX_ID_CHARS` characters, and, when the
+    key is a field, a Kafka key that differs from it: the Kafka key picks the partition, and
+    one key's events must share a partition (its order, its lane's state, its feedback join);
+    a record without a Kafka key is accepted. That last check is on with ``kafka_key_is_key``
+    (the app's input; a label topic's ``key`` is its join field, not its Kafka key).
     """
 
     def __init__(self, codec: RecordCodec, *, key: str | None, event_id: str | None,
-                 event_time: str | None, fields: Sequence[str] | None = None) -> None:
+                 event_time: str | None, fields: Sequence[str] | None = None,
+                 max_record_bytes: int = MAX_RECORD_BYTES, kafka_key_is_key: bool = False
+                 ) -> None:
         self.codec = codec
+        self.max_record_bytes = max_record_bytes
+        self.kafka_key_is_key = kafka_key_is_key and key is not None
         schema = codec.schema.raw
         every = {c.name: c for c in columns_of(schema)}
         for role, name in (("key", key), ("event_id", event_id), ("event_time", event_time)):
@@ -219,6 +235,10 @@ class RecordDecoder:
         self._get = _getter([*self._roles, *self.columns])
         self._project = codec.projection([c.path for c in (*self._roles, *self.columns)])
         self._n_roles = len(roles)
+        # the column-wise path needs all three roles as fields, ids and keys as text
+        self._text_roles = len(roles) == 3 and all(
+            c.kind == "string" and not c.nullable for c in self._roles[:2]) and (
+            self._roles[2].kind in ("integer", "timestamp") and not self._roles[2].nullable)
 
     def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]:
         """Valid records as columns, and the rejected rest (each says field and reason).
@@ -248,12 +268,13 @@ class RecordDecoder:
         batch is read by the compiled projection with fine roles; ``None`` otherwise, and
         the batch goes record by record (in order: a key's records stay in sequence)."""
         project, header = self._project, self.codec.schema.header
-        if project is None or self._n_roles != 3:
+        if project is None or not self._text_roles:
             return None
+        limit = self.max_record_bytes
         rows: list[tuple[Any, ...]] = []
         for msg in messages:
             data = msg.value()
-            if not data or data[:10] != header:
+            if not data or len(data) > limit or data[:10] != header:
                 return None
             try:
                 rows.append(project(data[10:]))
@@ -263,7 +284,13 @@ class RecordDecoder:
             ids, keys, times = zip(*(r[:3] for r in rows), strict=True)
             ts = np.asarray(times, np.int64)
             if not (all(ids) and all(keys) and ts.min() >= MIN_TS
-                    and ts.max() <= now_ms() + MAX_FUTURE_MS):
+                    and ts.max() <= now_ms() + MAX_FUTURE_MS
+                    and max(map(len, ids)) <= MAX_ID_CHARS
+                    and max(map(len, keys)) <= MAX_ID_CHARS):
+                return None
+            if self.kafka_key_is_key and not all(
+                    k is None or k == key.encode()
+                    for k, key in zip((m.key() for m in messages), keys, strict=True)):
                 return None
         return list(messages), rows
 
@@ -281,10 +308,16 @@ class RecordDecoder:
         decode, get, n_roles = self.codec.decode_typed, self._get, self._n_roles
         has_id, has_key, has_ts = (self.event_id is not None, self.key is not None,
                                    self.event_time is not None)
+        limit = self.max_record_bytes
         for msg in messages:
             try:
-                data = msg.value()
-                record, typed = decode(data)
+                raw = msg.value()
+                if raw is None:
+                    raise DecodeError("null value (a tombstone): no record to score")
+                if len(raw) > limit:
+                    raise DecodeError(f"record value of {len(raw)} bytes is over "
+                                      f"max_record_bytes ({limit})")
+                record, typed = decode(raw)
                 values = get(record) if typed else None
                 if values is not None:
                     i = 0
@@ -310,6 +343,14 @@ class RecordDecoder:
                     event_id = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
                 if not has_key:
                     key = self._kafka_key(msg)
+                elif self.kafka_key_is_key:
+                    kafka_key = msg.key()
+                    if kafka_key is not None and kafka_key != str(key).encode():
+                        raise InvalidRecord(self.key, _key_mismatch(str(key), kafka_key))
+                if len(str(key)) > MAX_ID_CHARS or len(str(event_id)) > MAX_ID_CHARS:
+                    long_key = len(str(key)) > MAX_ID_CHARS
+                    raise InvalidRecord(self.key if long_key else self.event_id,
+                                        f"longer than {MAX_ID_CHARS} characters")
                 if not has_ts:
                     ts = self._kafka_time(msg, now)
             except DecodeError as exc:
@@ -353,6 +394,11 @@ class RecordDecoder:
     @staticmethod
     def _kafka_time(msg: Message, now: int) -> int:
         return _event_time(msg.timestamp()[1], "kafka timestamp", now)
+
+
+def _key_mismatch(key: str, kafka_key: bytes) -> str:
+    return (f"is {_short(key)} but the Kafka key is {_short(kafka_key)}: one key's records "
+            "must share a partition")
 
 
 def _id_text(record: dict[str, Any], name: str) -> str:

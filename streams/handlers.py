@@ -65,6 +65,9 @@ class AppHandler:
     int8: Any = None
     #: the features of the last scored batch: a hot swap validates a new version on them
     recent: Any = None
+    #: the version served before the last hot swap, kept warm: the first fallback while the
+    #: model's circuit breaker is open (``streams.guard``)
+    previous: Any = None
 
     def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]:
         batch, rejected = self.decoder.decode(messages)

@@ -207,6 +207,7 @@ class ModelSwap:
         with targets.lock:
             start = time.perf_counter()
             old = targets.handler.model
+            targets.handler.previous = old
             targets.handler.model = model
             targets.handler.int8 = int8
             if learner is not None:

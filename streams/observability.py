@@ -231,6 +231,16 @@ class LaneMetrics:
                 return
         self._loop_turn = time.monotonic()
 
+    def fallback_served(self, kind: str, rows: int) -> None:
+        """``rows`` predictions of a batch came from fallback ``kind``."""
+        self.obs.fallbacks.labels(self.obs.app, self.name, kind).inc(rows)
+
+    def watch_breaker(self, breaker: Any) -> None:
+        """Expose the lane's breaker state (read at scrape time)."""
+        codes = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
+        self.obs.breaker_state.labels(self.obs.app, self.name).set_function(
+            lambda: codes[breaker.state])
+
     def batch_fetched(self, records: int) -> None:
         self._events.inc(records)
         with self._lock:
@@ -415,6 +425,13 @@ class Observability:
         self.lane_paused = Gauge("streaminfer_lane_paused",
                                  "1 while the lane's partitions are paused because a sink "
                                  "refuses writes", lane, registry=r)
+        self.fallbacks = Counter("streaminfer_fallbacks_total",
+                                 "Predictions served by a fallback while the model could not "
+                                 "serve (kind: previous, cached, default)", (*lane, "kind"),
+                                 registry=r)
+        self.breaker_state = Gauge("streaminfer_breaker_state",
+                                   "The model's circuit breaker: 0 closed, 1 half-open, 2 open",
+                                   lane, registry=r)
         self.lane_stalled = Gauge("streaminfer_lane_stalled",
                                   "1 while the lane has work but made no progress", lane,
                                   registry=r)

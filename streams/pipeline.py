@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,10 +39,12 @@ from streaminfer.connectors.redis_sink import (
     RedisPredictionSink,
     RedisRecommendationSink,
 )
-from streaminfer.streams.assignment import Assignment, GroupAssignment
+from streaminfer.connectors.transactions import PartitionTransactions, ProducerFenced
+from streaminfer.streams.assignment import Assignment, FollowedAssignment, GroupAssignment
 from streaminfer.streams.batch import Rejected
 from streaminfer.streams.batcher import Batcher
 from streaminfer.streams.fence import FreezeWatch, process_watch
+from streaminfer.streams.guard import ModelGuard
 from streaminfer.streams.handlers import Handler, Written
 from streaminfer.streams.learning import Learner
 from streaminfer.streams.metrics import LaneRecorder
@@ -62,6 +64,7 @@ class Prepared:
     staged: Staged
     rejected: list[Rejected]
     prepare_s: float
+    group_metadata: Any = None  # exactly-once: the lane consumer's, for its offsets
 
 
 @dataclass
@@ -74,6 +77,10 @@ class Staged:
     #: the topic records are queued in the producer: a retry after a Redis failure only
     #: waits for them instead of queueing them again (no duplicate per retry)
     topic_sent: bool = False
+    #: exactly-once: Redis written, and the input partitions whose transactions committed
+    #: (a retry after a later partition failed does not repeat them)
+    redis_done: bool = False
+    committed: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -92,6 +99,17 @@ class Sinks:
             return Staged(outputs, None, None)
         topic = self.topic.encode(outputs.predictions) if self.topic is not None else None
         return Staged(outputs, topic, self.redis.pack_columns(outputs.predictions))
+
+    def write_redis_once(self, staged: Staged) -> None:
+        """Redis (predictions, top-N lists) for the exactly-once path: once per batch."""
+        if staged.redis_done:
+            return
+        if staged.redis_calls is not None:
+            self.redis.write_packed(staged.redis_calls)
+        recommendations = staged.outputs.recommendations
+        if self.recommendations is not None and recommendations:
+            self.recommendations.write(recommendations)
+        staged.redis_done = True
 
     def write(self, staged: Staged) -> None:
         """Redis and Kafka in parallel: queue the topic records, write Redis while Kafka
@@ -127,6 +145,9 @@ def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
 class HotPath:
     """One consumer's loop. ``model_lock`` keeps learning steps out of a batch's inference.
 
+    ``guard`` (optional, ``streams.guard``): the model's circuit breaker and fallbacks;
+    without it a failing batch is split and its bad records dead-lettered (``score_isolating``).
+
     ``learner`` (optional) takes the batch's feedback records and learns from them after the
     batch's inference, so the serving model changes between batches, never within one.
     """
@@ -144,6 +165,8 @@ class HotPath:
         learner: Learner | None = None,
         on_batch: Callable[[Any], None] | None = None,
         retry_delay_s: float = 0.5,
+        guard: ModelGuard | None = None,
+        transactions: PartitionTransactions | None = None,
     ) -> None:
         self.consumer = consumer
         self.assignment = assignment
@@ -155,6 +178,8 @@ class HotPath:
         self.learner = learner
         self.on_batch = on_batch
         self.retry_delay_s = retry_delay_s
+        self.guard = guard
+        self.transactions = transactions
         self._written: dict[tuple[str, int], int] = {}
         self._writer: BatchWriter | None = None
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -173,12 +198,18 @@ class HotPath:
         self._writer = BatchWriter(self._write, stop, self.retry_delay_s,
                                    on_retry=self.metrics.sink_retry,
                                    on_write=self.metrics.sink_writing)
+        if self.transactions is not None and isinstance(self.assignment, FollowedAssignment):
+            self.assignment.before_acquire = self.transactions.claim
+            self.assignment.after_release = self.transactions.release
+            self.transactions.lazy = False
         self.assignment.start(self.consumer, self._commit_written, self._forget)
         try:
             while not stop.is_set():
                 self.metrics.before_batch(stop)
                 if self._watch.freezes != self._freezes_seen:
                     self._after_freeze()
+                if self.transactions is not None and self.transactions.fenced:
+                    self._drop_fenced()
                 idle = not self.assignment.owned
                 self.assignment.apply_pending(self.consumer, block_s=0.1 if idle else 0.0)
                 if not self.assignment.owned and not isinstance(self.assignment,
@@ -206,11 +237,30 @@ class HotPath:
             if self.learner is not None:
                 self.learner.close()
             self.assignment.stop()
+            if self.transactions is not None:
+                self.transactions.close()
             self.consumer.close()  # leaves the group at once: partitions move without waiting
             # Frozen objects are never collected, not even at interpreter exit: left frozen,
             # torch's triton bindings (imported by torch.optim via torch._dynamo) print a
             # thousand "nanobind: leaked ..." lines when the worker exits.
             gc.unfreeze()
+
+    def _drop_fenced(self) -> None:
+        """Exactly-once: another process holds these partitions' transactional ids now."""
+        assert self.transactions is not None
+        fenced = set(self.transactions.fenced)
+        tps = {tp for tp in self.assignment.owned if tp[1] in fenced}
+        if not tps or not isinstance(self.assignment, FollowedAssignment):
+            return
+        self.assignment.release_uncommitted(self.consumer, tps)
+        if self._fenced():
+            log.warning("fenced: partitions %s were taken over while this process was "
+                        "frozen; no longer reading them", sorted(fenced))
+            return
+        # not frozen: we are still their rightful holder (the producer failed otherwise)
+        log.warning("partitions %s: transactional producer lost; claiming them again and "
+                    "reading from the committed offsets", sorted(fenced))
+        self.assignment.acquire_again(self.consumer, tps)
 
     def _fenced(self) -> bool:
         """The process may have been frozen past its session: commit nothing."""
@@ -259,7 +309,7 @@ class HotPath:
     def _commit_new_offsets(self) -> None:
         """Commit (async) what the writer finished, from this thread: the consumer is used by
         one thread only."""
-        if not self._to_commit or self._fenced():
+        if not self._to_commit or self._fenced() or self.transactions is not None:
             return
         with self._offsets_lock:
             offsets, self._to_commit = self._to_commit, {}
@@ -275,7 +325,7 @@ class HotPath:
                        if only is None or (t, p) in only]
             for tp in offsets:
                 self._to_commit.pop((tp.topic, tp.partition), None)
-        if not offsets:
+        if not offsets or self.transactions is not None:  # exactly-once: committed already
             return
         if self._fenced():
             log.warning("not committing %d partition(s): this process was frozen and may have "
@@ -319,20 +369,39 @@ class HotPath:
             events = messages
         batch, rejected = self.handler.decode(events)
         with self.model_lock:
-            batch, scores = score_isolating(self.handler, batch, rejected)
+            fallback = None
+            if self.guard is not None:
+                batch, scores, fallback = self.guard.score(batch, rejected)
+            else:
+                batch, scores = score_isolating(self.handler, batch, rejected)
             outputs = self.handler.outputs(batch, scores, now_ms())
+            if fallback is not None:
+                outputs.predictions.fallback = fallback
             if self.learner is not None:
                 self.learner.process(batch, scores, feedback, rejected)
         staged = self.sinks.stage(outputs)
-        return Prepared(messages, batch, staged, rejected, time.perf_counter() - started)
+        meta = (self.consumer.consumer_group_metadata() if self.transactions is not None
+                else None)
+        return Prepared(messages, batch, staged, rejected, time.perf_counter() - started, meta)
 
     def _write(self, prepared: Prepared) -> None:
         """Sinks, dead letters, then the offsets: raises (nothing committed) if a sink failed."""
         started = time.perf_counter()
-        self.sinks.write(prepared.staged)
-        for bad in prepared.rejected:
-            self._dead_letter(bad)
-        self.sinks.dead_letters.flush()
+        if self.transactions is not None:
+            # dead letters first: at-least-once, and before the offsets commit with the batch
+            for bad in prepared.rejected:
+                self._dead_letter(bad)
+            self.sinks.dead_letters.flush()
+            try:
+                self._write_transactions(prepared)
+            except ProducerFenced as exc:
+                log.warning("batch dropped uncommitted: %s", exc)
+                return
+        else:
+            self.sinks.write(prepared.staged)
+            for bad in prepared.rejected:
+                self._dead_letter(bad)
+            self.sinks.dead_letters.flush()
         written = now_ms()
         with self._offsets_lock:
             for tp in commit_offsets(prepared.messages):
@@ -347,6 +416,34 @@ class HotPath:
                                   service_s=service_ms / 1000, rejects=prepared.rejected)
         if self.on_batch is not None:
             self.on_batch(batch)
+
+    def _write_transactions(self, prepared: Prepared) -> None:
+        """Exactly-once: per input partition, its prediction records and its offsets (input
+        and label topics) in one transaction; Redis is written inside the first one, before
+        it commits (a failed transaction is aborted and the whole batch retried; partitions
+        already committed are skipped)."""
+        assert self.transactions is not None
+        staged = prepared.staged
+        encoded = staged.topic_records
+        rows: dict[int, list[int]] = {}
+        if encoded is not None:
+            for i, msg in enumerate(prepared.batch.messages):
+                rows.setdefault(msg.partition(), []).append(i)
+        offsets: dict[int, list[TopicPartition]] = {}
+        for tp in commit_offsets(prepared.messages):
+            offsets.setdefault(tp.partition, []).append(tp)
+        for p in sorted(offsets):
+            if p in staged.committed:
+                continue
+            index = rows.get(p, [])
+            keys = [encoded.keys[i] for i in index] if encoded is not None else []
+            values = [encoded.values[i] for i in index] if encoded is not None else []
+            stamps = [encoded.stamps[i] for i in index] if encoded is not None else []
+            self.transactions.commit(p, keys, values, stamps, offsets[p],
+                                     prepared.group_metadata,
+                                     lambda: self.sinks.write_redis_once(staged))
+            staged.committed.add(p)
+        self.sinks.write_redis_once(staged)
 
     def _dead_letter(self, bad: Rejected) -> None:
         msg = bad.msg

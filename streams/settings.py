@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(1000, gt=0, le=100_000)
     batch_max_wait_ms: float = Field(10.0, ge=0, le=60_000)
     batch_max_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_record_bytes: int = Field(
+        1024 * 1024, gt=0, description="An input record's value over this many bytes goes to "
+        "the dead-letter topic undecoded")
     latency_target_ms: float = Field(100.0, gt=0)
 
     device: str = "auto"
@@ -115,6 +118,28 @@ class Settings(BaseSettings):
         1, ge=1, le=32,
         description="min.insync.replicas of every topic streaminfer creates (2 with "
                     "replication 3: an acks=all write survives one broker loss)")
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once", description="exactly-once: each batch's prediction records and its "
+        "input offsets are one Kafka transaction per input partition (readers use "
+        "isolation.level=read_committed); Redis is idempotent either way")
+    model_timeout_s: float = Field(
+        30.0, ge=0,
+        description="A batch's forward pass that takes longer is abandoned (it keeps running on "
+                    "its thread) and the batch served by fallbacks; 0: no timeout")
+    breaker_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of bad batches (raised, timed out, slow) in the "
+                                     "window that opens the model's circuit breaker")
+    breaker_window: int = Field(20, ge=1, le=10_000,
+                                description="Batches the breaker's failure rate is taken over")
+    breaker_min_calls: int = Field(5, ge=1, description="Batches in the window before the "
+                                   "breaker may open")
+    breaker_open_s: float = Field(10.0, ge=0, description="How long the breaker stays open "
+                                  "before one trial batch")
+    breaker_slow_call_s: float = Field(0.0, ge=0, description="A forward pass longer than this "
+                                       "counts as bad; 0: never")
+    fallback_defaults: dict[str, float] = Field(
+        default_factory=dict, description="Per output, the score a row gets when the model "
+        "cannot serve and neither the previous version nor a stored prediction can (0.0)")
     log_format: Literal["text", "json"] = "text"  # json: one object per line (streams/logs.py)
     stall_after_s: float = Field(
         30.0, gt=0,
@@ -176,6 +201,14 @@ class Settings(BaseSettings):
                 f"topic_min_insync_replicas ({self.topic_min_insync_replicas}) exceeds "
                 f"topic_replication_factor ({self.topic_replication_factor}): no acks=all "
                 "write could ever succeed")
+        return self
+
+    @model_validator(mode="after")
+    def _breaker_window(self) -> Settings:
+        if self.breaker_min_calls > self.breaker_window:
+            raise ValueError(f"breaker_min_calls ({self.breaker_min_calls}) exceeds "
+                             f"breaker_window ({self.breaker_window}): the breaker could "
+                             "never open")
         return self
 
     def topic_policy(self) -> dict[str, int]:

@@ -39,6 +39,7 @@ from streaminfer.connectors.predictions_sink import PredictionsTopicSink
 from streaminfer.connectors.redis_client import RedisClient
 from streaminfer.connectors.redis_client import connect as connect_redis
 from streaminfer.connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
+from streaminfer.connectors.transactions import PartitionTransactions
 from streaminfer.errors import ConfigError
 from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
@@ -52,7 +53,9 @@ from streaminfer.streams.assignment import (
     PartitionState,
 )
 from streaminfer.streams.batcher import AdaptiveLimit, Batcher
+from streaminfer.streams.breaker import CircuitBreaker
 from streaminfer.streams.decode import RecordDecoder
+from streaminfer.streams.guard import CachedPredictions, ModelGuard
 from streaminfer.streams.handlers import AppHandler
 from streaminfer.streams.join import JoinState
 from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
@@ -67,7 +70,8 @@ from streaminfer.streams.table_store import FaustTableStore
 from streaminfer.streams.user_state import UserState
 from streaminfer.streams.wiring import create_kafka_sync, registry_from_settings
 
-__all__ = ["Worker", "WorkerOptions", "build_handler", "build_hot_path", "build_lane"]
+__all__ = ["Worker", "WorkerOptions", "build_guard", "build_handler", "build_hot_path",
+           "build_lane"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,8 @@ def build_handler(app: App, settings: Settings, model: Model) -> AppHandler:
     codec = RecordCodec(app.input_schema(settings.schema_registry_url), "json",
                         registry_url=settings.schema_registry_url, topic=app.input.topic)
     decoder = RecordDecoder(codec, key=app.input.key, event_id=app.input.event_id,
-                            event_time=app.input.event_time, fields=app.decode_fields)
+                            event_time=app.input.event_time, fields=app.decode_fields,
+                            max_record_bytes=settings.max_record_bytes, kafka_key_is_key=True)
     inline = app.learning if (settings.learn and app.learning is not None
                               and app.learning.topic is None) else None
     return AppHandler(model, decoder, app.features, app.outputs, inline_labels=inline)
@@ -135,8 +140,41 @@ def build_lane(app: App, settings: Settings, handler: AppHandler,
     consumer = make_consumer(settings.kafka_config(), group, **_LANE_CONSUMER)
     limit = AdaptiveLimit(settings.latency_target_ms, settings.batch_max_records)
     batcher = Batcher(consumer, limit, settings.batch_max_wait_ms / 1000, settings.batch_max_bytes)
+    transactions = None
+    if settings.processing_guarantee == "exactly-once":
+        if app.outputs.topic is None:
+            raise ConfigError("processing_guarantee=exactly-once needs a predictions topic "
+                              "(the app's outputs.topic is None)")
+        transactions = PartitionTransactions(settings.kafka_config(), group,
+                                             app.outputs.topic)
     return HotPath(consumer, assignment, batcher, handler, build_sinks(app, settings), metrics,
-                   model_lock=model_lock, learner=learner)
+                   model_lock=model_lock, learner=learner,
+                   guard=build_guard(app, settings, handler, metrics),
+                   transactions=transactions)
+
+
+def build_guard(app: App, settings: Settings, handler: AppHandler,
+                metrics: PipelineMetrics | LaneRecorder) -> ModelGuard:
+    """A lane's circuit breaker around its forward pass, with the fallbacks it serves while
+    open (``streams.guard``); its state and fallbacks go to ``metrics`` when it takes them."""
+    breaker = CircuitBreaker(
+        failure_rate=settings.breaker_failure_rate, window=settings.breaker_window,
+        min_calls=settings.breaker_min_calls, open_for_s=settings.breaker_open_s,
+        slow_call_s=settings.breaker_slow_call_s or None,
+        timeout_s=settings.model_timeout_s or None, name=f"{app.name}-model")
+    watch = getattr(metrics, "watch_breaker", None)
+    if watch is not None:
+        watch(breaker)
+    unknown = set(settings.fallback_defaults) - set(app.outputs.names)
+    if unknown:
+        raise ConfigError(f"fallback_defaults names outputs the app does not declare: "
+                          f"{sorted(unknown)} (outputs: {list(app.outputs.names)})")
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1.0,
+                                  socket_connect_timeout=1.0)
+    return ModelGuard(handler, breaker, names=app.outputs.names,
+                      defaults=settings.fallback_defaults,
+                      cached=CachedPredictions(client, app.name, app.outputs.names),
+                      on_fallback=getattr(metrics, "fallback_served", None))
 
 
 def build_hot_path(app: App, settings: Settings, handler: AppHandler, metrics: PipelineMetrics,

@@ -18,6 +18,8 @@ def _value(ftype: object, rng: random.Random) -> object:
     if isinstance(ftype, list):
         return None if rng.random() < 0.3 else _value(ftype[1], rng)
     kind = ftype["type"] if isinstance(ftype, dict) else ftype
+    if kind == "boolean":
+        return rng.random() < 0.5
     if kind == "string":
         return "".join(rng.choice("aé€z0-_") for _ in range(rng.randint(0, 90)))
     if kind == "bytes":

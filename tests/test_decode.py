@@ -32,8 +32,8 @@ def decode_events(msgs: list[Message], codec: RecordCodec, num_features: int
     return handler.decode(msgs)
 
 
-def _msg(value: bytes, offset: int = 0, partition: int = 0) -> Message:
-    return Message(topic="events", partition=partition, offset=offset, key=b"k", value=value)
+def _msg(value: bytes, offset: int = 0, partition: int = 0, key: bytes = b"k") -> Message:
+    return Message(topic="events", partition=partition, offset=offset, key=key, value=value)
 
 
 def _event(**overrides: object) -> dict[str, object]:
@@ -81,8 +81,9 @@ def test_ratings_reject_non_numbers() -> None:
     ok = {"event_id": "r1", "user": "u", "item": "i", "rating": 4.0, "ts": now_ms()}
     bad = dict(ok, event_id="r2", rating="five")
     nan = dict(ok, event_id="r3", rating=float("nan"))
-    batch, rejected = handler.decode([_msg(codec.encode(ok)), _msg(codec.encode(bad), 1),
-                                      _msg(codec.encode(nan), 2)])
+    batch, rejected = handler.decode([_msg(codec.encode(ok), key=b"u"),
+                                      _msg(codec.encode(bad), 1, key=b"u"),
+                                      _msg(codec.encode(nan), 2, key=b"u")])
     assert batch.event_ids == ["r1"] and batch.columns["rating"].tolist() == [4.0]
     assert batch.keys == ["u"]
     assert [r.msg.offset() for r in rejected] == [1, 2]

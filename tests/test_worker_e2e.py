@@ -118,7 +118,7 @@ def test_poison_records_go_to_the_dead_letter_topic(services: Any, new_topic: An
             b"{truncated json",
         ]
         # kcat, as a user would publish raw bytes: one record per line
-        subprocess.run(["kcat", "-P", "-b", dep.bootstrap, "-t", dep.events_topic, "-k", "bad"],
+        subprocess.run(["kcat", "-P", "-b", dep.bootstrap, "-t", dep.events_topic, "-k", "k"],
                        input=b"\n".join(poison) + b"\n", check=True, timeout=30)
         good = _events(run, 50)
         _publish(dep.bootstrap, dep.events_topic, good)

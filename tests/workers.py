@@ -160,7 +160,8 @@ def read_topic(bootstrap: str, topic: str, schema: str = "prediction",
     """Every record currently in ``topic``, decoded, read until ``idle_s`` of silence."""
     codec = RecordCodec(schema) if schema else None
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed"})  # exactly-once's readers
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
     out: list[dict[str, Any]] = []

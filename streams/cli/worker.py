@@ -42,6 +42,8 @@ __all__ = ["worker"]
               "already queued.")
 @click.option("--batch-max-bytes", type=click.IntRange(min=1), help="A batch closes at this "
               "many value bytes [default 4 MiB].")
+@click.option("--max-record-bytes", type=click.IntRange(min=1), help="An input record over "
+              "this many bytes goes to the dead-letter topic undecoded [default 1 MiB].")
 @click.option("--latency-target-ms", type=click.FloatRange(min=0, min_open=True),
               help="Batch size adapts so a batch's service time stays under half of this "
               "[default 100].")
@@ -100,6 +102,18 @@ __all__ = ["worker"]
 @click.option("--stall-after-s", type=click.FloatRange(min=0, min_open=True),
               help="/healthz fails when a lane with work made no progress for this long; a "
               "lane retrying a sink write still counts as alive [default 30].")
+@click.option("--processing-guarantee", type=click.Choice(["at-least-once", "exactly-once"]),
+              help="exactly-once: a batch's predictions-topic records and its input offsets "
+              "commit as one Kafka transaction (read them with isolation.level="
+              "read_committed) [default at-least-once].")
+@click.option("--model-timeout-s", type=click.FloatRange(min=0),
+              help="Abandon a batch's forward pass after this long and serve the batch from "
+              "fallbacks (previous version, stored prediction, default); 0: never [default 30].")
+@click.option("--breaker-failure-rate", type=click.FloatRange(0, 1, min_open=True),
+              help="Share of failed or slow batches that opens the model's circuit breaker "
+              "[default 0.5].")
+@click.option("--breaker-open-s", type=click.FloatRange(min=0),
+              help="Seconds the breaker stays open before a trial batch [default 10].")
 @click.option("--identity-model", is_flag=True, hidden=True,
               help="Benchmarks: score with a no-op model (bare I/O path).")
 @click.option("--web-port", type=int, help="Serve Faust's web/metrics endpoint on this port.")

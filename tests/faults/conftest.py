@@ -41,7 +41,9 @@ def cluster(services, own_redis, tmp_path_factory):  # type: ignore[no-untyped-d
                               str(checkpoints)], capture_output=True).returncode == 0
     made = Cluster(services.bootstrap, own_redis.url, tmp_path_factory.mktemp("cluster"),
                    env={"STREAMINFER_CHECKPOINT_URL": str(checkpoints),
-                        "STREAMINFER_CHECKPOINT_EVERY_S": "2"})
+                        "STREAMINFER_CHECKPOINT_EVERY_S": "2",
+                        "STREAMINFER_MODEL_TIMEOUT_S": "2", "STREAMINFER_BREAKER_OPEN_S": "2",
+                        "STREAMINFER_MAX_RECORD_BYTES": "1040000"})
     made.checkpoints = checkpoints  # type: ignore[attr-defined]
     made.checkpoints_mounted = mounted  # type: ignore[attr-defined]
     client = own_redis.client()
@@ -60,9 +62,32 @@ def client(own_redis):  # type: ignore[no-untyped-def]
     made.close()
 
 
+@pytest.fixture(scope="package")
+def eos_cluster(services, own_redis, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Two learning workers with ``--processing-guarantee exactly-once``."""
+    from harness import Cluster
+
+    made = Cluster(services.bootstrap, own_redis.url, tmp_path_factory.mktemp("eos"),
+                   env={"STREAMINFER_PROCESSING_GUARANTEE": "exactly-once"})
+    client = own_redis.client()
+    made.start(2, client)
+    yield made
+    made.stop()
+    client.close()
+
+
+@pytest.fixture
+def eos_ready(eos_cluster, own_redis, client):  # type: ignore[no-untyped-def]
+    return _healthy(eos_cluster, own_redis, client)
+
+
 @pytest.fixture
 def ready(cluster, own_redis, client):  # type: ignore[no-untyped-def]
     """The shared cluster, healthy: Redis up, chaos off, both workers sharing the partitions."""
+    return _healthy(cluster, own_redis, client)
+
+
+def _healthy(cluster, own_redis, client):  # type: ignore[no-untyped-def]
     if not own_redis.answers():
         own_redis.start()
     client.config_set("maxmemory", 0)

@@ -28,9 +28,9 @@ def test_sigstop_past_the_session_timeout_then_sigcont(ready, client) -> None:  
     stream = ready.stream(9000, 300)
     time.sleep(6)
     victim = ready.workers[0]
-    freeze(victim, 20)  # > the 10 s session timeout: its partitions move meanwhile
+    freeze(victim, 30)  # > the 10 s session timeout: its partitions move meanwhile
     resumed = time.time()
-    settle(ready, stream, client, "SIGSTOP 20 s", fault_end=resumed - 20,
+    settle(ready, stream, client, "SIGSTOP 30 s", fault_end=resumed - 30,
            dup_bound=CRASH_DUPLICATES)
     # the fence: on waking it refused to commit and dropped its partitions uncommitted
     log = (ready.dep.log_dir / f"worker-{ready.dep.procs.index(victim)}.log").read_text()
