@@ -56,6 +56,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     made.run("down")
 
 
+@pytest.mark.faults_long
 def test_broker_restart_mid_stream(broker, own_redis, client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cluster = Cluster(broker.bootstrap, own_redis.url, tmp_path / "cluster")
     try:

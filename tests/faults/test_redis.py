@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from harness import rss_mb, settle
 
 #: RSS growth allowed during a 60 s outage: the three batches in flight (200 records here)
@@ -45,6 +46,7 @@ def test_redis_down_10_s(ready, own_redis, client) -> None:  # type: ignore[no-u
     _outage(ready, own_redis, client, 10, "Redis down 10 s")
 
 
+@pytest.mark.faults_long
 def test_redis_down_60_s_memory_stays_bounded(ready, own_redis, client) -> None:  # type: ignore[no-untyped-def]
     _outage(ready, own_redis, client, 60, "Redis down 60 s")
 
