@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from streaminfer.connectors.redis_client import RedisClient
 from streaminfer.errors import ModelError
 from streaminfer.streams.batch import Batch, Rejected
 from streaminfer.streams.breaker import BreakerOpen, CallTimeout, CircuitBreaker
@@ -50,7 +51,7 @@ class CachedPredictions:
     """The last stored prediction per key, read with short timeouts (Redis may be the thing
     that is down; then the rows get the default)."""
 
-    def __init__(self, client: redis.Redis, app: str, names: Sequence[str]) -> None:
+    def __init__(self, client: RedisClient, app: str, names: Sequence[str]) -> None:
         self.client = client
         self.prefix = f"pred:{app}:"
         self.names = list(names)

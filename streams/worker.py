@@ -169,8 +169,7 @@ def build_guard(app: App, settings: Settings, handler: AppHandler,
     if unknown:
         raise ConfigError(f"fallback_defaults names outputs the app does not declare: "
                           f"{sorted(unknown)} (outputs: {list(app.outputs.names)})")
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1.0,
-                                  socket_connect_timeout=1.0)
+    client = connect_redis(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     return ModelGuard(handler, breaker, names=app.outputs.names,
                       defaults=settings.fallback_defaults,
                       cached=CachedPredictions(client, app.name, app.outputs.names),
