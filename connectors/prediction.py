@@ -67,6 +67,9 @@ class Predictions:
     #: per row, which fallback served it (``previous``, ``cached``, ``default``) or ``""``
     #: for the model itself; ``None``: the model served the whole batch
     fallback: list[str] | None = None
+    #: significant digits of the output values written as text (Redis): 9 keeps a float32
+    #: score exact; ``None`` writes each float's shortest ``repr`` (float64 outputs)
+    digits: int | None = None
 
     def __len__(self) -> int:
         return len(self.event_ids)
