@@ -87,29 +87,34 @@ local function newer(key, ts, id)
 end
 """
 
-# KEYS[i] = pred hash of row i; ARGV[1..5] = ttl, processed_ts, model_name, model_version,
-# m = number of output fields -- constant for a batch, sent once; ARGV[6..5+m] = the output
-# field names; then per row: event_id, event_ts, value_1..value_m.
-_PREDICTION_LUA = _LUA_NEWER + """
+# Shared by both prediction scripts: ARGV[1..5] = ttl, processed_ts, model_name,
+# model_version, m = number of output fields -- constant for a batch, sent once; ARGV[6..5+m]
+# = the output field names. ``write(key, id, ts, at)`` writes one row whose m values start
+# at ARGV[at], if it is newer than what the hash holds; returns 1 if written, else 0.
+_LUA_WRITE_PREDICTION = _LUA_NEWER + """
 local ttl, pts, name, ver = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local m = tonumber(ARGV[5])
-local stride = 2 + m
-local first = 6 + m
-local applied = 0
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local b = first + (i - 1) * stride
-  if newer(key, ARGV[b + 1], ARGV[b]) then
-    local fields = {'event_id', ARGV[b], 'event_ts', ARGV[b + 1], 'processed_ts', pts,
-      'model_name', name, 'model_version', ver}
-    for j = 1, m do
-      fields[#fields + 1] = ARGV[5 + j]
-      fields[#fields + 1] = ARGV[b + 1 + j]
-    end
-    redis.call('HSET', key, unpack(fields))
-    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    applied = applied + 1
+local function write(key, id, ts, at)
+  if not newer(key, ts, id) then return 0 end
+  local fields = {'event_id', id, 'event_ts', ts, 'processed_ts', pts,
+    'model_name', name, 'model_version', ver}
+  for j = 1, m do
+    fields[#fields + 1] = ARGV[5 + j]
+    fields[#fields + 1] = ARGV[at + j - 1]
   end
+  redis.call('HSET', key, unpack(fields))
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  return 1
+end
+local applied = 0
+"""
+
+# KEYS[i] = pred hash of row i; after the shared arguments, per row: event_id, event_ts,
+# value_1..value_m.
+_PREDICTION_LUA = _LUA_WRITE_PREDICTION + """
+for i = 1, #KEYS do
+  local b = 6 + m + (i - 1) * (2 + m)
+  applied = applied + write(KEYS[i], ARGV[b], ARGV[b + 1], b + 2)
 end
 return applied
 """
@@ -156,25 +161,10 @@ return applied
 # and the flag that lets one call write keys of many slots of the node it runs on.
 _CROSS_SLOT = "#!lua flags=allow-cross-slot-keys\n"
 
-# ARGV[1..5] = ttl, processed_ts, model_name, model_version, m; ARGV[6..5+m] = output field
-# names; then per row: key, event_id, event_ts, value_1..value_m.
-_CLUSTER_PREDICTION_LUA = _CROSS_SLOT + _LUA_NEWER + """
-local ttl, pts, name, ver = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local m = tonumber(ARGV[5])
-local applied = 0
+# After the shared arguments, per row: key, event_id, event_ts, value_1..value_m.
+_CLUSTER_PREDICTION_LUA = _CROSS_SLOT + _LUA_WRITE_PREDICTION + """
 for b = 6 + m, #ARGV, 3 + m do
-  local key = ARGV[b]
-  if newer(key, ARGV[b + 2], ARGV[b + 1]) then
-    local fields = {'event_id', ARGV[b + 1], 'event_ts', ARGV[b + 2], 'processed_ts', pts,
-      'model_name', name, 'model_version', ver}
-    for j = 1, m do
-      fields[#fields + 1] = ARGV[5 + j]
-      fields[#fields + 1] = ARGV[b + 2 + j]
-    end
-    redis.call('HSET', key, unpack(fields))
-    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    applied = applied + 1
-  end
+  applied = applied + write(ARGV[b], ARGV[b + 1], ARGV[b + 2], b + 3)
 end
 return applied
 """
