@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     sync_shards: int = Field(4, gt=0)
 
     checkpoint_url: str | None = None
+    max_model_bytes: int = Field(
+        4 * 1024**3, gt=0, description="Weights (a checkpoint, registry version or --model "
+        "file) larger than this are refused before they are read")
     checkpoint_every_s: float = Field(30.0, gt=0)
     checkpoint_keep: int = Field(5, gt=0)
     publish_params_every_s: float = Field(30.0, ge=0)

@@ -266,7 +266,8 @@ class Worker:
             return IdentityModel()
         model = self.app.build_model(self.settings)
         if self.options.model_path is not None:
-            checkpoint.load_into(model, self.options.model_path)
+            checkpoint.load_into(model, self.options.model_path,
+                                 max_bytes=self.settings.max_model_bytes)
         return model
 
     # -- lifecycle --------------------------------------------------------------------------
