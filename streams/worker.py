@@ -37,6 +37,7 @@ from streaminfer.connectors.dead_letter import DeadLetterWriter
 from streaminfer.connectors.kafka import make_consumer
 from streaminfer.connectors.predictions_sink import PredictionsTopicSink
 from streaminfer.connectors.redis_client import RedisClient
+from streaminfer.connectors.redis_client import check_credentials as check_redis_credentials
 from streaminfer.connectors.redis_client import connect as connect_redis
 from streaminfer.connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
 from streaminfer.connectors.transactions import PartitionTransactions
@@ -274,6 +275,7 @@ class Worker:
     def start(self) -> faust.App:
         """Create topics, restore the newest checkpoint, build the lanes and the Faust app."""
         settings, app = self.settings, self.app
+        check_redis_credentials(settings.redis_url)
         n = self.ensure_topics()
         brokers = [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")]
         datadir = Path(tempfile.gettempdir()) / "streaminfer-faust" / self.group
