@@ -15,6 +15,7 @@ pointers that name it, so a reader never follows a pointer to nothing.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
@@ -70,9 +71,20 @@ def check_credentials(url: str, timeout: float = 10.0) -> None:
         raise ConfigError(f"Redis at {where} refused the credentials: {exc} (check the user "
                           "and password in the Redis URL, and the user's ACL)") from None
     except redis.ConnectionError as exc:
-        if "SSL" in str(exc) or "certificate" in str(exc):
-            raise ConfigError(f"Redis at {where}: TLS failed: {exc} (rediss:// needs the "
+        cause = _root_cause(exc)
+        if isinstance(cause, ssl.SSLError):
+            raise ConfigError(f"Redis at {where}: TLS failed: {cause} (rediss:// needs the "
                               "server's CA: ?ssl_ca_certs=/path/ca.pem)") from None
+        if isinstance(cause, ConnectionResetError):
+            raise ConfigError(f"Redis at {where} does not answer Redis commands: it closed "
+                              "the connection at once (a TLS port reached with redis:// "
+                              "instead of rediss://?)") from None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc
 
 
 def _cluster_kwargs(url: str) -> dict[str, Any]:
