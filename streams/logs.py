@@ -33,6 +33,8 @@ EXTRA_FIELDS = ("partition", "event_id", "topic", "offset")
 def secrets_of(settings: Settings) -> list[str]:
     """Secret values in ``settings``: secret-named Kafka properties and URL passwords."""
     found = [str(v) for k, v in settings.kafka_properties.items() if SECRET_KEY.search(k) and v]
+    if settings.kafka_sasl_password is not None:
+        found.append(settings.kafka_sasl_password.get_secret_value())
     for url in (settings.redis_url, settings.schema_registry_url, settings.checkpoint_url):
         if url and "://" in url:
             password = urlsplit(url).password
