@@ -28,6 +28,10 @@ def faust_credentials(config: Mapping[str, Any]) -> CredentialsT | None:
     context = None
     if protocol in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(cafile=config.get("ssl.ca.location"))
+        if config.get("ssl.certificate.location"):  # mutual TLS: the client's own certificate
+            context.load_cert_chain(config["ssl.certificate.location"],
+                                    config.get("ssl.key.location"),
+                                    config.get("ssl.key.password"))
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     if protocol in ("SASL_SSL", "SASL_PLAINTEXT"):
