@@ -70,7 +70,7 @@ def check_credentials(url: str, timeout: float = 10.0) -> None:
             redis.exceptions.NoPermissionError) as exc:
         raise ConfigError(f"Redis at {where} refused the credentials: {exc} (check the user "
                           "and password in the Redis URL, and the user's ACL)") from None
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
         cause = _root_cause(exc)
         if isinstance(cause, ssl.SSLError):
             raise ConfigError(f"Redis at {where}: TLS failed: {cause} (rediss:// needs the "

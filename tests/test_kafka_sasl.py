@@ -140,6 +140,21 @@ def test_wrong_password_fails_fast_with_a_clear_error(broker: SecureBroker) -> N
     assert "not-the-password" not in out.stdout + out.stderr
 
 
+def test_worker_with_a_wrong_password_stops_at_start(broker: SecureBroker, services: Any,
+                                                     tmp_path: Path) -> None:
+    dep = Deployment(broker.bootstrap, services.redis_url, TOPICS["in"], TOPICS["out"],
+                     tmp_path, partitions=2, group=GROUP,
+                     extra_env=_env(broker, password="not-the-password"))
+    try:
+        proc = dep.start_worker()
+        assert proc.wait(180) != 0
+    finally:
+        dep.stop_all()
+    log = dep.log_tail(100_000)
+    assert f"refused the SASL credentials (user '{APP_USER}')" in log, log
+    assert "not-the-password" not in log
+
+
 def test_reading_another_topic_is_refused(broker: SecureBroker,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     admin_producer = make_producer(broker.client_config("admin", "admin-pw-5b2a"))

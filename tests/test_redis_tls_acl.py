@@ -24,7 +24,7 @@ from streaminfer.connectors.records import now_ms
 from streaminfer.connectors.redis_client import check_credentials, connect
 from streaminfer.errors import ConfigError
 
-pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.services, pytest.mark.security, pytest.mark.timeout(300)]
 
 ADMIN_PW = "admin-pw-0d9f"
 APP_PW = "app-pw-7c1e"

@@ -21,7 +21,7 @@ from workers import deployment, wait_for
 from streaminfer.connectors.redis_client import connect
 from streaminfer.errors import ConfigError
 
-pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.services, pytest.mark.security, pytest.mark.timeout(300)]
 
 REDIS_SECRET = "r3dis-S3CRET-pw"
 KAFKA_SECRET = "k4fka-S3CRET-pw"
