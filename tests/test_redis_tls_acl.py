@@ -28,8 +28,10 @@ pytestmark = [pytest.mark.services, pytest.mark.security, pytest.mark.timeout(30
 
 ADMIN_PW = "admin-pw-0d9f"
 APP_PW = "app-pw-7c1e"
-#: what the classifier app touches: its predictions, its worker metrics, its checkpoints
-APP_KEYS = ["pred:classifier:*", "metrics:classifier:*", "ckpt:classifier:*", "ckpts:classifier"]
+#: what the classifier app touches (docs/security.md): predictions, worker metrics, checkpoints,
+#: published parameters
+APP_KEYS = ["pred:classifier:*", "metrics:classifier:*", "ckpt:classifier:*", "ckpts:classifier",
+            "params:classifier:*"]
 
 
 @pytest.fixture
@@ -56,7 +58,8 @@ def test_worker_serves_over_tls_as_an_acl_user(services: object, new_topic: obje
     with deployment(services, new_topic, tmp_path, partitions=2) as dep:
         dep.redis_url = app_url
         dep.extra_env.update({"STREAMINFER_CHECKPOINT_URL": app_url,
-                              "STREAMINFER_CHECKPOINT_EVERY_S": "1"})
+                              "STREAMINFER_CHECKPOINT_EVERY_S": "1",
+                              "STREAMINFER_PUBLISH_PARAMS_EVERY_S": "1"})
         proc = dep.start_worker()
         admin = tls_redis.client()
         dep.wait_ready([proc], admin)
@@ -69,6 +72,8 @@ def test_worker_serves_over_tls_as_an_acl_user(services: object, new_topic: obje
         wait_for(lambda: len(redis_predictions(admin, "classifier", keys)) == len(keys), 120,
                  "every event predicted in Redis over TLS", dep.log_tail)
         wait_for(lambda: admin.zcard("ckpts:classifier") > 0, 60, "a checkpoint", dep.log_tail)
+        wait_for(lambda: admin.exists("params:classifier:latest") > 0, 60, "published params",
+                 dep.log_tail)
         dep.stop_all()
         assert proc.returncode == 0, dep.log_tail()
 
