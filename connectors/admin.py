@@ -22,6 +22,7 @@ __all__ = [
     "AdminError",
     "TopicInfo",
     "TopicStatus",
+    "check_credentials",
     "ensure_topics",
     "list_topics",
 ]
@@ -74,6 +75,36 @@ def _admin(config: Mapping[str, Any]) -> AdminClient:
 
 def _where(config: Mapping[str, Any]) -> str:
     return f"Kafka at {config.get('bootstrap.servers', '?')}"
+
+
+#: errors librdkafka reports when the brokers refuse who we are or the TLS handshake fails
+_REFUSALS = {KafkaError._AUTHENTICATION: "refused the SASL credentials",
+             KafkaError.SASL_AUTHENTICATION_FAILED: "refused the SASL credentials",
+             KafkaError._SSL: "TLS failed"}
+
+
+def check_credentials(config: Mapping[str, Any], timeout: float = 15.0) -> None:
+    """Raise :class:`ConfigError` now if the brokers refuse ``config``'s login or TLS.
+
+    librdkafka retries a refused login for ever, so a wrong password would otherwise look like
+    an unreachable cluster: a worker that never joins, a ``produce`` that hangs. A broker that
+    does not answer at all within ``timeout`` is left to the clients' own retries.
+    """
+    errors: list[KafkaError] = []
+    admin = AdminClient({**config, "log_level": 0, "error_cb": errors.append})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except KafkaException:
+            admin.poll(0)
+        for error in errors:
+            if error.code() in _REFUSALS:
+                user = config.get("sasl.username")
+                who = f" (user {user!r})" if user else ""
+                raise ConfigError(f"{_where(config)} {_REFUSALS[error.code()]}{who}: "
+                                  f"{error.str()}")
 
 
 def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:

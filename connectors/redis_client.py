@@ -15,6 +15,7 @@ pointers that name it, so a reader never follows a pointer to nothing.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
@@ -23,9 +24,10 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from streaminfer.errors import ConfigError
+from streaminfer.redaction import redact
 
-__all__ = ["CLUSTER_SCHEMES", "RedisClient", "connect", "is_cluster", "is_cluster_url",
-           "write_in_order"]
+__all__ = ["CLUSTER_SCHEMES", "RedisClient", "check_credentials", "connect", "is_cluster",
+           "is_cluster_url", "write_in_order"]
 
 #: URL schemes that name a Redis Cluster (seed nodes, comma separated).
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -48,7 +50,56 @@ def connect(url: str, **kwargs: Any) -> RedisClient:
     return RedisCluster(**_cluster_kwargs(url), **kwargs)
 
 
+def check_credentials(url: str, timeout: float = 10.0) -> None:
+    """Raise :class:`ConfigError` now if Redis refuses ``url``'s user, password or TLS.
+
+    A worker retries failed Redis writes for ever, so that an outage never stops it; a wrong
+    password, a user without permission or an untrusted certificate would then look like an
+    endless outage. Those are not going to heal, so they stop the worker at start with a
+    message that names the URL (password masked). A Redis that does not answer at all is left
+    to the retries: it may be starting.
+    """
+    where = redact(url, [_password(url)])
+    try:
+        client = connect(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError,
+            redis.exceptions.NoPermissionError) as exc:
+        raise ConfigError(f"Redis at {where} refused the credentials: {exc} (check the user "
+                          "and password in the Redis URL, and the user's ACL)") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        cause = _root_cause(exc)
+        if isinstance(cause, ssl.SSLError):
+            raise ConfigError(f"Redis at {where}: TLS failed: {cause} (rediss:// needs the "
+                              "server's CA: ?ssl_ca_certs=/path/ca.pem)") from None
+        if isinstance(cause, ConnectionResetError):
+            raise ConfigError(f"Redis at {where} does not answer Redis commands: it closed "
+                              "the connection at once (a TLS port reached with redis:// "
+                              "instead of rediss://?)") from None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc
+
+
 def _cluster_kwargs(url: str) -> dict[str, Any]:
+    try:
+        return _parse_cluster_url(url)
+    except ConfigError as exc:  # the message quotes the URL: never its password
+        raise ConfigError(redact(str(exc), [_password(url)])) from None
+
+
+def _password(url: str) -> str:
+    auth = url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+    return unquote(auth.partition(":")[2] or auth)
+
+
+def _parse_cluster_url(url: str) -> dict[str, Any]:
     scheme, rest = url.split("://", 1)
     netloc, _, tail = rest.partition("/")
     path, _, query = tail.partition("?")

@@ -8,7 +8,10 @@ It is built under a temporary name in ``root`` and renamed into place, so a read
 The manifest says what a human or the worker needs without loading tensors: model name,
 version, update counter, the config that rebuilds the model, its vocabulary (recommender),
 creation time, and ``extra`` (whatever the caller passes, e.g. the input offsets the weights
-have seen, so a restarted worker can resume from them).
+have seen, so a restarted worker can resume from them), and the sha256 of the tensors file.
+
+Loading never unpickles: tensors are read with safetensors after the checks of
+:mod:`streaminfer.models.weights` (size bound, sha256, header sanity).
 """
 
 from __future__ import annotations
@@ -24,14 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_save
 
-from streaminfer.errors import ConfigError
+from streaminfer.errors import CheckpointError, ConfigError
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.factory import create_model
 from streaminfer.models.module import TorchModel, qualified_name
+from streaminfer.models.weights import (
+    MAX_WEIGHTS_BYTES,
+    load_weights,
+    load_weights_file,
+    sha256_hex,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -46,6 +53,7 @@ __all__ = [
     "model_class",
     "prune",
     "read_manifest",
+    "read_tensors",
     "save",
     "save_bytes",
 ]
@@ -61,6 +69,13 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def build_manifest(
@@ -102,22 +117,26 @@ def _tensors(model: Model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
+def _weights(model: Model, manifest: dict[str, Any]) -> bytes:
+    """``model``'s safetensors bytes; records their sha256 in ``manifest``."""
+    weights = safetensors_save(_tensors(model), metadata={"name": model.name})
+    manifest["sha256"] = sha256_hex(weights)
+    return weights
+
+
 def save(model: Model, root: str | Path, extra_manifest: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint of ``model`` under ``root``; returns the checkpoint directory."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(model, extra_manifest)
+    weights = _weights(model, manifest)
     manifest_text = _manifest_text(manifest)
     stamp = datetime.fromtimestamp(manifest["created_unix"], UTC)
-    tensors = _tensors(model)
     final = root / f"{model.name}-{stamp:%Y%m%dT%H%M%S%fZ}-u{model.version.updates}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}-", suffix=".tmp", dir=root))
     try:
-        save_file(tensors, str(tmp / manifest["tensors"]), metadata={"name": model.name})
-        with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
-            fh.write(manifest_text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_synced(tmp / manifest["tensors"], weights)
+        _write_synced(tmp / MANIFEST, manifest_text.encode("utf-8"))
         _fsync_dir(tmp)
         os.rename(tmp, final)
     except BaseException:
@@ -147,9 +166,23 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def read_tensors(path: str | Path, *, max_bytes: int = MAX_WEIGHTS_BYTES
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(manifest, tensors)`` of the checkpoint at ``path``, after the checks of
+    :func:`~streaminfer.models.weights.load_weights_file`; raises :class:`CheckpointError`."""
+    ckpt = _checkpoint_dir(Path(path))
+    manifest = read_manifest(ckpt)
+    name = manifest.get("tensors")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise CheckpointError(f"{ckpt}: manifest names tensors file {name!r}; only a "
+                              "*.safetensors file inside the checkpoint is read")
+    return manifest, load_weights_file(ckpt / name, sha256=manifest.get("sha256"),
+                                       max_bytes=max_bytes, error=CheckpointError)
+
+
 def load(
     path: str | Path, *, device: str | torch.device = "auto", amp: str | None = None,
-    into: Model | None = None,
+    into: Model | None = None, max_bytes: int = MAX_WEIGHTS_BYTES,
 ) -> tuple[Model, dict[str, Any]]:
     """Rebuild the model saved at ``path`` on ``device``; returns ``(model, manifest)``.
 
@@ -157,9 +190,7 @@ def load(
     ``into``: load the weights into this model (an app's own) instead of building a built-in
     model from the manifest's config.
     """
-    ckpt = _checkpoint_dir(Path(path))
-    manifest = read_manifest(ckpt)
-    tensors = load_file(str(ckpt / manifest["tensors"]), device="cpu")
+    manifest, tensors = read_tensors(path, max_bytes=max_bytes)
     return _rebuild(manifest, tensors, device=device, amp=amp, into=into), manifest
 
 
@@ -177,13 +208,14 @@ def check_fits(manifest: dict[str, Any], model: Model, where: str | Path) -> Non
                           f"{model_class(model)}")
 
 
-def load_into(model: Model, path: str | Path) -> dict[str, Any]:
+def load_into(model: Model, path: str | Path, *, max_bytes: int = MAX_WEIGHTS_BYTES
+              ) -> dict[str, Any]:
     """Load the checkpoint at ``path`` into ``model`` (the app's freshly built model);
     returns the manifest. Only tensors are read (safetensors), nothing is unpickled."""
-    ckpt = _checkpoint_dir(Path(path))
-    manifest = read_manifest(ckpt)
-    check_fits(manifest, model, ckpt)
-    _restore(model, manifest, load_file(str(ckpt / manifest["tensors"]), device="cpu"))
+    manifest = read_manifest(path)
+    check_fits(manifest, model, path)
+    _, tensors = read_tensors(path, max_bytes=max_bytes)
+    _restore(model, manifest, tensors)
     return manifest
 
 
@@ -216,7 +248,7 @@ def save_bytes(
 ) -> tuple[dict[str, Any], bytes]:
     """``(manifest, safetensors bytes)`` of ``model``: a checkpoint for a store without files."""
     manifest = build_manifest(model, extra_manifest)
-    return manifest, safetensors_save(_tensors(model), metadata={"name": model.name})
+    return manifest, _weights(model, manifest)
 
 
 def load_bytes(
@@ -226,15 +258,19 @@ def load_bytes(
     device: str | torch.device = "auto",
     amp: str | None = None,
     into: Model | None = None,
+    max_bytes: int = MAX_WEIGHTS_BYTES,
 ) -> Model:
     """Inverse of :func:`save_bytes`: rebuild the model from its manifest and tensor bytes
-    (or load them ``into`` a given model)."""
+    (or load them ``into`` a given model) after the size, sha256 and header checks."""
     if manifest.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"checkpoint format {manifest.get('format')!r} is not supported "
             f"(expected {FORMAT_VERSION})"
         )
-    return _rebuild(manifest, safetensors_load(data), device=device, amp=amp, into=into)
+    tensors = load_weights(data, where=f"checkpoint of {manifest.get('name')!r}",
+                           sha256=manifest.get("sha256"), max_bytes=max_bytes,
+                           error=CheckpointError)
+    return _rebuild(manifest, tensors, device=device, amp=amp, into=into)
 
 
 def _checkpoints(root: Path, name: str | None) -> list[tuple[float, str, Path]]:

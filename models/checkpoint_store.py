@@ -41,6 +41,7 @@ from safetensors import SafetensorError
 from streaminfer.errors import CheckpointError
 from streaminfer.models import checkpoint
 from streaminfer.models.base import Model
+from streaminfer.models.weights import MAX_WEIGHTS_BYTES
 
 __all__ = [
     "BlobCheckpointStore",
@@ -100,8 +101,9 @@ def _offsets(value: Any) -> dict[str, dict[str, int]]:
 class CheckpointStore(ABC):
     """Save, find the newest, load and prune checkpoints of one or more apps."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_bytes: int = MAX_WEIGHTS_BYTES) -> None:
         self._last_ms = 0
+        self.max_bytes = max_bytes  # a checkpoint's weights over this are refused unread
 
     def _created_ms(self) -> int:
         """Wall-clock milliseconds, strictly increasing within this store (newest always wins)."""
@@ -170,8 +172,8 @@ def _check_keep(keep: int) -> None:
 class LocalCheckpointStore(CheckpointStore):
     """Checkpoints as directories ``root/<app>/<name>-<time>-u<updates>/`` on a local disk."""
 
-    def __init__(self, root: str | Path) -> None:
-        super().__init__()
+    def __init__(self, root: str | Path, *, max_bytes: int = MAX_WEIGHTS_BYTES) -> None:
+        super().__init__(max_bytes=max_bytes)
         self.root = Path(root)
 
     def save(self, model: Model, manifest_extra: Mapping[str, Any] | None = None) -> CheckpointRef:
@@ -193,8 +195,9 @@ class LocalCheckpointStore(CheckpointStore):
         self, ref: CheckpointRef, device: str | torch.device = "auto", into: Model | None = None
     ) -> tuple[Model, dict[str, Any]]:
         try:
-            model, manifest = checkpoint.load(ref.location, device=device, into=into)
-        except (OSError, ValueError, KeyError, SafetensorError) as exc:
+            model, manifest = checkpoint.load(ref.location, device=device, into=into,
+                                              max_bytes=self.max_bytes)
+        except (OSError, ValueError, KeyError, SafetensorError, CheckpointError) as exc:
             raise CheckpointError(f"checkpoint {ref.location} cannot be loaded: {exc}") from exc
         return model, {"app": ref.app, **_store_manifest(manifest), "id": Path(ref.location).name}
 
@@ -242,8 +245,8 @@ class BlobCheckpointStore(CheckpointStore):
     worker taking over a partition after a rebalance needs.
     """
 
-    def __init__(self, blobs: CheckpointBlobs) -> None:
-        super().__init__()
+    def __init__(self, blobs: CheckpointBlobs, *, max_bytes: int = MAX_WEIGHTS_BYTES) -> None:
+        super().__init__(max_bytes=max_bytes)
         self.blobs = blobs
 
     def save(self, model: Model, manifest_extra: Mapping[str, Any] | None = None) -> CheckpointRef:
@@ -272,8 +275,9 @@ class BlobCheckpointStore(CheckpointStore):
         state, manifest_text = self.blobs.get(_check_app(ref.app), ref.location)
         try:
             manifest = json.loads(manifest_text)
-            model = checkpoint.load_bytes(manifest["model"], state, device=device, into=into)
-        except (ValueError, KeyError, TypeError, SafetensorError) as exc:
+            model = checkpoint.load_bytes(manifest["model"], state, device=device, into=into,
+                                          max_bytes=self.max_bytes)
+        except (ValueError, KeyError, TypeError, SafetensorError, CheckpointError) as exc:
             raise CheckpointError(f"checkpoint {ref.location} cannot be loaded: {exc}") from exc
         return model, manifest
 

@@ -23,6 +23,7 @@ from streaminfer.models._inputs import first_nonfinite
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.device import Runner, configure_threads
 from streaminfer.models.optim import build_optimizer
+from streaminfer.models.weights import MAX_WEIGHTS_BYTES
 
 __all__ = ["FileModel", "Loss", "TorchModel", "qualified_name"]
 
@@ -159,17 +160,23 @@ class FileModel(Model):
     """A TorchScript file or a ``torch.export`` ``.pt2`` program, served as is.
 
     Neither format is unpickled: TorchScript is loaded by ``torch.jit.load`` and ``.pt2`` by
-    ``torch.export.load``. Such a model cannot learn; an app that serves one has no learning.
+    ``torch.export.load``, whose restricted unpicklers build tensors and containers only (a
+    ``torch.save`` file, or an archive whose pickle names ``os.system``, is refused).
+    Such a model cannot learn; an app that serves one has no learning.
     """
 
     name = "file"
 
     def __init__(self, path: str | Path, *, name: str = "file",
                  activation: Activation = "none", device: str | torch.device = "auto",
-                 base_version: str = "v1") -> None:
+                 base_version: str = "v1", max_bytes: int = MAX_WEIGHTS_BYTES) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ConfigError(f"model file {self.path} does not exist")
+        size = self.path.stat().st_size
+        if size > max_bytes:
+            raise ModelError(f"model file {self.path} is {size} bytes, over the limit of "
+                             f"{max_bytes} (max_model_bytes)")
         self.name = name
         self.runner = Runner(device)
         self.activation = activation

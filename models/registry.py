@@ -23,7 +23,6 @@ sha256 before safetensors parses anything, and nothing is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -32,13 +31,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from streaminfer.errors import RegistryError
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.checkpoint import model_class
+from streaminfer.models.weights import MAX_WEIGHTS_BYTES, load_weights, sha256_hex
 
 __all__ = [
     "FORMAT",
@@ -104,10 +102,6 @@ class RegisteredVersion:
     tensors: dict[str, torch.Tensor]
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _tensor_info(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
     return {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
             for k, v in sorted(tensors.items())}
@@ -138,8 +132,9 @@ class ModelRegistry:
     {'active': 1}
     """
 
-    def __init__(self, blobs: RegistryBlobs) -> None:
+    def __init__(self, blobs: RegistryBlobs, *, max_bytes: int = MAX_WEIGHTS_BYTES) -> None:
         self.blobs = blobs
+        self.max_bytes = max_bytes  # a version's weights over this are refused unread
 
     # -- writing versions ------------------------------------------------------------------
     def register(self, name: str, model: Model, *, parent: int | None = None,
@@ -169,7 +164,7 @@ class ModelRegistry:
             "model_class": model_class, "model_name": model_name,
             "config": dict(config or {}), "metrics": dict(metrics or {}), "source": source,
             "created": datetime.fromtimestamp(now, UTC).isoformat(), "created_unix": now,
-            "sha256": _sha256(weights), "tensors": _tensor_info(clean),
+            "sha256": sha256_hex(weights), "tensors": _tensor_info(clean),
         }
         if parent is None:
             labels = self.labels(name)
@@ -194,18 +189,13 @@ class ModelRegistry:
         return _parse_manifest(name, version, text)
 
     def get(self, name: str, version: int) -> RegisteredVersion:
-        """A version's manifest and tensors, after checking the weights' sha256."""
+        """A version's manifest and tensors, after checking the weights' size, sha256 (which
+        every version must record) and safetensors header."""
         weights, text = self.blobs.read(name, version)
         manifest = _parse_manifest(name, version, text)
-        digest = _sha256(weights)
-        if digest != manifest.get("sha256"):
-            raise RegistryError(f"{name} v{version}: sha256 of the weights is {digest}, the "
-                                f"manifest says {manifest.get('sha256')}: refusing a corrupt "
-                                "version")
-        try:
-            tensors = safetensors_load(weights)
-        except SafetensorError as exc:
-            raise RegistryError(f"{name} v{version}: weights unreadable: {exc}") from None
+        tensors = load_weights(weights, where=f"{name} v{version}",
+                               sha256=str(manifest.get("sha256")), max_bytes=self.max_bytes,
+                               error=RegistryError)
         return RegisteredVersion(name, version, manifest, tensors)
 
     def load_into(self, model: Model, name: str, version: int) -> dict[str, Any]:

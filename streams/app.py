@@ -310,7 +310,7 @@ class App:
             if not path.is_absolute() and not path.exists() and self.origin is not None:
                 path = self.origin / path
             return FileModel(path, name=self.name, activation=self.outputs.activation,
-                             device=settings.device)
+                             device=settings.device, max_bytes=settings.max_model_bytes)
         raise ConfigError(f"app {self.name}: model must be an nn.Module, a streaminfer Model, "
                           f"a TorchScript/.pt2 path or a function of settings, got "
                           f"{type(spec).__name__}")

@@ -52,7 +52,9 @@ class Restored:
 
 
 def checkpoint_store(settings: Settings) -> CheckpointStore | None:
-    return store_from_url(settings.checkpoint_url) if settings.checkpoint_url else None
+    if not settings.checkpoint_url:
+        return None
+    return store_from_url(settings.checkpoint_url, max_bytes=settings.max_model_bytes)
 
 
 def _saved_base(store: CheckpointStore, ref: Any) -> str | None:

@@ -15,26 +15,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from streaminfer.redaction import MASK, SECRET_KEY, redact
 from streaminfer.streams.settings import Settings
 
-__all__ = ["JsonFormatter", "RedactFilter", "logging_config", "redact", "secrets_of"]
+__all__ = ["MASK", "JsonFormatter", "RedactFilter", "logging_config", "redact", "secrets_of"]
 
 LogFormat = Literal["text", "json"]
-MASK = "***"
-#: property names whose values are secrets (librdkafka's, and anything named so)
-SECRET_KEY = re.compile(r"(password|secret|token|api[._-]?key|private[._-]?key|credentials)",
-                        re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s/@:]*:)(?P<pw>[^\s/@]+)(?=@)",
-                           re.IGNORECASE)
-_KEY_VALUE = re.compile(
-    r"(?P<head>[\w.-]*(?:password|secret|token|api[._-]?key)[\w.-]*['\"]?\s*[=:]\s*['\"]?)"
-    r"(?P<value>[^\s'\",}]+)", re.IGNORECASE)
 #: record attributes a call may pass with ``extra=``; shown as fields in JSON
 EXTRA_FIELDS = ("partition", "event_id", "topic", "offset")
 
@@ -42,21 +33,14 @@ EXTRA_FIELDS = ("partition", "event_id", "topic", "offset")
 def secrets_of(settings: Settings) -> list[str]:
     """Secret values in ``settings``: secret-named Kafka properties and URL passwords."""
     found = [str(v) for k, v in settings.kafka_properties.items() if SECRET_KEY.search(k) and v]
+    if settings.kafka_sasl_password is not None:
+        found.append(settings.kafka_sasl_password.get_secret_value())
     for url in (settings.redis_url, settings.schema_registry_url, settings.checkpoint_url):
         if url and "://" in url:
             password = urlsplit(url).password
             if password:
                 found.append(password)
     return sorted(set(found), key=len, reverse=True)  # longest first: no partial masks
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with URL passwords, secret-named properties and ``secrets`` masked."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK, text)
-    return _KEY_VALUE.sub(lambda m: m["head"] + MASK, text)
 
 
 class RedactFilter(logging.Filter):

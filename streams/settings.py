@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streaminfer.errors import ConfigError
@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     wire_format: WireFormat = "auto"
     kafka_properties: dict[str, str] = Field(default_factory=dict)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client of streaminfer (confluent-kafka's and "
+        "Faust's) reaches the brokers; SASL_SSL in production")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism of kafka_sasl_username")
+    kafka_sasl_username: str | None = Field(None, description="SASL user (the ACL principal "
+                                            "User:NAME)")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password; never logged, shown or stored (masked as ***)")
+    kafka_ssl_ca_location: str | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates; default: "
+        "the system's trust store")
 
     app: str = Field("classifier", min_length=1)  # a built-in name or "package.module:attr"
     events_topic: str = "events"
@@ -87,6 +99,9 @@ class Settings(BaseSettings):
     sync_shards: int = Field(4, gt=0)
 
     checkpoint_url: str | None = None
+    max_model_bytes: int = Field(
+        4 * 1024**3, gt=0, description="Weights (a checkpoint, registry version or --model "
+        "file) larger than this are refused before they are read")
     checkpoint_every_s: float = Field(30.0, gt=0)
     checkpoint_keep: int = Field(5, gt=0)
     publish_params_every_s: float = Field(30.0, ge=0)
@@ -189,6 +204,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _sasl_needs_a_user(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+                self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"kafka_security_protocol={self.kafka_security_protocol} needs "
+                             "kafka_sasl_username and kafka_sasl_password")
+        return self
+
+    @model_validator(mode="after")
     def _registry_for_confluent(self) -> Settings:
         if self.wire_format == "confluent" and not self.schema_registry_url:
             raise ValueError("wire_format=confluent needs schema_registry_url")
@@ -226,9 +249,24 @@ class Settings(BaseSettings):
     def dlq_topic(self, topic: str) -> str:
         return f"{topic}{self.dlq_suffix}"
 
+    def kafka_security(self) -> dict[str, str]:
+        """The librdkafka properties of the ``kafka_security_protocol`` / ``kafka_sasl_*`` /
+        ``kafka_ssl_*`` settings (``-X`` properties given as well win over them)."""
+        out = {"security.protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            assert self.kafka_sasl_username and self.kafka_sasl_password  # the validator's
+            out.update({"sasl.mechanism": self.kafka_sasl_mechanism,
+                        "sasl.username": self.kafka_sasl_username,
+                        "sasl.password": self.kafka_sasl_password.get_secret_value()})
+        if self.kafka_ssl_ca_location:
+            out["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return out
+
     def kafka_config(self, **extra: Any) -> dict[str, Any]:
-        """confluent-kafka client config: bootstrap + passthrough properties + ``extra``."""
-        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_properties, **extra}
+        """confluent-kafka client config: bootstrap + security + passthrough properties +
+        ``extra``."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_security(),
+                **self.kafka_properties, **extra}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -25,6 +25,7 @@ from streaminfer.models.checkpoint_store import (
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.models.sync import Sync, SyncPosition, check_mode, create_sync
 from streaminfer.models.sync.versioned import VersionedTransport
+from streaminfer.models.weights import MAX_WEIGHTS_BYTES
 
 __all__ = ["create_kafka_sync", "registry_from_settings", "registry_from_url", "store_from_url"]
 
@@ -72,17 +73,17 @@ def create_kafka_sync(
     )
 
 
-def store_from_url(url: str | Path) -> CheckpointStore:
+def store_from_url(url: str | Path, *, max_bytes: int = MAX_WEIGHTS_BYTES) -> CheckpointStore:
     """The store a URL names: ``/path`` or ``file:///path`` (disk), ``redis://...`` (Redis),
-    ``redis+cluster://...`` (Redis Cluster)."""
+    ``redis+cluster://...`` (Redis Cluster). ``max_bytes`` bounds a checkpoint's weights."""
     text = str(url)
     parsed = urlparse(text)
     if parsed.scheme in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
-        return BlobCheckpointStore(RedisCheckpointBlobs(connect(text)))
+        return BlobCheckpointStore(RedisCheckpointBlobs(connect(text)), max_bytes=max_bytes)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ConfigError(f"file URLs must name a local path (file:///path), got {text!r}")
-        return LocalCheckpointStore(unquote(parsed.path))
+        return LocalCheckpointStore(unquote(parsed.path), max_bytes=max_bytes)
     if parsed.scheme == "s3":
         raise ConfigError(
             f"S3 checkpoint stores are not supported (got {text!r}); use file:// or redis://"
@@ -91,16 +92,19 @@ def store_from_url(url: str | Path) -> CheckpointStore:
         raise ConfigError(
             f"checkpoint store URL must be a path, file:// or redis://, got {text!r}"
         )
-    return LocalCheckpointStore(text)
+    return LocalCheckpointStore(text, max_bytes=max_bytes)
 
 
-def registry_from_url(url: str, *, s3_endpoint: str | None = None) -> ModelRegistry:
+def registry_from_url(url: str, *, s3_endpoint: str | None = None,
+                      max_bytes: int = MAX_WEIGHTS_BYTES) -> ModelRegistry:
     """The model registry a URL names (see ``connectors.registry_store``)."""
-    return ModelRegistry(registry_blobs_from_url(url, s3_endpoint=s3_endpoint))
+    return ModelRegistry(registry_blobs_from_url(url, s3_endpoint=s3_endpoint),
+                         max_bytes=max_bytes)
 
 
 def registry_from_settings(settings: Any) -> ModelRegistry | None:
     """The registry of ``settings.registry_url``, or ``None`` when none is configured."""
     if not settings.registry_url:
         return None
-    return registry_from_url(settings.registry_url, s3_endpoint=settings.registry_s3_endpoint)
+    return registry_from_url(settings.registry_url, s3_endpoint=settings.registry_s3_endpoint,
+                             max_bytes=settings.max_model_bytes)

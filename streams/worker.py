@@ -31,12 +31,14 @@ import faust
 import mode
 import redis
 
+from streaminfer.connectors.admin import check_credentials as check_kafka_credentials
 from streaminfer.connectors.admin import ensure_topics, list_topics
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.dead_letter import DeadLetterWriter
 from streaminfer.connectors.kafka import make_consumer
 from streaminfer.connectors.predictions_sink import PredictionsTopicSink
 from streaminfer.connectors.redis_client import RedisClient
+from streaminfer.connectors.redis_client import check_credentials as check_redis_credentials
 from streaminfer.connectors.redis_client import connect as connect_redis
 from streaminfer.connectors.redis_sink import RedisPredictionSink, RedisRecommendationSink
 from streaminfer.connectors.transactions import PartitionTransactions
@@ -58,6 +60,7 @@ from streaminfer.streams.decode import RecordDecoder
 from streaminfer.streams.guard import CachedPredictions, ModelGuard
 from streaminfer.streams.handlers import AppHandler
 from streaminfer.streams.join import JoinState
+from streaminfer.streams.kafka_auth import faust_credentials
 from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
 from streaminfer.streams.learning import FeedbackLearner, InlineLearner, Learner
 from streaminfer.streams.logs import logging_config
@@ -266,13 +269,16 @@ class Worker:
             return IdentityModel()
         model = self.app.build_model(self.settings)
         if self.options.model_path is not None:
-            checkpoint.load_into(model, self.options.model_path)
+            checkpoint.load_into(model, self.options.model_path,
+                                 max_bytes=self.settings.max_model_bytes)
         return model
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> faust.App:
         """Create topics, restore the newest checkpoint, build the lanes and the Faust app."""
         settings, app = self.settings, self.app
+        check_kafka_credentials(settings.kafka_config())
+        check_redis_credentials(settings.redis_url)
         n = self.ensure_topics()
         brokers = [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")]
         datadir = Path(tempfile.gettempdir()) / "streaminfer-faust" / self.group
@@ -290,6 +296,7 @@ class Worker:
             # (Faust's defaults, no linger and 16 KB batches, cost a socket write per few).
             producer_linger=0.005, producer_max_batch_size=1_000_000,
             datadir=str(datadir),
+            broker_credentials=faust_credentials(settings.kafka_config()),
         )
         owners = faust_app.topic(self._owners, partitions=n, value_serializer="raw")
         faust_app.agent(owners)(_own_partitions)

@@ -7,12 +7,17 @@ conftest shadows.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+from certs import TlsFiles
 from confluent_kafka.admin import AdminClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,3 +87,71 @@ def run_services(command: str, *names: str, env: dict[str, str] | None = None) -
             pytrace=False,
         )
     return proc.stdout + proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
+        time.sleep(0.1)
+
+
+class OwnRedis:
+    """A throwaway redis-server (no persistence) on a port of its own, that a test may stop and
+    start again. With ``tls`` it listens on TLS only (``rediss://``, clients trust ``tls.ca``);
+    with ``password`` the ``default`` user needs it."""
+
+    def __init__(self, workdir: Path, password: str | None = None,
+                 tls: TlsFiles | None = None) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.password = password
+        self.tls = tls
+        auth = f":{password}@" if password else ""
+        self.url = self.url_for(auth)
+
+    def url_for(self, auth: str = "") -> str:
+        """This server's URL with ``auth`` (``user:password@``) in it."""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
+
+    def client(self) -> redis.Redis:
+        """A client of the ``default`` user (the admin)."""
+        return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+
+    def start(self) -> None:
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                     "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
+        subprocess.run(["redis-server", *ports, "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--daemonize", "yes",
+                        "--dir", str(self.workdir),
+                        "--pidfile", str(self.workdir / "redis.pid"),
+                        "--logfile", str(self.workdir / "redis.log"),
+                        *(["--requirepass", self.password] if self.password else [])],
+                       check=True)
+        client = self.client()
+        _wait(lambda: _pings(client), f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        pidfile = self.workdir / "redis.pid"
+        if pidfile.is_file():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        _wait(lambda: not _pings(self.client()), f"redis-server on port {self.port} to stop")
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +20,7 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from prometheus_client.parser import text_string_to_metric_families
+from servers import OwnRedis, free_port
 from workers import Deployment, deployment, redis_predictions, wait_for
 
 from streaminfer.connectors.avro import RecordCodec
@@ -30,48 +30,6 @@ from streaminfer.connectors.publish import publish_chunks
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 APP = "classifier"
 STALL_AFTER_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class OwnRedis:
-    """A throwaway redis-server (no persistence) that a test may stop and start again."""
-
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.password = password
-        auth = f":{password}@" if password else ""
-        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                        "--save", "", "--appendonly", "no", "--daemonize", "yes",
-                        "--dir", str(self.workdir),
-                        "--pidfile", str(self.workdir / "redis.pid"),
-                        "--logfile", str(self.workdir / "redis.log"),
-                        *(["--requirepass", self.password] if self.password else [])],
-                       check=True)
-        client = redis.Redis(port=self.port, password=self.password)
-        wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
-
-    def stop(self) -> None:
-        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
-        subprocess.run(["redis-cli", "-p", str(self.port), *auth, "shutdown", "nosave"],
-                       capture_output=True, check=False)
-        wait_for(lambda: not _pings(redis.Redis(port=self.port, password=self.password)), 10,
-                 f"redis-server on port {self.port} to stop")
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@
 #   deploy/local/services.sh down   [kafka|redis]...   stop exactly what `up` started
 #   deploy/local/services.sh status [kafka|redis]...   running/stopped, pid, address (exit 3 if not all up)
 #   deploy/local/services.sh reset                     down, then delete the state (topics, keys)
+#   deploy/local/services.sh libs                      print the broker jars' directory (fetch once)
 #
 # Clusters, beside (never instead of) the single-node services above, each on its own ports and
 # state directory:
@@ -683,6 +684,7 @@ write_cluster_env() {
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
+  if [[ "$cmd" == libs ]]; then kafka_libs; exit 0; fi  # for tests that start brokers of their own
   local which=() arg
   while [[ $# -gt 0 ]]; do
     arg="$1"; shift
@@ -730,7 +732,7 @@ main() {
       done
       log "state removed from $STATE" ;;
     *)
-      sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+      sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
       exit 2 ;;
   esac
   exit "$rc"

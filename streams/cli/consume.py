@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from streaminfer.connectors.avro import RecordCodec, WriterSchemaDecoder
 from streaminfer.connectors.kafka import make_consumer
 from streaminfer.errors import DecodeError
-from streaminfer.streams.cli._common import settings_from
+from streaminfer.streams.cli._common import kafka_config, settings_from
 
 __all__ = ["consume", "record_to_json"]
 
@@ -65,7 +65,7 @@ def consume(ctx: click.Context, topic: str, from_beginning: bool, max_records: i
              if schema_name else WriterSchemaDecoder(registry_url=registry, topic=topic))
     commit = group is not None
     consumer = make_consumer(
-        settings.kafka_config(), group or f"streaminfer-consume-{uuid.uuid4().hex[:8]}",
+        kafka_config(settings), group or f"streaminfer-consume-{uuid.uuid4().hex[:8]}",
         **{"auto.offset.reset": "earliest" if from_beginning else "latest",
            "enable.auto.commit": commit},
     )

@@ -117,10 +117,8 @@ def register(ctx: click.Context, name: str, source: str, parent: int | None,
                 name, tensors, model_class=manifest.get("model_class"),
                 model_name=manifest.get("name"), config=manifest.get("config"), **common)
         elif Path(source).is_dir():
-            from safetensors.torch import load_file
-
-            manifest = checkpoint.read_manifest(source)
-            tensors = load_file(str(Path(source) / manifest["tensors"]))
+            manifest, tensors = checkpoint.read_tensors(
+                source, max_bytes=settings_from(ctx).max_model_bytes)
             number = registry.register_tensors(
                 name, tensors, model_class=manifest.get("model_class"),
                 model_name=manifest.get("name"), config=manifest.get("config"), **common)

@@ -20,7 +20,7 @@ from streaminfer.connectors.sources import (
     SyntheticClassifier,
     SyntheticRatings,
 )
-from streaminfer.streams.cli._common import settings_from
+from streaminfer.streams.cli._common import kafka_config, settings_from
 
 __all__ = ["produce"]
 
@@ -122,7 +122,7 @@ def produce(ctx: click.Context, topic: str, path: Path | None, fmt: str, schema_
     if not key_field:
         raise click.UsageError("--key-field is needed: the schema has no known key field")
     codec = RecordCodec(schema, wire, registry_url=settings.schema_registry_url, topic=topic)
-    producer = make_producer(settings.kafka_config())
+    producer = make_producer(kafka_config(settings))
     bad: list[LineError] = []
     labels: list[Any] = []
 
