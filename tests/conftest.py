@@ -130,3 +130,22 @@ def redis_client(services: Services) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(services.redis_url)
     yield client
     client.close()
+
+
+#: wall time of the tests of each suite marker, printed at the end of the run: the fault,
+#: security and cluster suites each have a share of the CI budget (docs/reliability.md)
+_SUITE_MARKERS = ("faults", "security", "cluster")
+_suite_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name in _SUITE_MARKERS:
+        if name in report.keywords:
+            _suite_seconds[name] = _suite_seconds.get(name, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _suite_seconds:
+        parts = ", ".join(f"{name} {seconds / 60:.1f} min"
+                          for name, seconds in sorted(_suite_seconds.items()))
+        terminalreporter.write_line(f"time by suite (setup, call and teardown): {parts}")
