@@ -54,6 +54,7 @@ from streaminfer.streams.assignment import (
 )
 from streaminfer.streams.batcher import AdaptiveLimit, Batcher
 from streaminfer.streams.breaker import CircuitBreaker
+from streaminfer.streams.candidates import Candidates
 from streaminfer.streams.decode import RecordDecoder
 from streaminfer.streams.guard import CachedPredictions, ModelGuard
 from streaminfer.streams.handlers import AppHandler
@@ -147,7 +148,12 @@ def build_lane(app: App, settings: Settings, handler: AppHandler,
                               "(the app's outputs.topic is None)")
         transactions = PartitionTransactions(settings.kafka_config(), group,
                                              app.outputs.topic)
-    return HotPath(consumer, assignment, batcher, handler, build_sinks(app, settings), metrics,
+    sinks = build_sinks(app, settings)
+    if handler.candidates is not None:  # a shadow version's outputs, beside pred:{app}:{key}
+        sinks.shadow = RedisPredictionSink(sinks.redis.client, app.name, settings.redis_ttl_s,
+                                           kind="shadow")
+        sinks.on_shadow_error = handler.candidates.shadow_write_failed
+    return HotPath(consumer, assignment, batcher, handler, sinks, metrics,
                    model_lock=model_lock, learner=learner,
                    guard=build_guard(app, settings, handler, metrics),
                    transactions=transactions)
@@ -312,6 +318,9 @@ class Worker:
         learner = self.learner = self._build_learner(faust_app, n, model, restored, store, tag)
         if swap is not None:
             swap.targets.handler, swap.targets.learner = handler, learner
+            handler.candidates = swap.targets.candidates
+            if learner is not None:
+                learner.hooks.candidates = swap.targets.candidates
         if self.label_topic is not None:
             topics.append(self.label_topic)
         # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's
@@ -353,6 +362,9 @@ class Worker:
                               quantize_refresh_s=settings.quantize_refresh_s
                               if settings.quantize == "int8" else None)
         kind = self.learning.metrics if self.learning is not None else None
+        targets.candidates = Candidates(
+            self.app.outputs.names, canary_share=settings.canary_share, metrics_kind=kind,
+            served=self.learning.served if self.learning is not None else None)
         return ModelSwap(self.app.name, registry, lambda: self.app.build_model(settings),
                          targets, outputs=len(self.app.outputs.names),
                          obs_registry=self.obs.registry, poll_s=settings.registry_poll_s,
@@ -491,7 +503,8 @@ class Worker:
             with self.model_lock:
                 snap["learning"] = self.learner.snapshot()
         if self.swap is not None:
-            snap["lifecycle"] = self.swap.snapshot()
+            with self.model_lock:
+                snap["lifecycle"] = self.swap.snapshot()
         return snap
 
     def update_prometheus(self, snap: dict[str, Any]) -> None:
@@ -503,6 +516,9 @@ class Worker:
             self.obs.update_learning(learning)
             if "join_size" in learning:
                 self.obs.set_join_size(int(learning["join_size"]))
+        versions = (snap.get("lifecycle") or {}).get("versions")
+        if versions:
+            self.obs.update_versions(versions)
 
     async def publish_metrics(self) -> None:
         """The JSON snapshot under ``metrics:{app}:{worker}`` (10 s expiry). A Redis outage
