@@ -2,9 +2,9 @@
 
 * A **shadow** scores every batch the active version scores (one extra forward pass). Its
   outputs are recorded, never served: ``shadow:{app}:{key}`` hashes in Redis.
-* A **canary** serves a key-hashed share of the keys (``canary_share``): a key's share is a
-  CRC-32 of its UTF-8 bytes, so one key always sees one version, on every worker and after
-  every restart. Its rows are stamped with its version.
+* A **canary** serves a key-hashed share of the keys (``canary_share``): a key's place is a
+  hash of its UTF-8 bytes (CRC-32, mixed), so one key always sees one version, on every
+  worker and after every restart. Its rows are stamped with its version.
 
 Both learn from the same labels as the active version, and every version is scored
 progressively (test-then-train) on those labels: at learn time each version scores the joined
@@ -41,17 +41,29 @@ ROLES = ("shadow", "canary")
 _SCALE = float(2**32)
 
 
+def _hashes(keys: Sequence[str]) -> np.ndarray:
+    """A CRC-32 of each key's UTF-8 bytes, then murmur3's finaliser: CRC-32 alone is linear,
+    so keys that differ in a digit or two ("user-17", "user-18") bunch together."""
+    h = np.fromiter((zlib.crc32(k.encode()) for k in keys), np.uint32, len(keys))
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
+
 def key_share(key: str) -> float:
-    """Where ``key`` falls in [0, 1): stable across processes (not Python's salted hash)."""
-    return zlib.crc32(key.encode()) / _SCALE
+    """Where ``key`` falls in [0, 1): the same in every process and after every restart
+    (unlike Python's salted ``hash()``)."""
+    return float(_hashes([key])[0]) / _SCALE
 
 
 def canary_mask(keys: Sequence[str], share: float) -> np.ndarray:
     """Rows whose key belongs to the canary's ``share`` of the key space."""
     if share <= 0:
         return np.zeros(len(keys), bool)
-    return np.fromiter((zlib.crc32(k.encode()) < share * _SCALE for k in keys), bool,
-                       len(keys))
+    return _hashes(keys) < share * _SCALE
 
 
 @dataclass
