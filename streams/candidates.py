@@ -33,7 +33,7 @@ from streaminfer.models.base import Model
 from streaminfer.models.progressive import Metrics, metrics_for
 from streaminfer.streams.batch import Batch, take_rows
 
-__all__ = ["ROLES", "Candidate", "Candidates", "canary_mask", "key_share"]
+__all__ = ["ROLES", "Candidate", "Candidates", "canary_mask", "compare", "key_share"]
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,32 @@ class Candidates:
                 rows=c.rows, errors=c.errors, nan_rows=c.nan_rows,
                 version=str(c.model.version))
         return out
+
+
+def compare(snapshots: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """One row per version (``"active v1"``, ``"shadow v2"``...) over the workers' published
+    snapshots (``metrics:{app}:{worker}``): labels, rows and errors summed, each metric the
+    label-weighted mean of the workers' (exact for RMSE-style means' inputs, close for AUC)."""
+    rows: dict[str, dict[str, float]] = {}
+    weights: dict[str, dict[str, float]] = {}
+    for snap in snapshots:
+        versions = (snap.get("lifecycle") or {}).get("versions") or {}
+        for name, figures in versions.items():
+            row = rows.setdefault(name, {"workers": 0.0})
+            row["workers"] += 1
+            n = float(figures.get("count") or 0.0)
+            for key, value in figures.items():
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    continue
+                if key in ("count", "rows", "errors", "nan_rows"):
+                    row[key] = row.get(key, 0.0) + value
+                elif n > 0 and math.isfinite(value):
+                    row[key] = row.get(key, 0.0) + value * n
+                    weights.setdefault(name, {})[key] = weights.get(name, {}).get(key, 0.0) + n
+    for name, row in rows.items():
+        for key, total in weights.get(name, {}).items():
+            row[key] /= total
+    return rows
 
 
 def _columns(scores: np.ndarray, names: Sequence[str]) -> dict[str, list[float]]:

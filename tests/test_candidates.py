@@ -22,6 +22,7 @@ from streaminfer.streams.batch import Batch
 from streaminfer.streams.candidates import Candidates, canary_mask, key_share
 from streaminfer.streams.learning import Learner, LearnerHooks
 from streaminfer.streams.model_swap import ModelSwap, SwapTargets
+from streaminfer.streams.observability import Observability
 from streaminfer.streams.wiring import registry_from_url
 
 APP = "clf"
@@ -92,6 +93,17 @@ def test_shadow_follows_its_label_scores_beside_and_is_never_served(tmp_path: Pa
     assert versions["active v1"]["count"] == versions["shadow v2"]["count"] == 32
     assert versions["shadow v2"]["rows"] == 32
     assert str(candidates.shadow.model.version) == "v2+u2"  # 32 labels, steps of 16
+    obs = Observability(APP, registry=CollectorRegistry())  # /metrics: labels by version
+    obs.update_versions(versions)
+    for role, version in (("active", "v1"), ("shadow", "v2")):
+        labels = {"app": APP, "role": role, "version": version}
+        assert obs.registry.get_sample_value("streaminfer_version_progressive",
+                                             {**labels, "metric": "count"}) == 32
+        assert obs.registry.get_sample_value("streaminfer_version_progressive",
+                                             {**labels, "metric": "auc"}) == \
+            versions[f"{role} {version}"]["auc"]
+    assert obs.registry.get_sample_value("streaminfer_candidate_rows", {
+        "app": APP, "role": "shadow", "version": "v2"}) == 32
     registry.label(APP, "shadow", None)
     swap.check_once()
     assert candidates.shadow is None and not candidates

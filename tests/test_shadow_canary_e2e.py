@@ -23,12 +23,14 @@ import numpy as np
 import pytest
 import redis
 import torch
+from click.testing import CliRunner
 
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.records import now_ms
 from streaminfer.models.classifier import OnlineClassifier
 from streaminfer.streams.candidates import canary_mask
+from streaminfer.streams.cli import main
 from streaminfer.streams.wiring import registry_from_url
 from tests.workers import deployment, stop_processes, wait_for, worker_metrics_key
 
@@ -131,6 +133,15 @@ def test_shadow_and_canary_beside_the_active_version(services: Any, new_topic: A
         print("\nworker 0 per version:", {n: (f["count"], round(f["auc"], 3))
                                           for n, f in figures.items()})
         assert all(0.0 <= f["auc"] <= 1.0 for f in figures.values())
+        result = CliRunner().invoke(main, ["model", "compare", "classifier"],
+                                    env={"REDIS_URL": services.redis_url},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        table = {line.split("\t")[0]: line.split("\t")[1:]
+                 for line in result.output.splitlines()[1:]}
+        print(result.output)
+        assert set(table) == {"active v1", "shadow v2", "canary v3"}
+        assert {cells[0] for cells in table.values()} == {str(KEYS)}  # labels, all workers
 
         # one worker goes; the other serves every key, and each key its same version
         stop_processes(procs[:1])

@@ -46,7 +46,7 @@ _registry_option = click.option(
 @click.group()
 def model() -> None:
     """Registered model versions: list, show, register, promote, rollback, label, export,
-    diff."""
+    diff, compare."""
 
 
 @model.command("list")
@@ -223,4 +223,31 @@ def diff(ctx: click.Context, name: str, a: int, b: int, registry_url: str | None
         registry = _registry(ctx, registry_url)
         for key, row in registry.diff(name, a, b).items():
             click.echo(f"{key}\t{json.dumps(row)}")
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.pass_context
+def compare(ctx: click.Context, name: str) -> None:
+    """The live per-version metrics of app NAME: its active, shadow and canary versions,
+    scored by the workers on the same labels (test-then-train), side by side."""
+    def go() -> None:
+        from streaminfer.connectors.redis_client import connect
+        from streaminfer.streams.candidates import compare as table
+
+        client = connect(settings_from(ctx).redis_url)
+        snaps = [json.loads(raw) for key in sorted(client.scan_iter(f"metrics:{name}:*"))
+                 if (raw := client.get(key))]
+        rows = table(snaps)
+        if not rows:
+            raise click.ClickException(f"no per-version metrics from {name}'s workers (none "
+                                       "running, or no shadow/canary label, or no labels yet)")
+        keys = [k for k in ("count", "auc", "logloss", "accuracy", "rmse", "mae", "rows",
+                            "errors") if any(k in r for r in rows.values())]
+        click.echo("version\t" + "\t".join("labels" if k == "count" else k for k in keys))
+        for version, row in sorted(rows.items()):
+            cells = [f"{row[k]:.4f}" if k in row and k not in ("count", "rows", "errors")
+                     else (str(int(row[k])) if k in row else "-") for k in keys]
+            click.echo(f"{version}\t" + "\t".join(cells))
     _run(go)
