@@ -76,7 +76,14 @@ class Candidate:
     rows: int = 0
     errors: int = 0
     nan_rows: int = 0
+    #: rows it was asked to score but did not (raised or not finite): the guard's error rate
+    failed_rows: int = 0
     loaded_at: float = field(default_factory=time.time)
+    #: its progressive metrics, and the active version's over the same labels (since this
+    #: candidate was loaded or the active version last changed)
+    metrics: Metrics | None = None
+    baseline: Metrics | None = None
+    baseline_of: str = ""
 
     @property
     def base(self) -> str:
@@ -164,10 +171,12 @@ class Candidates:
             if scores.shape[0] != rows:
                 raise ValueError(f"{scores.shape[0]} rows of scores for {rows} inputs")
         except Exception as exc:
+            candidate.failed_rows += rows
             candidate.failed("scoring a batch", repr(exc))
             return None
         finite = np.isfinite(scores).reshape(rows, -1).all(axis=1)
         if not finite.all():
+            candidate.failed_rows += rows
             candidate.nan_rows += int((~finite).sum())
             candidate.failed("with non-finite outputs", f"{int((~finite).sum())} of {rows} rows")
             return None
@@ -179,20 +188,39 @@ class Candidates:
         """Test-then-train: every version scores the labelled rows before any learns."""
         if self.metrics_kind is None or self.served is None or not self:
             return
-        versions = [("active", active, None), *((c.role, c.model, c) for c in self.current())]
-        for role, model, candidate in versions:
-            try:
-                with torch.no_grad():
-                    out = model.predict(x)
-                scores = (out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
-                          else np.asarray(out, np.float32))
-                self._metrics(role, model).update(self.served(scores), y)
-            except Exception as exc:
-                if candidate is None:
-                    log.warning("active version not scored for its per-version metrics: %r",
-                                exc)
-                else:
-                    candidate.failed("scoring labelled rows", repr(exc))
+        served = self._served(active, x)
+        if served is None:
+            return
+        base = active.version.base
+        self._metrics(f"active {base}").update(served, y)
+        for c in self.current():
+            mine = self._served(c.model, x, c)
+            if mine is None:
+                continue
+            if c.metrics is None or c.baseline is None or c.baseline_of != base:
+                c.baseline, c.baseline_of = metrics_for(self.metrics_kind), base
+                c.metrics = c.metrics or metrics_for(self.metrics_kind)
+            c.metrics.update(mine, y)
+            c.baseline.update(served, y)
+
+    def _served(self, model: Model, x: Any, candidate: Candidate | None = None
+                ) -> np.ndarray | None:
+        assert self.served is not None
+        try:
+            with torch.no_grad():
+                out = model.predict(x)
+            scores = (out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
+                      else np.asarray(out, np.float32))
+            served = self.served(scores)
+            if not np.isfinite(served).all():
+                raise ValueError(f"{int((~np.isfinite(served)).sum())} non-finite scores")
+            return served
+        except Exception as exc:
+            if candidate is None:
+                log.warning("active version not scored for its per-version metrics: %r", exc)
+            else:
+                candidate.failed("scoring labelled rows", repr(exc))
+            return None
 
     def train(self, x: Any, y: np.ndarray) -> None:
         """The candidates' own steps on a chunk the active version just learnt from."""
@@ -202,8 +230,7 @@ class Candidates:
             except Exception as exc:
                 candidate.failed("learning", repr(exc))
 
-    def _metrics(self, role: str, model: Model) -> Metrics:
-        name = f"{role} {model.version.base}"
+    def _metrics(self, name: str) -> Metrics:
         if name not in self.metrics:
             assert self.metrics_kind is not None
             self.metrics[name] = metrics_for(self.metrics_kind)
@@ -213,14 +240,12 @@ class Candidates:
     def snapshot(self) -> dict[str, Any]:
         """Per version (``"active v1"``, ``"shadow v2"``...): its progressive metrics, and
         for the current candidates their rows, errors and NaN rows."""
-        out: dict[str, Any] = {}
-        for name, metrics in self.metrics.items():
-            out[name] = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                         for k, v in metrics.snapshot().items()}
+        out = {name: _plain(metrics) for name, metrics in self.metrics.items()}
         for c in self.current():
-            out.setdefault(f"{c.role} {c.base}", {}).update(
-                rows=c.rows, errors=c.errors, nan_rows=c.nan_rows,
-                version=str(c.model.version))
+            out[f"{c.role} {c.base}"] = {
+                **(_plain(c.metrics) if c.metrics is not None else {}),
+                "rows": c.rows, "errors": c.errors, "nan_rows": c.nan_rows,
+                "version": str(c.model.version)}
         return out
 
 
@@ -248,6 +273,12 @@ def compare(snapshots: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for key, total in weights.get(name, {}).items():
             row[key] /= total
     return rows
+
+
+def _plain(metrics: Metrics) -> dict[str, Any]:
+    """Strict-JSON figures (NaN, e.g. AUC before both classes were seen, as None)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in metrics.snapshot().items()}
 
 
 def _columns(scores: np.ndarray, names: Sequence[str]) -> dict[str, list[float]]:

@@ -43,6 +43,7 @@ from streaminfer.models.progressive import metrics_for
 from streaminfer.models.quantize import Int8Serving
 from streaminfer.models.registry import ModelRegistry, check_outputs, number_of
 from streaminfer.models.sync import OffSync, create_sync
+from streaminfer.streams.auto_guard import AutoGuard
 from streaminfer.streams.batch import take_rows
 from streaminfer.streams.candidates import ROLES, Candidate, Candidates
 
@@ -77,6 +78,7 @@ class ModelSwap:
     obs_registry: Any = None
     poll_s: float = 1.0
     metrics_kind: str | None = None
+    auto_guard: AutoGuard | None = None  # set: promote or drop candidates on their metrics
     refused: dict[int, str] = field(default_factory=dict)
     swaps: list[dict[str, Any]] = field(default_factory=list)
     by_version: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -142,8 +144,11 @@ class ModelSwap:
         label; the shadow and canary labels are followed too."""
         labels = self.registry.labels(self.app)
         result = self._follow_active(labels.get("active"))
-        if self.targets.candidates is not None:
-            self._follow_candidates(self.targets.candidates, labels)
+        candidates = self.targets.candidates
+        if candidates is not None:
+            self._follow_candidates(candidates, labels)
+            if self.auto_guard is not None and candidates:
+                self.auto_guard.check(candidates, self.targets.lock)
         return result
 
     def _follow_candidates(self, candidates: Candidates, labels: dict[str, int]) -> None:
@@ -271,7 +276,8 @@ class ModelSwap:
                                                       self.refused.items()},
                 "last_swap": self.swaps[-1] if self.swaps else None,
                 "metrics_by_version": self.by_version,
-                "versions": candidates.snapshot() if candidates is not None else {}}
+                "versions": candidates.snapshot() if candidates is not None else {},
+                "auto_guard": self.auto_guard.decisions[-10:] if self.auto_guard else None}
 
 
 def _described(candidate: Candidate | None) -> str | None:

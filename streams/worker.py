@@ -52,6 +52,7 @@ from streaminfer.streams.assignment import (
     GroupAssignment,
     PartitionState,
 )
+from streaminfer.streams.auto_guard import AutoGuard
 from streaminfer.streams.batcher import AdaptiveLimit, Batcher
 from streaminfer.streams.breaker import CircuitBreaker
 from streaminfer.streams.candidates import Candidates
@@ -365,10 +366,17 @@ class Worker:
         targets.candidates = Candidates(
             self.app.outputs.names, canary_share=settings.canary_share, metrics_kind=kind,
             served=self.learning.served if self.learning is not None else None)
+        guard = None
+        if settings.auto_guard and kind is not None:
+            guard = AutoGuard(self.app.name, registry, kind,
+                              min_labels=settings.auto_guard_min_labels,
+                              margin=settings.auto_guard_margin,
+                              max_error_rate=settings.auto_guard_max_error_rate,
+                              obs_registry=self.obs.registry)
         return ModelSwap(self.app.name, registry, lambda: self.app.build_model(settings),
                          targets, outputs=len(self.app.outputs.names),
                          obs_registry=self.obs.registry, poll_s=settings.registry_poll_s,
-                         metrics_kind=kind)
+                         metrics_kind=kind, auto_guard=guard)
 
     def _build_learner(self, faust_app: faust.App, n: int, model: Model, restored: Restored,
                        store: Any, tag: str | None = None) -> Learner | None:

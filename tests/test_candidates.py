@@ -18,6 +18,7 @@ from streaminfer.connectors.redis_sink import RedisPredictionSink
 from streaminfer.models.classifier import OnlineClassifier
 from streaminfer.models.progressive import metrics_for
 from streaminfer.streams.app import Learning
+from streaminfer.streams.auto_guard import AutoGuard
 from streaminfer.streams.batch import Batch
 from streaminfer.streams.candidates import Candidates, canary_mask, key_share
 from streaminfer.streams.learning import Learner, LearnerHooks
@@ -185,3 +186,61 @@ def test_per_row_versions_reach_redis_and_shadow_keys_are_their_own(
     older = Predictions(["e0"], ["a"], {"score": [0.9]}, [4], 9, "m", "v2+u0")
     shadow.write_packed(shadow.pack_columns(older))  # the same event-time guard
     assert client.hget("shadow:cmp:a", "score") == b"0.7"
+
+
+def _weights(model: OnlineClassifier, first: float) -> OnlineClassifier:
+    with torch.no_grad():
+        model.net.body.weight.zero_()  # type: ignore[attr-defined]
+        model.net.body.weight[0, 0] = first  # type: ignore[attr-defined]
+    return model
+
+
+def test_auto_guard_promotes_a_better_shadow_and_drops_a_failing_canary(
+        tmp_path: Path) -> None:
+    registry = registry_from_url(str(tmp_path / "registry"))
+    registry.register(APP, _weights(OnlineClassifier(8, device="cpu"), -3.0))  # v1: backwards
+    registry.register(APP, _weights(OnlineClassifier(8, device="cpu"), 3.0))   # v2: right
+    registry.register(APP, OnlineClassifier(8, device="cpu"))                   # v3
+    registry.promote(APP, 1)
+    registry.label(APP, "shadow", 2)
+    registry.label(APP, "canary", 3)
+    candidates = Candidates(["score"], canary_share=0.5, metrics_kind="classifier",
+                            served=Learning().served)
+    obs = CollectorRegistry()
+    targets = SwapTargets(threading.Lock(), handler=None, candidates=candidates)
+    guard = AutoGuard(APP, registry, "classifier", min_labels=500, margin=0.05,
+                      obs_registry=obs)
+    swap = ModelSwap(APP, registry, lambda: OnlineClassifier(8, device="cpu"), targets,
+                     outputs=1, obs_registry=obs, metrics_kind="classifier", auto_guard=guard)
+    model = OnlineClassifier(8, device="cpu")
+    assert swap.initial(model)
+    handler = _Handler(model)
+    learner = Learner(model, 16, LearnerHooks(candidates=candidates))
+    targets.handler, targets.learner = handler, learner
+    swap.check_once()
+    assert candidates.shadow is not None and candidates.canary is not None
+    with torch.no_grad():  # the canary goes bad after it was validated
+        candidates.canary.model.net.body.weight.fill_(float("nan"))  # type: ignore[attr-defined]
+
+    def labelled(n: int, seed: int) -> None:
+        batch = _batch(n, seed)
+        candidates.serve(batch, _served(handler, batch))
+        y = (batch.features[:, 0] > 0).astype(np.float32)
+        learner._learn(batch.features, y, np.zeros(n, np.float32))
+
+    labelled(300, 1)  # under min_labels: the shadow is better, but not judged yet
+    swap.check_once()
+    assert [d["decision"] for d in guard.decisions] == ["rollback"]  # the NaN canary
+    assert "canary" not in registry.labels(APP) and registry.labels(APP)["shadow"] == 2
+    swap.check_once()
+    assert candidates.canary is None
+    labelled(300, 2)
+    swap.check_once()  # 600 labels: v2's AUC beats v1's over the same labels
+    assert [d["decision"] for d in guard.decisions] == ["rollback", "promote"]
+    assert registry.labels(APP) == {"active": 2}
+    assert swap.check_once() == "swapped" and str(handler.model.version) == "v2+u0"
+    assert candidates.shadow is None
+    for decision in ("rollback", "promote"):
+        role = "canary" if decision == "rollback" else "shadow"
+        assert obs.get_sample_value("streaminfer_auto_guard_decisions_total", {
+            "app": APP, "decision": decision, "role": role}) == 1
