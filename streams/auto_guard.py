@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from streaminfer.models.registry import ModelRegistry
-from streaminfer.streams.candidates import Candidate, Candidates
+from streaminfer.streams.candidates import ROLES, Candidate, Candidates
 
 __all__ = ["PRIMARY", "AutoGuard"]
 
@@ -58,7 +58,7 @@ class AutoGuard:
     def check(self, candidates: Candidates, lock: threading.Lock) -> list[dict[str, Any]]:
         """Judge the current candidates; returns the decisions taken (label moves done)."""
         with lock:
-            views = [self._view(c) for c in candidates.current()]
+            views = [self._view(c) for c in candidates.current() if c.role in ROLES]
         made = []
         for view in views:
             decision = self._decide(view)

@@ -85,9 +85,17 @@ class Candidate:
     baseline: Metrics | None = None
     baseline_of: str = ""
 
+    #: a search candidate's hyperparameters (``lr=0.05,l2=0``; ``streams.search``)
+    params: str = ""
+
     @property
     def base(self) -> str:
         return f"v{self.number}"
+
+    @property
+    def name(self) -> str:
+        """How metrics and the leaderboard name it: ``shadow v2``, ``search v1 lr=0.05``."""
+        return f"{self.role} {self.base}" + (f" {self.params}" if self.params else "")
 
     def failed(self, what: str, exc: BaseException | str) -> None:
         self.errors += 1
@@ -111,6 +119,8 @@ class Candidates:
     served: Callable[[np.ndarray], np.ndarray] | None = None
     shadow: Candidate | None = None
     canary: Candidate | None = None
+    #: an online hyperparameter search's learners: scored and trained on labels only
+    search: list[Candidate] = field(default_factory=list)
     #: ``"role vN"`` -> progressive metrics over the same labels for every version
     metrics: dict[str, Metrics] = field(default_factory=dict)
     shadow_write_errors: int = 0
@@ -121,10 +131,10 @@ class Candidates:
             self.shadow.failed("writing to Redis", repr(exc))
 
     def current(self) -> list[Candidate]:
-        return [c for c in (self.shadow, self.canary) if c is not None]
+        return [*(c for c in (self.shadow, self.canary) if c is not None), *self.search]
 
     def __bool__(self) -> bool:
-        return self.shadow is not None or self.canary is not None
+        return self.shadow is not None or self.canary is not None or bool(self.search)
 
     # -- serving ------------------------------------------------------------------------------
     def serve(self, batch: Batch, predictions: Predictions) -> Predictions | None:
@@ -242,7 +252,7 @@ class Candidates:
         for the current candidates their rows, errors and NaN rows."""
         out = {name: _plain(metrics) for name, metrics in self.metrics.items()}
         for c in self.current():
-            out[f"{c.role} {c.base}"] = {
+            out[c.name] = {
                 **(_plain(c.metrics) if c.metrics is not None else {}),
                 "rows": c.rows, "errors": c.errors, "nan_rows": c.nan_rows,
                 "version": str(c.model.version)}

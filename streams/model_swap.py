@@ -46,6 +46,7 @@ from streaminfer.models.sync import OffSync, create_sync
 from streaminfer.streams.auto_guard import AutoGuard
 from streaminfer.streams.batch import take_rows
 from streaminfer.streams.candidates import ROLES, Candidate, Candidates
+from streaminfer.streams.search import LiveSearch
 
 __all__ = ["ModelSwap", "SwapTargets"]
 
@@ -79,6 +80,7 @@ class ModelSwap:
     poll_s: float = 1.0
     metrics_kind: str | None = None
     auto_guard: AutoGuard | None = None  # set: promote or drop candidates on their metrics
+    search: LiveSearch | None = None  # set: follow ``model search`` (``streams.search``)
     refused: dict[int, str] = field(default_factory=dict)
     swaps: list[dict[str, Any]] = field(default_factory=list)
     by_version: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -149,6 +151,11 @@ class ModelSwap:
             self._follow_candidates(candidates, labels)
             if self.auto_guard is not None and candidates:
                 self.auto_guard.check(candidates, self.targets.lock)
+            if self.search is not None:
+                try:
+                    self.search.check(candidates, self.targets.lock, self.targets.handler.model)
+                except Exception:  # a search must never stop the watcher or the swaps
+                    log.exception("hyperparameter search step failed; retrying next poll")
         return result
 
     def _follow_candidates(self, candidates: Candidates, labels: dict[str, int]) -> None:

@@ -67,6 +67,7 @@ from streaminfer.streams.metrics import LaneRecorder, PipelineMetrics
 from streaminfer.streams.model_swap import ModelSwap, SwapTargets
 from streaminfer.streams.observability import Observability
 from streaminfer.streams.pipeline import HotPath, Sinks
+from streaminfer.streams.search import LiveSearch
 from streaminfer.streams.settings import Settings
 from streaminfer.streams.table_store import FaustTableStore
 from streaminfer.streams.user_state import UserState
@@ -373,10 +374,16 @@ class Worker:
                               margin=settings.auto_guard_margin,
                               max_error_rate=settings.auto_guard_max_error_rate,
                               obs_registry=self.obs.registry)
+        search = None
+        if kind is not None:
+            search = LiveSearch(self.app.name, connect_redis(settings.redis_url), registry,
+                                lambda point: self.app.build_model(
+                                    settings.model_copy(update=point)),
+                                self.options.worker_id, kind)
         return ModelSwap(self.app.name, registry, lambda: self.app.build_model(settings),
                          targets, outputs=len(self.app.outputs.names),
                          obs_registry=self.obs.registry, poll_s=settings.registry_poll_s,
-                         metrics_kind=kind, auto_guard=guard)
+                         metrics_kind=kind, auto_guard=guard, search=search)
 
     def _build_learner(self, faust_app: faust.App, n: int, model: Model, restored: Restored,
                        store: Any, tag: str | None = None) -> Learner | None:
