@@ -13,6 +13,7 @@ import redis
 import torch
 from prometheus_client import CollectorRegistry
 
+from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.prediction import Predictions
 from streaminfer.connectors.redis_sink import RedisPredictionSink
 from streaminfer.models.classifier import OnlineClassifier
@@ -244,3 +245,12 @@ def test_auto_guard_promotes_a_better_shadow_and_drops_a_failing_canary(
         role = "canary" if decision == "rollback" else "shadow"
         assert obs.get_sample_value("streaminfer_auto_guard_decisions_total", {
             "app": APP, "decision": decision, "role": role}) == 1
+
+
+def test_per_row_versions_reach_the_predictions_topic_records() -> None:
+    codec = RecordCodec("prediction")
+    batch = Predictions(["e1", "e2"], ["a", "b"], {"score": [0.1, 0.2]}, [5, 5], 9, "m",
+                        "v1+u0", versions=["v1+u0", "v3+u0"])
+    records = [codec.decode(value) for value in codec.encode_columns(*batch.columns())]
+    assert [r["model_version"] for r in records] == ["v1+u0", "v3+u0"]
+    assert [r["model_version"] for r in batch.records()] == ["v1+u0", "v3+u0"]
