@@ -137,13 +137,15 @@ class Candidates:
         return self.shadow is not None or self.canary is not None or bool(self.search)
 
     # -- serving ------------------------------------------------------------------------------
-    def serve(self, batch: Batch, predictions: Predictions) -> Predictions | None:
+    def serve(self, batch: Batch, predictions: Predictions, scores: np.ndarray | None = None
+              ) -> Predictions | None:
         """Let the canary serve its keys' rows of ``predictions`` (in place, stamped with its
-        version) and return the shadow's predictions for the batch, if there is a shadow."""
+        version; ``scores``, the array the learner keeps as served, too) and return the
+        shadow's predictions for the batch, if there is a shadow."""
         if not len(batch):
             return None
         if self.canary is not None and self.canary_share > 0:
-            self._serve_canary(self.canary, batch, predictions)
+            self._serve_canary(self.canary, batch, predictions, scores)
         if self.shadow is None:
             return None
         scores = self._score(self.shadow, batch.features, len(batch))
@@ -153,7 +155,8 @@ class Candidates:
                            predictions.event_ts, predictions.processed_ts,
                            predictions.model_name, str(self.shadow.model.version))
 
-    def _serve_canary(self, canary: Candidate, batch: Batch, predictions: Predictions) -> None:
+    def _serve_canary(self, canary: Candidate, batch: Batch, predictions: Predictions,
+                      served: np.ndarray | None) -> None:
         rows = np.flatnonzero(canary_mask(batch.keys, self.canary_share))
         if not len(rows):
             return
@@ -162,6 +165,9 @@ class Candidates:
         scores = self._score(canary, part, len(rows))
         if scores is None:
             return
+        if (served is not None and served.flags.writeable
+                and served.shape[1:] == scores.shape[1:]):
+            served[rows] = scores
         for name, values in _columns(scores, self.names).items():
             column = predictions.outputs[name]
             for i, value in zip(rows.tolist(), values, strict=True):

@@ -400,7 +400,7 @@ class HotPath:
             else:  # a canary serves its keys, a shadow is recorded (``streams.candidates``)
                 candidates = getattr(self.handler, "candidates", None)
                 if candidates:
-                    outputs.shadow = candidates.serve(batch, outputs.predictions)
+                    outputs.shadow = candidates.serve(batch, outputs.predictions, scores)
             if self.learner is not None:
                 self.learner.process(batch, scores, feedback, rejected)
         staged = self.sinks.stage(outputs)

@@ -146,7 +146,9 @@ def test_canary_serves_its_keys_and_stamps_them(tmp_path: Path) -> None:
     batch = _batch(400)
     served = _served(handler, batch)
     active = list(served.scores)
-    assert candidates.serve(batch, served) is None  # a canary alone records nothing
+    kept = np.asarray(active, np.float32)  # what the learner keeps as served
+    assert candidates.serve(batch, served, kept) is None  # a canary alone records nothing
+    assert kept.tolist() == pytest.approx(served.scores)
     mask = canary_mask(batch.keys, 0.25)
     assert 60 < mask.sum() < 140
     assert served.versions is not None
