@@ -227,20 +227,24 @@ class RecordCodec:
         return self.encode_many(records)
 
     # -- decoding --------------------------------------------------------------------------
-    def projection(self, paths: list[tuple[str, ...]]) -> Callable[[bytes], tuple[Any, ...]] | None:
-        """A compiled reader of just the fields at ``paths``, for the *body* of a record
-        written with exactly this codec's schema (after ``schema.header``); ``None`` when the
-        schema has types the compiled readers do not cover. It raises ``DecodeError``."""
-        read = compile_projection(_strip_logical_types(self.schema.raw), paths)
+    def projection(self, paths: list[tuple[str, ...]], max_bytes: int
+                   ) -> Callable[[Iterable[bytes | None]], list[tuple[Any, ...]] | None] | None:
+        """A compiled reader of just the fields at ``paths`` for a batch of values, each
+        written with exactly this codec's schema (single-object encoding); ``None`` when the
+        schema has types the compiled readers do not cover. The reader returns one tuple per
+        value, or ``None`` when any value is empty, over ``max_bytes``, written with another
+        schema or does not decode (then the caller goes record by record, to say which
+        record and why)."""
+        read = compile_projection(_strip_logical_types(self.schema.raw), paths,
+                                  header=self.schema.header, max_bytes=max_bytes)
         if read is None:
             return None
-        name = self.schema.full_name
 
-        def project(body: bytes) -> tuple[Any, ...]:
+        def project(values: Iterable[bytes | None]) -> list[tuple[Any, ...]] | None:
             try:
-                return read(body)
-            except (IndexError, ValueError, struct.error) as exc:
-                raise DecodeError(f"Avro body does not match {name}: {exc}") from None
+                return read(values)
+            except (IndexError, ValueError, struct.error):  # UnicodeError is a ValueError
+                return None
 
         return project
 

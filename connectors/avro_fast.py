@@ -13,7 +13,7 @@ docs/benchmarks.md, it halves decode and encode time per record.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["compile_decoder", "compile_encoder", "compile_projection", "encode_long"]
@@ -162,8 +162,8 @@ _ITEM_READERS = {"string": "_read_string", "bytes": "_read_bytes", "int": "_read
 
 
 def _varint_lines(target: str, indent: str) -> list[str]:
-    """Inline the one- and two-byte cases (lengths, small ints: |v| < 8192), call out for
-    longer varints."""
+    """Inline the one- and two-byte cases (lengths, small ints: |v| < 8192) and a loop for
+    longer ones (timestamps take 6 bytes): no call per value."""
     return [f"{indent}b = buf[pos]",
             f"{indent}if b < 0x80:",
             f"{indent}    {target} = (b >> 1) ^ -(b & 1)",
@@ -173,7 +173,21 @@ def _varint_lines(target: str, indent: str) -> list[str]:
             f"{indent}    {target} = (b >> 1) ^ -(b & 1)",
             f"{indent}    pos += 2",
             f"{indent}else:",
-            f"{indent}    {target}, pos = _read_varint(buf, pos)"]
+            f"{indent}    n = (b & 0x7F) | ((buf[pos + 1] & 0x7F) << 7)",
+            f"{indent}    pos += 2",
+            f"{indent}    shift = 14",
+            f"{indent}    while True:",
+            f"{indent}        b = buf[pos]",
+            f"{indent}        pos += 1",
+            f"{indent}        n |= (b & 0x7F) << shift",
+            f"{indent}        if b < 0x80:",
+            f"{indent}            break",
+            f"{indent}        shift += 7",
+            f"{indent}        if shift > 63:",
+            f"{indent}            raise ValueError('varint longer than 10 bytes')",
+            f"{indent}    if n >> 64:",
+            f"{indent}        raise ValueError('varint over 64 bits')",
+            f"{indent}    {target} = (n >> 1) ^ -(n & 1)"]
 
 
 def _read_length(buf: bytes, pos: int) -> tuple[int, int]:
@@ -203,14 +217,23 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
         other = ftype[1] if ftype[0] == "null" else ftype[0]
         null_index = ftype.index("null")
         inner = _decode_lines(name, other, target, indent + "    ")
-        if inner is None:
+        deeper = _decode_lines(name, other, target, indent + "        ")
+        if inner is None or deeper is None:
             return None
-        return [*_varint_lines("branch", indent),
-                f"{indent}if branch == {null_index}:",
+        # the branch index is one byte, 0x00 or 0x02 (zig-zag), in all but odd encodings
+        return [f"{indent}b = buf[pos]",
+                f"{indent}if b == {2 * null_index}:",
                 f"{indent}    {target} = None",
-                f"{indent}elif branch == {1 - null_index}:", *inner,
-                f"{indent}else:",
-                f"{indent}    raise ValueError(f'union branch {{branch}} is neither 0 nor 1')"]
+                f"{indent}    pos += 1",
+                f"{indent}elif b == {2 - 2 * null_index}:",
+                f"{indent}    pos += 1", *inner,
+                f"{indent}else:", *_varint_lines("branch", indent + "    "),
+                f"{indent}    if branch == {null_index}:",
+                f"{indent}        {target} = None",
+                f"{indent}    elif branch == {1 - null_index}:",
+                *deeper,
+                f"{indent}    else:",
+                f"{indent}        raise ValueError(f'union branch {{branch}} is neither 0 nor 1')"]
     if kind in _INTEGER:
         return _varint_lines(target, indent)
     if kind in _FIXED:
@@ -240,6 +263,13 @@ def _decode_lines(name: str, ftype: Any, target: str, indent: str) -> list[str] 
         return None
     if kind == "enum" and isinstance(ftype, dict):
         symbols = tuple(str(s) for s in ftype.get("symbols", ()))
+        if len(symbols) <= 64:  # every index is one byte: look the byte up
+            by_byte = tuple(symbols[b >> 1] if not b & 1 and b >> 1 < len(symbols) else None
+                            for b in range(0x80))
+            return [f"{indent}{target} = {by_byte!r}[buf[pos]]",
+                    f"{indent}if {target} is None:",
+                    f"{indent}    raise ValueError(f'enum index byte {{buf[pos]}} out of range')",
+                    f"{indent}pos += 1"]
         return [*_varint_lines("i", indent),
                 f"{indent}if not 0 <= i < {len(symbols)}:",
                 f"{indent}    raise ValueError(f'enum index {{i}} out of range')",
@@ -274,15 +304,26 @@ def _skip_lines(ftype: Any, indent: str) -> list[str] | None:
 
 
 def _skip_strings(buf: bytes, pos: int, per_item: int) -> int:
-    """Past a map of strings (``per_item`` 2: key and value) or an array of strings (1)."""
+    """Past a map of strings (``per_item`` 2: key and value) or an array of strings (1),
+    with the one-byte counts and lengths of short strings read inline."""
+    end = len(buf)
     while True:
-        count, pos = _block(buf, pos)
+        b = buf[pos]
+        if b < 0x80 and not b & 1:
+            count = b >> 1
+            pos += 1
+        else:
+            count, pos = _block(buf, pos)
         if count == 0:
             return pos
         for _ in range(count * per_item):
-            n, pos = _read_length(buf, pos)
-            pos += n
-            if pos > len(buf):
+            b = buf[pos]
+            if b < 0x80 and not b & 1:
+                pos += 1 + (b >> 1)
+            else:
+                n, pos = _read_length(buf, pos)
+                pos += n
+            if pos > end:
                 raise ValueError("string runs past the end of the record")
 
 
@@ -319,18 +360,30 @@ def compile_decoder(schema: dict[str, Any]) -> Decoder | None:
     return _finish(lines, "{" + ", ".join(names) + "}")  # type: ignore[no-any-return]
 
 
-def compile_projection(schema: dict[str, Any], paths: list[tuple[str, ...]]
-                       ) -> Callable[[bytes], tuple[Any, ...]] | None:
-    """``decode(body) -> tuple``: only the leaf fields at ``paths`` (nested records as
-    ``("outer", "inner")``), in that order, for a body written with ``schema``.
+Projection = Callable[[Iterable[Any]], list[tuple[Any, ...]] | None]
 
-    What the worker needs of a record, without building the record: no dict per record (or
-    per nested record) and no lookups after it. Every field is still read, since Avro has
-    no index; ``None`` when a type is not covered (then the caller decodes whole records).
+
+def compile_projection(schema: dict[str, Any], paths: list[tuple[str, ...]], *,
+                       header: bytes = b"", max_bytes: int = 1 << 62) -> Projection | None:
+    """``read(values) -> [tuple, ...]``: of every value (``header`` then a body written with
+    ``schema``), only the leaf fields at ``paths`` (nested records as ``("outer", "inner")``),
+    in that order; ``None`` for the whole batch when a value is empty, longer than
+    ``max_bytes`` or lacks the header. A body that does not match raises ``ValueError``,
+    ``IndexError`` or ``struct.error``.
+
+    What the worker needs of a batch, without building records: no dict per record (or per
+    nested record), no lookups after it, and no call per record. Every field is still read,
+    since Avro has no index; ``None`` when a type is not covered (then the caller decodes
+    whole records).
     """
     if _type_name(schema) != "record":
         return None
-    lines = ["def decode(buf):", "    pos = 0"]
+    skip = len(header)
+    lines = ["def read(values):", "    rows = []", "    append = rows.append",
+             "    for buf in values:",
+             f"        if not buf or len(buf) > {max_bytes} or buf[:{skip}] != _header:",
+             "            return None",
+             f"        pos = {skip}"]
     where: dict[tuple[str, ...], str] = {}
     count = iter(range(1 << 30))
 
@@ -354,11 +407,17 @@ def compile_projection(schema: dict[str, Any], paths: list[tuple[str, ...]]
                 where[path] = var
         return True
 
-    if not walk(schema, (), "    "):
+    if not walk(schema, (), "        "):
         return None
     if any(path not in where for path in paths):
         return None  # e.g. a nullable nested record: leave it to the whole-record path
-    return _finish(lines, "(" + "".join(f"{where[p]}, " for p in paths) + ")")  # type: ignore[no-any-return]
+    lines += ["        if pos != len(buf):",
+              "            raise ValueError(f'{len(buf) - pos} bytes after the record')",
+              "        append((" + "".join(f"{where[p]}, " for p in paths) + "))",
+              "    return rows"]
+    scope = {**_DECODE_SCOPE, "_header": header}
+    exec("\n".join(lines), scope)  # source built from the schema alone
+    return scope["read"]  # type: ignore[no-any-return]
 
 
 # -- encoding -------------------------------------------------------------------------------

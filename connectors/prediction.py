@@ -70,6 +70,9 @@ class Predictions:
     #: per row, the version that served it when rows differ (a canary serves some keys,
     #: ``streams.candidates``); ``None``: ``model_version`` served the whole batch
     versions: list[str] | None = None
+    #: significant digits of the output values written as text (Redis): 9 keeps a float32
+    #: score exact; ``None`` writes each float's shortest ``repr`` (float64 outputs)
+    digits: int | None = None
 
     def __len__(self) -> int:
         return len(self.event_ids)

@@ -356,6 +356,9 @@ class RedisPredictionSink:
             ids = [batch.event_ids[i] for i in keep]
             ts = [batch.event_ts[i] for i in keep]
             outputs = {name: [col[i] for i in keep] for name, col in batch.outputs.items()}
+        if batch.digits is not None:  # float32 scores: 9 digits, and cheaper than repr
+            text = f"%.{batch.digits}g".__mod__
+            outputs = {name: list(map(text, col)) for name, col in outputs.items()}
         outputs = {**outputs, **_flags(batch.fallback, len(keys), keep if len(keep) != len(batch)
                                        else None)}
         if batch.versions is not None:  # written after the per-batch one, so it wins

@@ -29,12 +29,22 @@ def quantized_copy(model: Model) -> Model:
     (Linear layers), running on CPU; it predicts like the master and must not learn."""
     twin = copy.copy(model)
     module = copy.deepcopy(inner_module(model)).cpu().eval()
-    quantized = torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+    quantized = torch.ao.quantization.quantize_dynamic(module, _int8_layers(module),
+                                                       dtype=torch.qint8)
     attr = "net" if getattr(model, "net", None) is not None else "module"
     setattr(twin, attr, quantized)
     twin.runner = Runner("cpu")  # type: ignore[attr-defined]
     twin.version = ModelVersion(model.version.base, model.version.updates)
     return twin
+
+
+def _int8_layers(module: nn.Module) -> set[str] | set[type[nn.Module]]:
+    """Every Linear layer but the first, when there are several. The first one reads the raw
+    features, whose range is open; quantized per batch (7 bits on x86) they put single scores
+    0.02-0.09 off, against 0.005 for hidden activations after it. It is also the narrowest
+    layer (inputs x hidden), so fp32 there costs little."""
+    linear = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
+    return set(linear[1:]) if len(linear) > 1 else {nn.Linear}
 
 
 class Int8Serving:

@@ -153,7 +153,8 @@ class Candidates:
             return None
         return Predictions(batch.event_ids, batch.keys, _columns(scores, self.names),
                            predictions.event_ts, predictions.processed_ts,
-                           predictions.model_name, str(self.shadow.model.version))
+                           predictions.model_name, str(self.shadow.model.version),
+                           digits=9 if scores.dtype == np.float32 else None)
 
     def _serve_canary(self, canary: Candidate, batch: Batch, predictions: Predictions,
                       served: np.ndarray | None) -> None:

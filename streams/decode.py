@@ -233,7 +233,8 @@ class RecordDecoder:
         self._roles = [every[n] for n in roles]
         self.columns = [every[n] for n in wanted]
         self._get = _getter([*self._roles, *self.columns])
-        self._project = codec.projection([c.path for c in (*self._roles, *self.columns)])
+        self._project = codec.projection([c.path for c in (*self._roles, *self.columns)],
+                                         max_record_bytes)
         self._n_roles = len(roles)
         # the column-wise path needs all three roles as fields, ids and keys as text
         self._text_roles = len(roles) == 3 and all(
@@ -244,16 +245,15 @@ class RecordDecoder:
         """Valid records as columns, and the rejected rest (each says field and reason).
 
         The common case, records written with the input's own schema and all three roles
-        named fields, is one compiled call per record and column-wise checks of the roles;
+        named fields, is one compiled call per batch and column-wise checks of the roles;
         anything else (JSON, other writers, a bad value) goes record by record, so that a
         rejection names the field.
         """
         rejected: list[Rejected] = []
         fast = self._project_all(messages)
         if fast is not None and fast[1]:
-            kept = fast[0]
-            cols = list(zip(*fast[1], strict=True))
-            ids, keys, times = list(cols[0]), list(cols[1]), list(cols[2])
+            kept, cols = fast
+            ids, keys, times = list(cols[0]), list(cols[1]), cols[2]
             by_column = [list(col) for col in cols[3:]]
         else:
             kept, ids, keys, times, values = self._decode_each(messages, rejected)
@@ -263,36 +263,31 @@ class RecordDecoder:
         return Batch(kept, ids, keys, np.asarray(times, np.int64), columns), rejected
 
     def _project_all(self, messages: Sequence[Message]
-                     ) -> tuple[list[Message], list[tuple[Any, ...]]] | None:
-        """``(messages, (event_id, key, ts, *columns) rows)`` when every message of the
+                     ) -> tuple[list[Message], list[Any]] | None:
+        """``(messages, [event_ids, keys, times, *columns])`` when every message of the
         batch is read by the compiled projection with fine roles; ``None`` otherwise, and
         the batch goes record by record (in order: a key's records stay in sequence)."""
-        project, header = self._project, self.codec.schema.header
+        project = self._project
         if project is None or not self._text_roles:
             return None
-        limit = self.max_record_bytes
-        rows: list[tuple[Any, ...]] = []
-        for msg in messages:
-            data = msg.value()
-            if not data or len(data) > limit or data[:10] != header:
-                return None
-            try:
-                rows.append(project(data[10:]))
-            except DecodeError:
-                return None
-        if rows:
-            ids, keys, times = zip(*(r[:3] for r in rows), strict=True)
-            ts = np.asarray(times, np.int64)
-            if not (all(ids) and all(keys) and ts.min() >= MIN_TS
-                    and ts.max() <= now_ms() + MAX_FUTURE_MS
-                    and max(map(len, ids)) <= MAX_ID_CHARS
-                    and max(map(len, keys)) <= MAX_ID_CHARS):
-                return None
-            if self.kafka_key_is_key and not all(
-                    k is None or k == key.encode()
-                    for k, key in zip((m.key() for m in messages), keys, strict=True)):
-                return None
-        return list(messages), rows
+        rows = project([msg.value() for msg in messages])
+        if rows is None:
+            return None
+        if not rows:
+            return list(messages), []
+        cols = list(zip(*rows, strict=True))
+        ids, keys = cols[0], cols[1]
+        cols[2] = ts = np.asarray(cols[2], np.int64)
+        if not (all(ids) and all(keys) and ts.min() >= MIN_TS
+                and ts.max() <= now_ms() + MAX_FUTURE_MS
+                and max(map(len, ids)) <= MAX_ID_CHARS
+                and max(map(len, keys)) <= MAX_ID_CHARS):
+            return None
+        if self.kafka_key_is_key and not all(
+                k is None or k == key.encode()
+                for k, key in zip((m.key() for m in messages), keys, strict=True)):
+            return None
+        return list(messages), cols
 
     def _decode_each(self, messages: Sequence[Message], rejected: list[Rejected]
                      ) -> tuple[list[Message], list[str], list[str], list[int],

@@ -144,7 +144,8 @@ class AppHandler:
                                   f"the app declares {len(names)}: {list(names)}")
             columns = {name: scores[:, j].tolist() for j, name in enumerate(names)}
         out = Written(Predictions(batch.event_ids, batch.keys, columns, batch.ts.tolist(),
-                                  processed_ts, self.model.name, self.serving_version()))
+                                  processed_ts, self.model.name, self.serving_version(),
+                                  digits=9 if scores.dtype == np.float32 else None))
         if self.outputs_spec.top_n:
             out.recommendations = self._top_n(batch, processed_ts)
         return out

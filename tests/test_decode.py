@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Message
 
 from streaminfer.connectors.avro import RecordCodec
+from streaminfer.connectors.avro_fast import encode_long
 from streaminfer.connectors.records import now_ms
 from streaminfer.models.identity import IdentityModel
 from streaminfer.streams.app import load_app
@@ -213,3 +214,33 @@ def test_fields_a_worker_does_not_need_are_skipped_not_lost() -> None:
     assert batch.columns["x"].tolist() == [0.0, 0.5, 1.0]
     assert batch.columns["geo.lat"].tolist() == [0.0, -1.0, -2.0]
     assert [r.msg.offset() for r in rejected] == [3] and rejected[0].error_type == "decode"
+
+
+def test_records_the_fast_reader_does_not_take_are_still_read_right() -> None:
+    """The compiled batch reader takes the common encodings (one-byte union branches and
+    enum indices, short strings); other valid encodings, here a union branch written as a
+    two-byte varint, an enum of 100 symbols and map strings over 63 bytes, are read by the
+    slower path with the same values, and nothing is rejected."""
+    symbols = [f"s{i}" for i in range(100)]
+    schema = {"type": "record", "name": "Odd", "fields": [
+        {"name": "id", "type": "string"}, {"name": "k", "type": "string"},
+        {"name": "ts", "type": "long"}, {"name": "n", "type": ["null", "int"]},
+        {"name": "e", "type": {"type": "enum", "name": "Big", "symbols": symbols}},
+        {"name": "tags", "type": {"type": "map", "values": "string"}},
+        {"name": "x", "type": "double"}]}
+    codec = RecordCodec(schema)
+    decoder = RecordDecoder(codec, key="k", event_id="id", event_time="ts",
+                            fields=["n", "e", "x"])
+    now = now_ms()
+    records = [{"id": f"i{i}", "k": "key", "ts": now, "n": i, "e": symbols[i * 33],
+                "tags": {"long": "v" * 70 * i}, "x": i / 4} for i in range(3)]
+    values = [codec.encode(r) for r in records]
+    # record 1: its union branch 1 (byte 0x02) as the two-byte varint 0x82 0x00
+    at = len(codec.schema.header) + len(b"\x04i1") + len(b"\x06key") + len(encode_long(now))
+    assert values[1][at:at + 2] == b"\x02\x02"  # branch 1, then the int 1
+    values[1] = values[1][:at] + b"\x82\x00" + values[1][at + 1:]
+    batch, rejected = decoder.decode([_msg(v, i, key=b"key") for i, v in enumerate(values)])
+    assert rejected == []
+    assert batch.columns["n"].tolist() == [0, 1, 2]
+    assert batch.columns["e"] == ["s0", "s33", "s66"]
+    assert batch.columns["x"].tolist() == [0.0, 0.25, 0.5]

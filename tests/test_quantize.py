@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -21,29 +19,27 @@ def _trained(hidden: int = 256) -> tuple[OnlineClassifier, np.ndarray]:
     return model, x[2048:]
 
 
-def test_int8_scores_within_001_of_fp32_on_average() -> None:
-    """Mean |int8 - fp32| < 0.01. The worst row is further off (about 0.06 here on x86's
-    fbgemm kernels, whose activations are quantized per batch to 7 bits): printed, bounded
-    at 0.1, and reported in docs/lifecycle.md."""
+def test_int8_scores_within_001_of_fp32() -> None:
+    """Every row within 0.01 of fp32 (the input layer stays fp32: see ``_int8_layers``)."""
     model, x = _trained()
     serving = Int8Serving(model, refresh_s=0.0)
     fp32, int8 = model.predict(x), serving.predict(x)
     diff = (fp32 - int8).abs()
     print(f"\n|int8 - fp32| over {len(x)} rows: mean {float(diff.mean()):.5f}, p99 "
           f"{float(diff.quantile(0.99)):.5f}, max {float(diff.max()):.5f}")
-    assert float(diff.mean()) < 0.01
-    assert float(diff.max()) < 0.1
-    linear = [m for m in serving.copy.net.modules() if "Linear" in type(m).__name__]
-    assert linear and all("quantized" in type(m).__module__ for m in linear)
+    assert float(diff.max()) < 0.01
+    first, last = serving.copy.net.body[0], serving.copy.net.body[2]
+    assert type(first) is torch.nn.Linear  # the input layer stays fp32
+    assert isinstance(last, torch.ao.nn.quantized.dynamic.Linear)
 
 
 def test_int8_copy_follows_learning_at_most_every_refresh() -> None:
     model, x = _trained(hidden=32)
-    serving = Int8Serving(model, refresh_s=0.2)
+    serving = Int8Serving(model, refresh_s=3600)
     built = serving.copy.version
     model.learn(x[:128], np.ones(128, np.float32))
     assert serving.current().version == built  # too soon: the copy trails the master
-    time.sleep(0.25)
+    serving.refresh_s = 0.0  # as if the refresh interval had passed
     assert serving.current().version == model.version
     assert serving.refreshes == 1
     assert float((serving.predict(x) - model.predict(x)).abs().mean()) < 0.01
