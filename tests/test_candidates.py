@@ -106,6 +106,11 @@ def test_shadow_follows_its_label_scores_beside_and_is_never_served(tmp_path: Pa
             versions[f"{role} {version}"]["auc"]
     assert obs.registry.get_sample_value("streaminfer_candidate_rows", {
         "app": APP, "role": "shadow", "version": "v2"}) == 32
+    obs.update_versions({"active v1": versions["active v1"]})  # the shadow went away
+    assert obs.registry.get_sample_value("streaminfer_candidate_rows", {
+        "app": APP, "role": "shadow", "version": "v2"}) is None
+    assert obs.registry.get_sample_value("streaminfer_version_progressive", {
+        "app": APP, "role": "shadow", "version": "v2", "metric": "count"}) is None
     registry.label(APP, "shadow", None)
     swap.check_once()
     assert candidates.shadow is None and not candidates
