@@ -101,8 +101,8 @@ class Settings(BaseSettings):
     registry_poll_s: float = Field(1.0, gt=0, description="How often workers read the labels")
     canary_share: float = Field(
         0.05, ge=0, le=1, description="Share of keys a 'canary' version serves when the "
-        "registry has that label: a CRC-32 of the key picks them, so a key always sees one "
-        "version")
+        "registry has that label: a stable hash of the key picks them, so a key always sees "
+        "one version")
     auto_guard: bool = Field(
         False, description="Act on the per-version metrics: promote a shadow or canary that "
         "beats the active version by auto_guard_margin over auto_guard_min_labels labels, "

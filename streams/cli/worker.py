@@ -83,8 +83,9 @@ __all__ = ["worker"]
 @click.option("--registry-url", help="Model registry (directory, redis://, s3://bucket/prefix): "
               "serve its active version and follow promote / rollback live [default: none].")
 @click.option("--canary-share", type=click.FloatRange(0, 1),
-              help="Share of keys the registry's 'canary' version serves, picked by a CRC-32 "
-              "of the key so one key always sees one version [default 0.05].")
+              help="Share of keys the registry's 'canary' version serves, picked by a stable "
+              "hash of the key (the same in every process), so one key always sees one "
+              "version [default 0.05].")
 @click.option("--auto-guard/--no-auto-guard", default=None,
               help="Promote a shadow or canary that beats the active version by "
               "--auto-guard-margin over --auto-guard-min-labels labels; remove a canary "
