@@ -17,6 +17,7 @@ manifest's metrics) and promotes it; the search then ends.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
@@ -161,10 +162,12 @@ class LiveSearch:
 
     def _publish(self, spec: dict[str, Any], candidates: Candidates,
                  lock: threading.Lock) -> None:
-        with lock:
-            states = {c.params: {"mine": c.metrics.state(), "active": c.baseline.state()}
+        with lock:  # copies only: the (compressed) states are made off the lanes' lock
+            copies = {c.params: (copy.deepcopy(c.metrics), copy.deepcopy(c.baseline))
                       for c in candidates.search
                       if c.metrics is not None and c.baseline is not None}
+        states = {params: {"mine": mine.state(), "active": active.state()}
+                  for params, (mine, active) in copies.items()}
         board = {"id": spec["id"], "kind": self.metrics_kind, "candidates": states,
                  "at": time.time()}
         self.client.hset(f"search:{self.app}:board", self.worker_id, json.dumps(board))
