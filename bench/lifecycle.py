@@ -7,6 +7,9 @@
   |int8 - fp32| of the scores (mean, p99, max) on held-out rows.
 * one hot swap through ``streams.model_swap`` (directory registry): load + validate time
   off the hot path, and the time the model lock is held for the switch.
+* the cost of candidates beside the active version (``streams.candidates``): a batch's
+  serving with a shadow and with a canary, and a labelled batch's learning with K search
+  candidates (each one more forward and backward pass).
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streaminfer.connectors.prediction import Predictions
 from streaminfer.connectors.registry_store import DirectoryRegistryBlobs
 from streaminfer.models.classifier import OnlineClassifier
 from streaminfer.models.quantize import Int8Serving, quantized_copy
 from streaminfer.models.registry import ModelRegistry
+from streaminfer.streams.app import Learning
+from streaminfer.streams.batch import Batch
+from streaminfer.streams.candidates import Candidate, Candidates
+from streaminfer.streams.learning import Learner, LearnerHooks
 from streaminfer.streams.model_swap import ModelSwap, SwapTargets
 
 
@@ -89,6 +97,50 @@ def main() -> None:
         locked = sorted(s["locked_s"] * 1e6 for s in swap.swaps)
         print(f"  hot swap ({len(load)} swaps): load+validate median {load[len(load) // 2]:.1f}"
               f" ms off the hot path; model lock held median {locked[len(locked) // 2]:.0f} us")
+    _candidates(d, args.hidden, held, args.repeat)
+
+
+def _per_batch_ms(fn, repeat: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat * 1000
+
+
+def _candidates(d: int, hidden: int, held: np.ndarray, repeat: int) -> None:
+    def build(lr: float = 0.01) -> OnlineClassifier:
+        return OnlineClassifier(d, hidden=hidden, seed=0, device="cpu", lr=lr)
+
+    active = build()
+    n = len(held)
+    batch = Batch([], [f"e{i}" for i in range(n)], [f"user-{i}" for i in range(n)],
+                  np.zeros(n, np.int64), features=held)
+    y = (held[:, 0] > 0).astype(np.float32)
+
+    def serve(candidates: Candidates) -> None:
+        scores = active.predict(held).numpy()
+        predictions = Predictions(batch.event_ids, batch.keys, {"score": scores.tolist()},
+                                  [0] * n, 0, "classifier", str(active.version))
+        candidates.serve(batch, predictions)
+
+    alone = Candidates(["score"])
+    shadow = Candidates(["score"], shadow=Candidate("shadow", 2, build()))
+    canary = Candidates(["score"], canary_share=0.05, canary=Candidate("canary", 3, build()))
+    print(f"  candidates, per batch of {n}: serving alone "
+          f"{_per_batch_ms(lambda: serve(alone), repeat):.2f} ms, with a shadow "
+          f"{_per_batch_ms(lambda: serve(shadow), repeat):.2f} ms, with a 5% canary "
+          f"{_per_batch_ms(lambda: serve(canary), repeat):.2f} ms")
+    for k in (0, 1, 4):
+        search = [Candidate("search", 1, build(lr), params=f"lr={lr}")
+                  for lr in (0.001, 0.01, 0.1, 1.0)[:k]]
+        candidates = Candidates(["score"], metrics_kind="classifier",
+                                served=Learning().served, search=search)
+        learner = Learner(build(), 128, LearnerHooks(candidates=candidates), max_steps=0)
+        ms = _per_batch_ms(lambda learner=learner: learner._learn(
+            held, y, np.zeros(n, np.float32)), max(repeat // 4, 5))
+        print(f"  learning a labelled batch of {n} (steps of 128) with {k} search "
+              f"candidate(s): {ms:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,9 @@ class Predictions:
     #: per row, which fallback served it (``previous``, ``cached``, ``default``) or ``""``
     #: for the model itself; ``None``: the model served the whole batch
     fallback: list[str] | None = None
+    #: per row, the version that served it when rows differ (a canary serves some keys,
+    #: ``streams.candidates``); ``None``: ``model_version`` served the whole batch
+    versions: list[str] | None = None
     #: significant digits of the output values written as text (Redis): 9 keeps a float32
     #: score exact; ``None`` writes each float's shortest ``repr`` (float64 outputs)
     digits: int | None = None
@@ -98,6 +101,9 @@ class Predictions:
         else:
             columns["degraded"] = [bool(kind) for kind in self.fallback]
             columns["fallback"] = [kind or None for kind in self.fallback]
+        if self.versions is not None:
+            del constants["model_version"]
+            columns["model_version"] = self.versions
         return columns, constants
 
     def rows(self) -> list[PredictionRow]:
@@ -105,11 +111,13 @@ class Predictions:
         outputs as ``scores`` when there are several)."""
         columns = list(self.outputs.values())
         extra = len(columns) > 1
+        versions = self.versions or [self.model_version] * len(self)
         return [
-            PredictionRow(eid, key, values[0], self.model_version, ts, self.processed_ts,
+            PredictionRow(eid, key, values[0], version, ts, self.processed_ts,
                           self.model_name, tuple(values) if extra else ())
-            for eid, key, ts, *values in zip(self.event_ids, self.keys, self.event_ts,
-                                             *columns, strict=True)
+            for eid, key, ts, version, *values in zip(self.event_ids, self.keys,
+                                                      self.event_ts, versions, *columns,
+                                                      strict=True)
         ]
 
     @classmethod

@@ -14,6 +14,8 @@ Key layout (``{app}`` is the settings' app name, ``{key}``/``{user}`` the entity
     recs:{user}        zset    member = item id, score = recommender score (top-N only;
                                replaced as a whole on every applied write)
     recs_meta:{user}   hash    event_id, event_ts, processed_ts, model_version of that top-N
+    shadow:{app}:{key} hash    as pred:{app}:{key}, from the shadow version (recorded, never
+                               served; ``streams.candidates``)
 
 Ordering rule: a row wins when ``(event_ts, event_id)`` is >= the stored pair, comparing
 ``event_id`` byte-wise (UTF-8). So a replay of the same event is an idempotent overwrite, and
@@ -288,15 +290,17 @@ class RedisPredictionSink:
     """Event-time guarded, idempotent batch writer for ``pred:{app}:{key}`` hashes."""
 
     def __init__(self, url_or_client: str | RedisClient, app: str, ttl_s: int = 0, *,
-                 wait_replicas: int | None = None, wait_timeout_ms: int = 1000) -> None:
+                 wait_replicas: int | None = None, wait_timeout_ms: int = 1000,
+                 kind: str = "pred") -> None:
         """``wait_replicas`` (Redis Cluster only; default 1 there): replicas that must hold a
-        batch before it counts as written, so a failover cannot lose it."""
+        batch before it counts as written, so a failover cannot lose it. ``kind``: the keys'
+        first part, ``pred`` (served) or ``shadow`` (a shadow version's, not served)."""
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
         self.client = _connect(url_or_client)
         self.app = app
         self.ttl_s = int(ttl_s)
-        self._prefix = f"pred:{app}:"
+        self._prefix = f"{kind}:{app}:"
         self.router = _router(self.client, wait_replicas, wait_timeout_ms)
         if self.router is None:
             # EVALSHA with automatic SCRIPT LOAD + retry on NOSCRIPT (after a Redis restart).
@@ -347,6 +351,9 @@ class RedisPredictionSink:
             outputs = {name: list(map(text, col)) for name, col in outputs.items()}
         outputs = {**outputs, **_flags(batch.fallback, len(keys), keep if len(keep) != len(batch)
                                        else None)}
+        if batch.versions is not None:  # written after the per-batch one, so it wins
+            outputs["model_version"] = (batch.versions if len(keep) == len(batch)
+                                        else [batch.versions[i] for i in keep])
         return self._pack(batch.processed_ts, batch.model_name, batch.model_version, keys, ids,
                           ts, outputs, stale=len(batch) - len(keep))
 

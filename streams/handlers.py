@@ -21,6 +21,7 @@ from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model
 from streaminfer.streams.app import Learning, Outputs
 from streaminfer.streams.batch import Batch, Rejected
+from streaminfer.streams.candidates import Candidates
 from streaminfer.streams.decode import InvalidRows, RecordDecoder
 from streaminfer.streams.learning import labels_of
 
@@ -31,10 +32,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Written:
-    """What one batch writes: predictions for Redis and the topic, optional top-N lists."""
+    """What one batch writes: predictions for Redis and the topic, optional top-N lists, and
+    a shadow version's predictions (recorded in Redis, never served)."""
 
     predictions: Predictions
     recommendations: list[RecommendationRow] = field(default_factory=list)
+    shadow: Predictions | None = None
 
 
 class Handler(Protocol):
@@ -68,6 +71,8 @@ class AppHandler:
     #: the version served before the last hot swap, kept warm: the first fallback while the
     #: model's circuit breaker is open (``streams.guard``)
     previous: Any = None
+    #: shadow and canary versions beside the model (``streams.candidates``)
+    candidates: Candidates | None = None
 
     def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]:
         batch, rejected = self.decoder.decode(messages)

@@ -28,6 +28,7 @@ from streaminfer.models.base import Model
 from streaminfer.models.sync import Sync
 from streaminfer.streams.app import Learning
 from streaminfer.streams.batch import Batch, Rejected, take_rows
+from streaminfer.streams.candidates import Candidates
 from streaminfer.streams.decode import RecordDecoder
 from streaminfer.streams.join import Joined, JoinState
 from streaminfer.streams.user_state import UserState
@@ -52,6 +53,8 @@ class LearnerHooks:
     checkpoint: Callable[[bool], None] | None = None  # called with force=True at close
     scalars: Callable[[int, dict[str, float]], None] | None = None
     publish_params: Callable[[Model], None] | None = None
+    #: shadow/canary versions: scored on the same labels, then learning from them too
+    candidates: Candidates | None = None
 
 
 @dataclass
@@ -78,11 +81,16 @@ class Learner:
             return
         if self.hooks.progressive is not None:
             self.hooks.progressive.update(served, y)
+        candidates = self.hooks.candidates
+        if candidates:
+            candidates.test(x, y, self.model)
         size = step_size(len(y), self.learn_batch_size, self.max_steps)
         for start in range(0, len(y), size):
             rows = range(start, min(start + size, len(y)))
             chunk = x[start:start + size] if isinstance(x, np.ndarray) else take_rows(x, rows)
             self.model.learn(chunk, y[start:start + size])
+            if candidates:
+                candidates.train(chunk, y[start:start + size])
             self.steps += 1
             if self.hooks.sync is not None:
                 self.hooks.sync.after_learn()

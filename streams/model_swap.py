@@ -17,6 +17,10 @@ The protocol (docs/lifecycle.md):
 4. A version that fails a check is refused: logged, counted in
    ``streaminfer_model_swaps_total{result="refused"}``, remembered (not retried until the
    label moves again), and the old version keeps serving.
+5. The same poll follows the ``shadow`` and ``canary`` labels (``streams.candidates``): a
+   version they name is loaded and checked the same way, off the hot path, then put beside
+   the active one under the lock; a removed label (or one naming the active version) drops
+   it at the next batch.
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ from streaminfer.models.progressive import metrics_for
 from streaminfer.models.quantize import Int8Serving
 from streaminfer.models.registry import ModelRegistry, check_outputs, number_of
 from streaminfer.models.sync import OffSync, create_sync
+from streaminfer.streams.auto_guard import AutoGuard
 from streaminfer.streams.batch import take_rows
+from streaminfer.streams.candidates import ROLES, Candidate, Candidates
+from streaminfer.streams.search import LiveSearch
 
 __all__ = ["ModelSwap", "SwapTargets"]
 
@@ -57,6 +64,7 @@ class SwapTargets:
     learner: Any = None
     on_switch: Callable[[Model], None] | None = None
     quantize_refresh_s: float | None = None  # set: serve an int8 copy
+    candidates: Candidates | None = None  # set: follow the shadow and canary labels
 
 
 @dataclass
@@ -71,6 +79,8 @@ class ModelSwap:
     obs_registry: Any = None
     poll_s: float = 1.0
     metrics_kind: str | None = None
+    auto_guard: AutoGuard | None = None  # set: promote or drop candidates on their metrics
+    search: LiveSearch | None = None  # set: follow ``model search`` (``streams.search``)
     refused: dict[int, str] = field(default_factory=dict)
     swaps: list[dict[str, Any]] = field(default_factory=list)
     by_version: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -82,7 +92,7 @@ class ModelSwap:
         kw = {"registry": reg} if reg is not None else {"registry": None}
         self._counter = Counter("streaminfer_model_swaps_total",
                                 "Model versions loaded from the registry, by result "
-                                "(swapped, refused)", ("app", "result"), **kw)
+                                "(swapped, refused, shadow, canary)", ("app", "result"), **kw)
         self._seconds = Gauge("streaminfer_model_swap_seconds",
                               "Last swap: seconds from seeing the label move to serving, and "
                               "the part spent holding the model lock", ("app", "phase"), **kw)
@@ -132,8 +142,46 @@ class ModelSwap:
         return number_of(self.targets.handler.model.version.base)
 
     def check_once(self) -> str | None:
-        """One poll: ``"swapped"``, ``"refused"`` or ``None`` (nothing to do)."""
-        active = self.registry.active(self.app)
+        """One poll: ``"swapped"``, ``"refused"`` or ``None`` (nothing to do) for the active
+        label; the shadow and canary labels are followed too."""
+        labels = self.registry.labels(self.app)
+        result = self._follow_active(labels.get("active"))
+        candidates = self.targets.candidates
+        if candidates is not None:
+            self._follow_candidates(candidates, labels)
+            if self.auto_guard is not None and candidates:
+                self.auto_guard.check(candidates, self.targets.lock)
+            if self.search is not None:
+                try:
+                    self.search.check(candidates, self.targets.lock, self.targets.handler.model)
+                except Exception:  # a search must never stop the watcher or the swaps
+                    log.exception("hyperparameter search step failed; retrying next poll")
+        return result
+
+    def _follow_candidates(self, candidates: Candidates, labels: dict[str, int]) -> None:
+        for role in ROLES:
+            want = labels.get(role)
+            if want == labels.get("active") or want in self.refused:
+                want = None
+            have = getattr(candidates, role)
+            if (have.number if have is not None else None) == want:
+                continue
+            if want is None:
+                with self.targets.lock:
+                    setattr(candidates, role, None)
+                log.info("model %s: no %s version any more", self.app, role)
+                continue
+            model = self._fresh()
+            problem = self._check(model, want, sample=self._sample())
+            if problem is not None:
+                self._refuse(want, problem)
+                continue
+            with self.targets.lock:
+                setattr(candidates, role, Candidate(role, want, model))
+            self._counter.labels(self.app, role).inc()
+            log.info("model %s: v%d runs as the %s", self.app, want, role)
+
+    def _follow_active(self, active: int | None) -> str | None:
         if active is None or active == self.current_number() or active in self.refused:
             return None
         seen = time.perf_counter()
@@ -227,11 +275,20 @@ class ModelSwap:
             return time.perf_counter() - start
 
     def snapshot(self) -> dict[str, Any]:
+        candidates = self.targets.candidates
         return {"serving": str(self.targets.handler.model.version),
+                "shadow": _described(candidates.shadow) if candidates else None,
+                "canary": _described(candidates.canary) if candidates else None,
                 "swaps": len(self.swaps), "refused": {f"v{k}": v for k, v in
                                                       self.refused.items()},
                 "last_swap": self.swaps[-1] if self.swaps else None,
-                "metrics_by_version": self.by_version}
+                "metrics_by_version": self.by_version,
+                "versions": candidates.snapshot() if candidates is not None else {},
+                "auto_guard": self.auto_guard.decisions[-10:] if self.auto_guard else None}
+
+
+def _described(candidate: Candidate | None) -> str | None:
+    return str(candidate.model.version) if candidate is not None else None
 
 
 def _rows(x: Any) -> int:

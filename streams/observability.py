@@ -394,6 +394,7 @@ class Observability:
         self._last_steps: int | None = None
         self._last_rounds: tuple[int, float] | None = None
         self._last_checkpoint: float | None = None
+        self._version_series: set[tuple[str, ...]] = set()
         r = self.registry
         lane = ("app", "lane")
         self.events = Counter("streaminfer_events_total", "Records read from the input topics",
@@ -453,6 +454,18 @@ class Observability:
                        registry=r)
             for key in ("auc", "logloss", "accuracy", "rmse", "mae")
         }
+        # per version (streams.candidates): role is active, shadow or canary
+        self.version_metric = Gauge(
+            "streaminfer_version_progressive",
+            "Progressive (test-then-train) metric of each version over the same labels",
+            ("app", "role", "version", "metric"), registry=r)
+        self.candidate_rows = Gauge(
+            "streaminfer_candidate_rows", "Rows a shadow or canary version scored since it "
+            "was loaded", ("app", "role", "version"), registry=r)
+        self.candidate_errors = Gauge(
+            "streaminfer_candidate_errors", "A shadow or canary version's failed calls and "
+            "non-finite outputs since it was loaded (the active version served instead)",
+            ("app", "role", "version"), registry=r)
         self.sync_staleness = Gauge("streaminfer_sync_staleness_seconds",
                                     "Age of peers' parameter updates when applied (mean)",
                                     ("app",), registry=r)
@@ -519,6 +532,29 @@ class Observability:
                     for _ in range(min(new, 1000)):
                         self.observe_sync_round((total - last[1]) / new)
                 self._last_rounds = (closed, float(total))
+
+    def update_versions(self, versions: Mapping[str, Mapping[str, Any]]) -> None:
+        """Map ``Candidates.snapshot()`` (``"shadow v2" -> figures``) to the per-version
+        gauges."""
+        series: set[tuple[str, ...]] = set()
+        for name, figures in versions.items():
+            role, _, version = name.partition(" ")
+            for key in ("count", *self.progressive):
+                value = figures.get(key)
+                if isinstance(value, int | float):
+                    self.version_metric.labels(self.app, role, version, key).set(float(value))
+                    series.add((role, version, key))
+            if "rows" in figures:
+                self.candidate_rows.labels(self.app, role, version).set(figures["rows"])
+                self.candidate_errors.labels(self.app, role, version).set(figures["errors"])
+                series.add((role, version))
+        for gone in self._version_series - series:  # a candidate dropped: no stale series
+            if len(gone) == 3:
+                self.version_metric.remove(self.app, *gone)
+            else:
+                self.candidate_rows.remove(self.app, *gone)
+                self.candidate_errors.remove(self.app, *gone)
+        self._version_series = series
 
     def observe_sync_round(self, seconds: float) -> None:
         self.sync_round.labels(self.app).observe(seconds)

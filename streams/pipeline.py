@@ -74,6 +74,7 @@ class Staged:
     outputs: Written
     topic_records: EncodedPredictions | None
     redis_calls: PackedWrite | None
+    shadow_calls: PackedWrite | None = None
     #: the topic records are queued in the producer: a retry after a Redis failure only
     #: waits for them instead of queueing them again (no duplicate per retry)
     topic_sent: bool = False
@@ -91,6 +92,10 @@ class Sinks:
     topic: PredictionsTopicSink | None
     dead_letters: DeadLetterWriter
     recommendations: RedisRecommendationSink | None = None
+    #: ``shadow:{app}:{key}``: a shadow version's outputs. Best effort: a failed write is
+    #: logged and handed to ``on_shadow_error`` (counted), never retried or raised
+    shadow: RedisPredictionSink | None = None
+    on_shadow_error: Callable[[BaseException], None] | None = None
 
     def stage(self, outputs: Written) -> Staged:
         """The CPU part of the writes (encoding records, packing script arguments), which the
@@ -98,7 +103,20 @@ class Sinks:
         if not len(outputs.predictions):
             return Staged(outputs, None, None)
         topic = self.topic.encode(outputs.predictions) if self.topic is not None else None
-        return Staged(outputs, topic, self.redis.pack_columns(outputs.predictions))
+        shadow = (self.shadow.pack_columns(outputs.shadow)
+                  if self.shadow is not None and outputs.shadow is not None else None)
+        return Staged(outputs, topic, self.redis.pack_columns(outputs.predictions), shadow)
+
+    def write_shadow(self, staged: Staged) -> None:
+        if staged.shadow_calls is None or self.shadow is None:
+            return
+        calls, staged.shadow_calls = staged.shadow_calls, None  # once, even if a retry comes
+        try:
+            self.shadow.write_packed(calls)
+        except Exception as exc:
+            log.warning("shadow predictions not written (the served ones are): %r", exc)
+            if self.on_shadow_error is not None:
+                self.on_shadow_error(exc)
 
     def write_redis_once(self, staged: Staged) -> None:
         """Redis (predictions, top-N lists) for the exactly-once path: once per batch."""
@@ -110,6 +128,7 @@ class Sinks:
         if self.recommendations is not None and recommendations:
             self.recommendations.write(recommendations)
         staged.redis_done = True
+        self.write_shadow(staged)
 
     def write(self, staged: Staged) -> None:
         """Redis and Kafka in parallel: queue the topic records, write Redis while Kafka
@@ -129,6 +148,7 @@ class Sinks:
         recommendations = staged.outputs.recommendations
         if self.recommendations is not None and recommendations:
             self.recommendations.write(recommendations)
+        self.write_shadow(staged)
 
 
 def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
@@ -377,6 +397,10 @@ class HotPath:
             outputs = self.handler.outputs(batch, scores, now_ms())
             if fallback is not None:
                 outputs.predictions.fallback = fallback
+            else:  # a canary serves its keys, a shadow is recorded (``streams.candidates``)
+                candidates = getattr(self.handler, "candidates", None)
+                if candidates:
+                    outputs.shadow = candidates.serve(batch, outputs.predictions, scores)
             if self.learner is not None:
                 self.learner.process(batch, scores, feedback, rejected)
         staged = self.sinks.stage(outputs)

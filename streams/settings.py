@@ -114,6 +114,23 @@ class Settings(BaseSettings):
         None, description="S3-compatible endpoint of an s3:// registry (MinIO, Ceph...); "
         "default: AWS_ENDPOINT_URL or AWS itself")
     registry_poll_s: float = Field(1.0, gt=0, description="How often workers read the labels")
+    canary_share: float = Field(
+        0.05, ge=0, le=1, description="Share of keys a 'canary' version serves when the "
+        "registry has that label: a stable hash of the key picks them, so a key always sees "
+        "one version")
+    auto_guard: bool = Field(
+        False, description="Act on the per-version metrics: promote a shadow or canary that "
+        "beats the active version by auto_guard_margin over auto_guard_min_labels labels, "
+        "drop a canary whose error or NaN rate passes auto_guard_max_error_rate")
+    auto_guard_min_labels: int = Field(
+        2000, gt=0, description="Labels both versions must have been scored on before the "
+        "guard compares them")
+    auto_guard_margin: float = Field(
+        0.01, ge=0, description="How much better the candidate's primary metric must be "
+        "(AUC up, RMSE down, accuracy up; in the metric's own units)")
+    auto_guard_max_error_rate: float = Field(
+        0.01, ge=0, le=1, description="Share of a canary's rows that failed or were not "
+        "finite (over at least 100 rows) above which the guard removes the canary label")
     quantize: Literal["off", "int8"] = Field(
         "off", description="int8: serve a dynamically quantized copy of the model's Linear "
         "layers on CPU; learning continues on the fp32 master")

@@ -54,8 +54,10 @@ from streaminfer.streams.assignment import (
     GroupAssignment,
     PartitionState,
 )
+from streaminfer.streams.auto_guard import AutoGuard
 from streaminfer.streams.batcher import AdaptiveLimit, Batcher
 from streaminfer.streams.breaker import CircuitBreaker
+from streaminfer.streams.candidates import Candidates
 from streaminfer.streams.decode import RecordDecoder
 from streaminfer.streams.guard import CachedPredictions, ModelGuard
 from streaminfer.streams.handlers import AppHandler
@@ -68,6 +70,7 @@ from streaminfer.streams.metrics import LaneRecorder, PipelineMetrics
 from streaminfer.streams.model_swap import ModelSwap, SwapTargets
 from streaminfer.streams.observability import Observability
 from streaminfer.streams.pipeline import HotPath, Sinks
+from streaminfer.streams.search import LiveSearch
 from streaminfer.streams.settings import Settings
 from streaminfer.streams.table_store import FaustTableStore
 from streaminfer.streams.user_state import UserState
@@ -150,7 +153,12 @@ def build_lane(app: App, settings: Settings, handler: AppHandler,
                               "(the app's outputs.topic is None)")
         transactions = PartitionTransactions(settings.kafka_config(), group,
                                              app.outputs.topic)
-    return HotPath(consumer, assignment, batcher, handler, build_sinks(app, settings), metrics,
+    sinks = build_sinks(app, settings)
+    if handler.candidates is not None:  # a shadow version's outputs, beside pred:{app}:{key}
+        sinks.shadow = RedisPredictionSink(sinks.redis.client, app.name, settings.redis_ttl_s,
+                                           kind="shadow")
+        sinks.on_shadow_error = handler.candidates.shadow_write_failed
+    return HotPath(consumer, assignment, batcher, handler, sinks, metrics,
                    model_lock=model_lock, learner=learner,
                    guard=build_guard(app, settings, handler, metrics),
                    transactions=transactions)
@@ -319,6 +327,9 @@ class Worker:
         learner = self.learner = self._build_learner(faust_app, n, model, restored, store, tag)
         if swap is not None:
             swap.targets.handler, swap.targets.learner = handler, learner
+            handler.candidates = swap.targets.candidates
+            if learner is not None:
+                learner.hooks.candidates = swap.targets.candidates
         if self.label_topic is not None:
             topics.append(self.label_topic)
         # A restored checkpoint's offsets: replay the tail it does not reflect (one worker's
@@ -360,10 +371,26 @@ class Worker:
                               quantize_refresh_s=settings.quantize_refresh_s
                               if settings.quantize == "int8" else None)
         kind = self.learning.metrics if self.learning is not None else None
+        targets.candidates = Candidates(
+            self.app.outputs.names, canary_share=settings.canary_share, metrics_kind=kind,
+            served=self.learning.served if self.learning is not None else None)
+        guard = None
+        if settings.auto_guard and kind is not None:
+            guard = AutoGuard(self.app.name, registry, kind,
+                              min_labels=settings.auto_guard_min_labels,
+                              margin=settings.auto_guard_margin,
+                              max_error_rate=settings.auto_guard_max_error_rate,
+                              obs_registry=self.obs.registry)
+        search = None
+        if kind is not None:
+            search = LiveSearch(self.app.name, connect_redis(settings.redis_url), registry,
+                                lambda point: self.app.build_model(
+                                    settings.model_copy(update=point)),
+                                self.options.worker_id, kind)
         return ModelSwap(self.app.name, registry, lambda: self.app.build_model(settings),
                          targets, outputs=len(self.app.outputs.names),
                          obs_registry=self.obs.registry, poll_s=settings.registry_poll_s,
-                         metrics_kind=kind)
+                         metrics_kind=kind, auto_guard=guard, search=search)
 
     def _build_learner(self, faust_app: faust.App, n: int, model: Model, restored: Restored,
                        store: Any, tag: str | None = None) -> Learner | None:
@@ -498,7 +525,8 @@ class Worker:
             with self.model_lock:
                 snap["learning"] = self.learner.snapshot()
         if self.swap is not None:
-            snap["lifecycle"] = self.swap.snapshot()
+            with self.model_lock:
+                snap["lifecycle"] = self.swap.snapshot()
         return snap
 
     def update_prometheus(self, snap: dict[str, Any]) -> None:
@@ -510,6 +538,9 @@ class Worker:
             self.obs.update_learning(learning)
             if "join_size" in learning:
                 self.obs.set_join_size(int(learning["join_size"]))
+        versions = (snap.get("lifecycle") or {}).get("versions")
+        if versions:
+            self.obs.update_versions(versions)
 
     async def publish_metrics(self) -> None:
         """The JSON snapshot under ``metrics:{app}:{worker}`` (10 s expiry). A Redis outage

@@ -46,7 +46,7 @@ _registry_option = click.option(
 @click.group()
 def model() -> None:
     """Registered model versions: list, show, register, promote, rollback, label, export,
-    diff."""
+    diff, compare, search."""
 
 
 @model.command("list")
@@ -221,4 +221,81 @@ def diff(ctx: click.Context, name: str, a: int, b: int, registry_url: str | None
         registry = _registry(ctx, registry_url)
         for key, row in registry.diff(name, a, b).items():
             click.echo(f"{key}\t{json.dumps(row)}")
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.pass_context
+def compare(ctx: click.Context, name: str) -> None:
+    """The live per-version metrics of app NAME: its active, shadow and canary versions,
+    scored by the workers on the same labels (test-then-train), side by side."""
+    def go() -> None:
+        from streaminfer.connectors.redis_client import connect
+        from streaminfer.streams.candidates import compare as table
+
+        client = connect(settings_from(ctx).redis_url)
+        snaps = [json.loads(raw) for key in sorted(client.scan_iter(f"metrics:{name}:*"))
+                 if (raw := client.get(key))]
+        rows = table(snaps)
+        if not rows:
+            raise click.ClickException(f"no per-version metrics from {name}'s workers (none "
+                                       "running, or no shadow/canary label, or no labels yet)")
+        keys = [k for k in ("count", "auc", "logloss", "accuracy", "rmse", "mae", "rows",
+                            "errors") if any(k in r for r in rows.values())]
+        click.echo("version\t" + "\t".join("labels" if k == "count" else k for k in keys))
+        for version, row in sorted(rows.items()):
+            cells = [f"{row[k]:.4f}" if k in row and k not in ("count", "rows", "errors")
+                     else (str(int(row[k])) if k in row else "-") for k in keys]
+            click.echo(f"{version}\t" + "\t".join(cells))
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.option("--grid", metavar="SPEC", help="Candidates: 'lr=0.01,0.05,0.1;l2=0,1e-4' (every "
+              "combination, at most 8; axes lr, l2, optimizer).")
+@click.option("--min-labels", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Labels the best candidate needs (over all workers) before it may win.")
+@click.option("--margin", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="How much it must beat the active version by, over the same labels, on "
+              "the primary metric (AUC, RMSE or accuracy).")
+@click.option("--promote/--no-promote", default=True, show_default=True,
+              help="Register and promote the winner.")
+@click.option("--status", is_flag=True, help="Print the leaderboard, best first.")
+@click.option("--stop", is_flag=True, help="End the search; its learners are dropped.")
+@click.pass_context
+def search(ctx: click.Context, name: str, grid: str | None, min_labels: int, margin: float,
+           promote: bool, status: bool, stop: bool) -> None:
+    """Online hyperparameter search on app NAME's live stream: its workers run one learner
+    per point of --grid beside the active version, each learning from the same labels and
+    scored by progressive validation; the leaderboard lives in Redis (search:NAME:board)."""
+    def go() -> None:
+        from streaminfer.connectors.redis_client import connect
+        from streaminfer.streams.search import leaderboard, start_search
+
+        client = connect(settings_from(ctx).redis_url)
+        if stop:
+            client.delete(f"search:{name}")
+            click.echo(f"search of {name} stopped")
+        elif grid is not None:
+            spec = start_search(client, name, grid, min_labels=min_labels, margin=margin,
+                                promote=promote)
+            click.echo(f"search {spec['id']}: {len(spec['points'])} candidates for {name}'s "
+                       "workers (they start within a registry poll)")
+        elif not status:
+            raise click.UsageError("give --grid, --status or --stop")
+        if status:
+            board = leaderboard(client, name)
+            spec = board["search"]
+            if spec is None:
+                raise click.ClickException(f"no search for {name}")
+            state = (f"done: {spec.get('winner')} promoted as v{spec['promoted']}"
+                     if spec.get("done") else "running")
+            click.echo(f"search {spec['id']} ({state})")
+            metric = board.get("metric", "auc")
+            click.echo(f"rank\tparams\tlabels\t{metric}\tactive {metric}")
+            for rank, row in enumerate(board["rows"], 1):
+                click.echo(f"{rank}\t{row['params']}\t{int(row['count'])}\t"
+                           f"{row[metric]:.4f}\t{row['active'][metric]:.4f}")
     _run(go)

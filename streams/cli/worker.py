@@ -82,6 +82,23 @@ __all__ = ["worker"]
               "[default 30].")
 @click.option("--registry-url", help="Model registry (directory, redis://, s3://bucket/prefix): "
               "serve its active version and follow promote / rollback live [default: none].")
+@click.option("--canary-share", type=click.FloatRange(0, 1),
+              help="Share of keys the registry's 'canary' version serves, picked by a stable "
+              "hash of the key (the same in every process), so one key always sees one "
+              "version [default 0.05].")
+@click.option("--auto-guard/--no-auto-guard", default=None,
+              help="Promote a shadow or canary that beats the active version by "
+              "--auto-guard-margin over --auto-guard-min-labels labels; remove a canary "
+              "whose error or NaN rate passes --auto-guard-max-error-rate [default: off].")
+@click.option("--auto-guard-min-labels", type=click.IntRange(min=1),
+              help="Labels scored by both versions before the guard compares them "
+              "[default 2000].")
+@click.option("--auto-guard-margin", type=click.FloatRange(min=0),
+              help="How much better the candidate must be: AUC (classifier), RMSE "
+              "(recommender) or accuracy, in the metric's units [default 0.01].")
+@click.option("--auto-guard-max-error-rate", type=click.FloatRange(0, 1),
+              help="A canary whose share of failed or non-finite rows passes this loses its "
+              "label [default 0.01].")
 @click.option("--quantize", type=click.Choice(["off", "int8"]),
               help="int8: serve a dynamically quantized copy (Linear layers, CPU), rebuilt "
               "from the fp32 master at most every --quantize-refresh-s [default off].")
