@@ -30,6 +30,7 @@ __all__ = [
     "RecommenderMetrics",
     "metrics_for",
     "metrics_from_state",
+    "row_losses",
 ]
 
 _EPS = 1e-7  # log-loss clips probabilities to [eps, 1 - eps]: one confident miss is not +inf
@@ -116,10 +117,15 @@ class ClassifierMetrics:
         idx = self._bin(p)
         self.pos += np.bincount(idx[positive], minlength=self.bins)
         self.neg += np.bincount(idx[~positive], minlength=self.bins)
-        pc = np.clip(p, _EPS, 1.0 - _EPS)
-        self.logloss_sum += float(-(y * np.log(pc) + (1.0 - y) * np.log1p(-pc)).sum())
+        self.logloss_sum += float(self.losses(p, y).sum())
         self.correct += int(((p >= 0.5) == positive).sum())
         self.count += int(p.size)
+
+    @staticmethod
+    def losses(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-row log-loss of probabilities ``p`` (clipped) for labels ``y``."""
+        pc = np.clip(p, _EPS, 1.0 - _EPS)
+        return -(y * np.log(pc) + (1.0 - y) * np.log1p(-pc))
 
     def auc(self) -> float:
         """P(score of a random positive > score of a random negative), ties counting half."""
@@ -206,6 +212,11 @@ class RecommenderMetrics:
         self.m2 += m2 + delta * delta * self.count * count / total
         self.count = total
 
+    @staticmethod
+    def losses(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-row squared error."""
+        return (s - y) ** 2
+
     def update(self, scores: Any, targets: Any) -> None:
         """Add a batch of served predictions and the ratings that followed."""
         s, y = _pair(scores, targets)
@@ -269,6 +280,11 @@ class MulticlassMetrics:
         self.count = 0
         self.correct = 0
 
+    @staticmethod
+    def losses(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-row 0/1 loss: 1 where the predicted class is wrong."""
+        return (np.rint(s) != np.rint(y)).astype(np.float64)
+
     def update(self, scores: Any, targets: Any) -> None:
         """Add a batch of predicted classes and the classes that were observed."""
         s, y = _pair(scores, targets)
@@ -316,6 +332,14 @@ def metrics_for(kind: str) -> Metrics:
     if kind not in _KINDS:
         raise ValueError(f"no progressive metrics of kind {kind!r}; known: {sorted(_KINDS)}")
     return _KINDS[kind]()
+
+
+def row_losses(kind: str, scores: Any, targets: Any) -> np.ndarray:
+    """Per-row loss behind the headline figure of ``kind``'s metrics (log-loss, squared
+    error, 0/1): what an online learner of weights (``streams.ensemble``) minimises."""
+    if kind not in _KINDS:
+        raise ValueError(f"no progressive metrics of kind {kind!r}; known: {sorted(_KINDS)}")
+    return _KINDS[kind].losses(*_pair(scores, targets))
 
 
 def metrics_from_state(state: dict[str, Any]) -> Metrics:

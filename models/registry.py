@@ -12,9 +12,11 @@ Each version is the model's tensors as safetensors bytes plus a JSON manifest::
      "tensors": {"net.body.weight": {"shape": [1, 8], "dtype": "float32"}, ...},
      "metrics": {...}, "source": "checkpoint:/path" | "params:classifier:latest" | ...}
 
-Labels are one JSON document per model, ``{"labels": {"active": 3, ...}, "history":
-[{"label", "version", "previous", "at"}, ...]}``; ``rollback`` re-points ``active`` to the
-version it pointed at before (or to ``--to``).
+Labels are one JSON document per model, ``{"labels": {"active": 3, ...}, "ensemble":
+{"members": [3, 5], "weights": "learnt", "eta": 0.05}, "history": [{"label", "version",
+"previous", "at"}, ...]}``; ``rollback`` re-points ``active`` to the version it pointed at
+before (or to ``--to``). The ensemble names several versions, so it sits beside the labels
+(which name one each) and its moves are in the history as label ``ensemble``.
 
 This module is pure (torch + safetensors): the bytes live behind :class:`RegistryBlobs`
 (directory, Redis and S3 backends in ``connectors.registry_store``). Loading checks the
@@ -40,6 +42,7 @@ from streaminfer.models.weights import MAX_WEIGHTS_BYTES, load_weights, sha256_h
 
 __all__ = [
     "FORMAT",
+    "WEIGHTINGS",
     "MemoryBlobs",
     "ModelRegistry",
     "RegisteredVersion",
@@ -51,6 +54,9 @@ __all__ = [
 
 FORMAT = 1
 ACTIVE = "active"
+ENSEMBLE = "ensemble"
+#: how an ensemble weighs its members' scores (``streams.ensemble``)
+WEIGHTINGS = ("learnt", "equal")
 _MAX_HISTORY = 1000
 
 
@@ -252,6 +258,37 @@ class ModelRegistry:
             doc["labels"][label] = version
         doc["history"].append({"label": label, "version": version, "previous": previous,
                                "at": time.time()})
+        doc["history"] = doc["history"][-_MAX_HISTORY:]
+        self.blobs.write_labels(name, json.dumps(doc, sort_keys=True))
+
+    def ensemble(self, name: str) -> dict[str, Any] | None:
+        """The ensemble the app serves, ``{"members": [3, 5], "weights": "learnt", "eta":
+        0.05}``, or ``None``."""
+        spec = self._doc(name).get(ENSEMBLE)
+        return dict(spec) if spec else None
+
+    def set_ensemble(self, name: str, members: list[int] | None, weights: str = "learnt",
+                     eta: float = 0.05) -> None:
+        """Serve the mean of ``members``' scores (weighted as ``weights`` says; ``eta`` is
+        the learning rate of learnt weights); ``None`` or ``[]`` ends the ensemble."""
+        doc = self._doc(name)
+        previous = doc.get(ENSEMBLE)
+        if members:
+            if weights not in WEIGHTINGS or not eta > 0:
+                raise RegistryError(f"ensemble weights must be one of {WEIGHTINGS} and eta "
+                                    f"> 0, got {weights!r} and {eta}")
+            unique = sorted(set(members))
+            if len(unique) < 2:
+                raise RegistryError(f"an ensemble needs two versions or more, got {members}")
+            missing = sorted(set(unique) - set(self.blobs.versions(name)))
+            if missing:
+                raise RegistryError(f"{name} has no version {missing} (versions: "
+                                    f"{self.blobs.versions(name)})")
+            doc[ENSEMBLE] = {"members": unique, "weights": weights, "eta": float(eta)}
+        else:
+            doc.pop(ENSEMBLE, None)
+        doc["history"].append({"label": ENSEMBLE, "version": doc.get(ENSEMBLE),
+                               "previous": previous, "at": time.time()})
         doc["history"] = doc["history"][-_MAX_HISTORY:]
         self.blobs.write_labels(name, json.dumps(doc, sort_keys=True))
 

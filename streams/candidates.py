@@ -11,6 +11,9 @@ progressively (test-then-train) on those labels: at learn time each version scor
 rows, then each takes its steps. So the per-version metrics cover exactly the same events,
 and a candidate is judged as it would serve once promoted (learning on).
 
+An **ensemble** (``streams.ensemble``) serves instead of the active version: its members are
+candidates too (role ``ensemble``), scored, judged and trained the same way.
+
 Nothing a candidate does may break serving: an exception or a non-finite output is logged,
 counted (``streaminfer_candidate_errors_total``), and the active rows go out unchanged.
 """
@@ -32,6 +35,7 @@ from streaminfer.connectors.prediction import Predictions
 from streaminfer.models.base import Model
 from streaminfer.models.progressive import Metrics, metrics_for
 from streaminfer.streams.batch import Batch, take_rows
+from streaminfer.streams.ensemble import Ensemble
 
 __all__ = ["ROLES", "Candidate", "Candidates", "canary_mask", "compare", "key_share"]
 
@@ -121,6 +125,8 @@ class Candidates:
     canary: Candidate | None = None
     #: an online hyperparameter search's learners: scored and trained on labels only
     search: list[Candidate] = field(default_factory=list)
+    #: the served ensemble of registered versions, if the registry names one
+    ensemble: Ensemble | None = None
     #: ``"role vN"`` -> progressive metrics over the same labels for every version
     metrics: dict[str, Metrics] = field(default_factory=dict)
     shadow_write_errors: int = 0
@@ -131,10 +137,26 @@ class Candidates:
             self.shadow.failed("writing to Redis", repr(exc))
 
     def current(self) -> list[Candidate]:
-        return [*(c for c in (self.shadow, self.canary) if c is not None), *self.search]
+        members = self.ensemble.members if self.ensemble is not None else []
+        return [*(c for c in (self.shadow, self.canary) if c is not None), *self.search,
+                *members]
 
     def __bool__(self) -> bool:
-        return self.shadow is not None or self.canary is not None or bool(self.search)
+        return bool(self.current())
+
+    def score_ensemble(self, x: Any, rows: int) -> tuple[str, np.ndarray] | None:
+        """``(stamp, scores)`` of the ensemble for a batch: the weighted mean over the members
+        that scored it (a failing member is counted and left out of this batch's mean), or
+        ``None`` when there is no ensemble or every member failed (the active one serves)."""
+        ensemble = self.ensemble
+        if ensemble is None or not rows:
+            return None
+        scored = [(m, s) for m in ensemble.members
+                  if (s := self._score(m, x, rows)) is not None]
+        if not scored:
+            return None
+        members = [m for m, _ in scored]
+        return ensemble.stamp(members), ensemble.mean([s for _, s in scored], members)
 
     # -- serving ------------------------------------------------------------------------------
     def serve(self, batch: Batch, predictions: Predictions, scores: np.ndarray | None = None
@@ -181,10 +203,7 @@ class Candidates:
 
     def _score(self, candidate: Candidate, x: Any, rows: int) -> np.ndarray | None:
         try:
-            with torch.no_grad():
-                out = candidate.model.predict(x)
-            scores = (out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
-                      else np.asarray(out, np.float32))
+            scores = _predict(candidate.model, x)
             if scores.shape[0] != rows:
                 raise ValueError(f"{scores.shape[0]} rows of scores for {rows} inputs")
         except Exception as exc:
@@ -210,28 +229,46 @@ class Candidates:
             return
         base = active.version.base
         self._metrics(f"active {base}").update(served, y)
+        raw: dict[int, np.ndarray] = {}
         for c in self.current():
-            mine = self._served(c.model, x, c)
-            if mine is None:
+            scores = self._raw(c.model, x, c)
+            if scores is None:
                 continue
+            raw[id(c)] = scores
+            mine = self.served(scores)
             if c.metrics is None or c.baseline is None or c.baseline_of != base:
                 c.baseline, c.baseline_of = metrics_for(self.metrics_kind), base
                 c.metrics = c.metrics or metrics_for(self.metrics_kind)
             c.metrics.update(mine, y)
             c.baseline.update(served, y)
+        if self.ensemble is not None:
+            self._test_ensemble(self.ensemble, raw, y)
 
-    def _served(self, model: Model, x: Any, candidate: Candidate | None = None
-                ) -> np.ndarray | None:
+    def _test_ensemble(self, ensemble: Ensemble, raw: dict[int, np.ndarray],
+                       y: np.ndarray) -> None:
+        """The ensemble's own metrics (with the weights it served with), then the weights'
+        step; only on rows every member scored, so all weights move on the same labels."""
+        scores = [raw[id(m)] for m in ensemble.members if id(m) in raw]
+        if len(scores) < len(ensemble.members):
+            return
         assert self.served is not None
+        self._metrics(f"ensemble {ensemble.stamp()}").update(
+            self.served(ensemble.mean(scores)), y)
+        ensemble.observe([self.served(s) for s in scores], y)
+
+    def _served(self, model: Model, x: Any) -> np.ndarray | None:
+        assert self.served is not None
+        scores = self._raw(model, x)
+        return None if scores is None else self.served(scores)
+
+    def _raw(self, model: Model, x: Any, candidate: Candidate | None = None
+             ) -> np.ndarray | None:
+        """``model``'s finite outputs on labelled rows, or ``None`` (logged, counted)."""
         try:
-            with torch.no_grad():
-                out = model.predict(x)
-            scores = (out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
-                      else np.asarray(out, np.float32))
-            served = self.served(scores)
-            if not np.isfinite(served).all():
-                raise ValueError(f"{int((~np.isfinite(served)).sum())} non-finite scores")
-            return served
+            scores = _predict(model, x)
+            if not np.isfinite(scores).all():
+                raise ValueError(f"{int((~np.isfinite(scores)).sum())} non-finite scores")
+            return scores
         except Exception as exc:
             if candidate is None:
                 log.warning("active version not scored for its per-version metrics: %r", exc)
@@ -290,6 +327,13 @@ def compare(snapshots: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for key, total in weights.get(name, {}).items():
             row[key] /= total
     return rows
+
+
+def _predict(model: Model, x: Any) -> np.ndarray:
+    with torch.no_grad():
+        out = model.predict(x)
+    return (out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
+            else np.asarray(out, np.float32))
 
 
 def _plain(metrics: Metrics) -> dict[str, Any]:

@@ -71,8 +71,11 @@ class AppHandler:
     #: the version served before the last hot swap, kept warm: the first fallback while the
     #: model's circuit breaker is open (``streams.guard``)
     previous: Any = None
-    #: shadow and canary versions beside the model (``streams.candidates``)
+    #: shadow and canary versions beside the model, and a served ensemble
+    #: (``streams.candidates``, ``streams.ensemble``)
     candidates: Candidates | None = None
+    #: ``ens(v3,v5)`` while the last batch was scored by the ensemble
+    ensemble_stamp: str | None = None
 
     def decode(self, messages: Sequence[Message]) -> tuple[Batch, list[Rejected]]:
         batch, rejected = self.decoder.decode(messages)
@@ -121,12 +124,20 @@ class AppHandler:
 
     def score(self, batch: Batch) -> np.ndarray:
         self.recent = batch.features
+        ensemble = (self.candidates.score_ensemble(batch.features, len(batch))
+                    if self.candidates is not None else None)
+        if ensemble is not None:
+            self.ensemble_stamp, scores = ensemble
+            return scores
+        self.ensemble_stamp = None
         serving = self.int8.current() if self.int8 is not None else self.model
         return _numpy(serving.predict(batch.features))
 
     def serving_version(self) -> str:
-        """What scored the last batch: the model's version, or its int8 copy's (which trails
-        the fp32 master by at most the refresh interval)."""
+        """What scored the last batch: the ensemble (``ens(v3,v5)``), the model's version, or
+        its int8 copy's (which trails the fp32 master by at most the refresh interval)."""
+        if self.ensemble_stamp is not None:
+            return self.ensemble_stamp
         return str(self.int8.copy.version if self.int8 is not None else self.model.version)
 
     def outputs(self, batch: Batch, scores: np.ndarray, processed_ts: int) -> Written:

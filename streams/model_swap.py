@@ -21,6 +21,10 @@ The protocol (docs/lifecycle.md):
    version they name is loaded and checked the same way, off the hot path, then put beside
    the active one under the lock; a removed label (or one naming the active version) drops
    it at the next batch.
+6. It follows the app's ensemble too (``streams.ensemble``): each new member is loaded and
+   checked the same way (members already loaded are kept, with what they learnt), and the
+   ensemble serves from the next batch. If one member is refused, the whole new ensemble is,
+   and what served keeps serving.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from streaminfer.models.sync import OffSync, create_sync
 from streaminfer.streams.auto_guard import AutoGuard
 from streaminfer.streams.batch import take_rows
 from streaminfer.streams.candidates import ROLES, Candidate, Candidates
+from streaminfer.streams.ensemble import Ensemble
 from streaminfer.streams.search import LiveSearch
 
 __all__ = ["ModelSwap", "SwapTargets"]
@@ -84,6 +89,8 @@ class ModelSwap:
     refused: dict[int, str] = field(default_factory=dict)
     swaps: list[dict[str, Any]] = field(default_factory=list)
     by_version: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the registry's ensemble spec last acted on (loaded, dropped or refused)
+    _ensemble_spec: dict[str, Any] | None = None
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -92,7 +99,8 @@ class ModelSwap:
         kw = {"registry": reg} if reg is not None else {"registry": None}
         self._counter = Counter("streaminfer_model_swaps_total",
                                 "Model versions loaded from the registry, by result "
-                                "(swapped, refused, shadow, canary)", ("app", "result"), **kw)
+                                "(swapped, refused, shadow, canary, ensemble)",
+                                ("app", "result"), **kw)
         self._seconds = Gauge("streaminfer_model_swap_seconds",
                               "Last swap: seconds from seeing the label move to serving, and "
                               "the part spent holding the model lock", ("app", "phase"), **kw)
@@ -149,6 +157,7 @@ class ModelSwap:
         candidates = self.targets.candidates
         if candidates is not None:
             self._follow_candidates(candidates, labels)
+            self._follow_ensemble(candidates, self.registry.ensemble(self.app))
             if self.auto_guard is not None and candidates:
                 self.auto_guard.check(candidates, self.targets.lock)
             if self.search is not None:
@@ -171,15 +180,56 @@ class ModelSwap:
                     setattr(candidates, role, None)
                 log.info("model %s: no %s version any more", self.app, role)
                 continue
-            model = self._fresh()
-            problem = self._check(model, want, sample=self._sample())
-            if problem is not None:
-                self._refuse(want, problem)
+            candidate = self._candidate(role, want)
+            if candidate is None:
                 continue
             with self.targets.lock:
-                setattr(candidates, role, Candidate(role, want, model))
+                setattr(candidates, role, candidate)
             self._counter.labels(self.app, role).inc()
             log.info("model %s: v%d runs as the %s", self.app, want, role)
+
+    def _candidate(self, role: str, version: int) -> Candidate | None:
+        """``version`` loaded and checked off the hot path, or ``None`` (refused)."""
+        if version in self.refused:
+            return None
+        model = self._fresh()
+        problem = self._check(model, version, sample=self._sample())
+        if problem is not None:
+            self._refuse(version, problem)
+            return None
+        return Candidate(role, version, model)
+
+    def _follow_ensemble(self, candidates: Candidates, spec: dict[str, Any] | None) -> None:
+        if spec == self._ensemble_spec:
+            return
+        self._ensemble_spec = spec  # set first: a refused ensemble is not retried
+        if spec is None:
+            with self.targets.lock:
+                candidates.ensemble = None
+            log.info("model %s: no ensemble any more; v%s serves", self.app,
+                     self.current_number())
+            return
+        have = {m.number: m for m in (candidates.ensemble.members
+                                      if candidates.ensemble is not None else [])}
+        members = []
+        for number in spec["members"]:
+            try:
+                member = have.get(number) or self._candidate("ensemble", number)
+            except Exception:
+                self._ensemble_spec = None  # e.g. the registry is down: try again next poll
+                raise
+            if member is None:
+                log.error("model %s: ensemble %s refused (v%d); what served keeps serving",
+                          self.app, spec["members"], number)
+                return
+            members.append(member)
+        ensemble = Ensemble(members, spec.get("weights", "learnt"),
+                            float(spec.get("eta", 0.05)), self.metrics_kind)
+        with self.targets.lock:
+            candidates.ensemble = ensemble
+        self._counter.labels(self.app, "ensemble").inc()
+        log.info("model %s: the ensemble %s serves (%s weights)", self.app, ensemble.stamp(),
+                 ensemble.weighting)
 
     def _follow_active(self, active: int | None) -> str | None:
         if active is None or active == self.current_number() or active in self.refused:
@@ -279,6 +329,8 @@ class ModelSwap:
         return {"serving": str(self.targets.handler.model.version),
                 "shadow": _described(candidates.shadow) if candidates else None,
                 "canary": _described(candidates.canary) if candidates else None,
+                "ensemble": candidates.ensemble.snapshot()
+                if candidates is not None and candidates.ensemble is not None else None,
                 "swaps": len(self.swaps), "refused": {f"v{k}": v for k, v in
                                                       self.refused.items()},
                 "last_swap": self.swaps[-1] if self.swaps else None,

@@ -45,8 +45,8 @@ _registry_option = click.option(
 
 @click.group()
 def model() -> None:
-    """Registered model versions: list, show, register, promote, rollback, label, export,
-    diff, compare, search."""
+    """Registered model versions: list, show, register, promote, rollback, label, ensemble,
+    export, diff, compare, search."""
 
 
 @model.command("list")
@@ -178,6 +178,28 @@ def label(ctx: click.Context, name: str, label: str, version: str | None,
             return
         registry.label(name, label, None if version == "none" else int(version))
         click.echo(f"{name}: {label} -> {version}")
+    _run(go)
+
+
+@model.command()
+@click.argument("name")
+@click.argument("versions", nargs=-1, type=int)
+@click.option("--weights", type=click.Choice(["learnt", "equal"]), default="learnt",
+              show_default=True, help="learnt: Hedge on each member's progressive loss; "
+              "equal: the plain mean.")
+@click.option("--eta", type=click.FloatRange(min=0, min_open=True), default=0.05,
+              show_default=True, help="Learning rate of learnt weights (per label of loss).")
+@click.option("--off", is_flag=True, help="End the ensemble: the active version serves.")
+@_registry_option
+@click.pass_context
+def ensemble(ctx: click.Context, name: str, versions: tuple[int, ...], weights: str,
+             eta: float, off: bool, registry_url: str | None) -> None:
+    """Serve the mean of VERSIONS' scores (stamped ens(v3,v5)); no VERSIONS shows it."""
+    def go() -> None:
+        registry = _registry(ctx, registry_url)
+        if off or versions:
+            registry.set_ensemble(name, None if off else list(versions), weights, eta)
+        click.echo(json.dumps(registry.ensemble(name)))
     _run(go)
 
 
