@@ -126,12 +126,14 @@ def test_equal_weights_are_the_plain_mean_whatever_the_losses(tmp_path: Path) ->
 
 
 def test_hedge_weights_follow_the_discounted_loss() -> None:
-    ensemble = Ensemble([], "learnt", eta=0.5, kind="classifier")
-    ensemble.members = [object(), object()]  # type: ignore[list-item]
-    ensemble.loss = np.zeros(2)
+    ensemble = Ensemble([object(), object()], "learnt", eta=0.5,  # type: ignore[list-item]
+                        kind="classifier")
     y = np.ones(4, np.float32)
     ensemble.observe([np.full(4, 0.9), np.full(4, 0.6)], y)
     gap = 4 * (np.log(0.9) - np.log(0.6))  # member 0's loss is lower by this much
+    assert ensemble.weights()[0] == pytest.approx(1 / (1 + np.exp(-0.5 * gap)))
+    ensemble.observe([np.full(1000, 0.6), np.full(1000, 0.6)], np.ones(1000, np.float32))
+    gap *= 0.999 ** 1000  # the old lead fades, equal losses since add nothing to it
     assert ensemble.weights()[0] == pytest.approx(1 / (1 + np.exp(-0.5 * gap)))
     assert row_losses("recommender", [1.0, 3.0], [2.0, 2.0]).tolist() == [1, 1]
     assert row_losses("multiclass", [1.0, 2.0], [1.0, 0.0]).tolist() == [0, 1]
