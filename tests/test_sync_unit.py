@@ -129,3 +129,24 @@ def test_restart_from_position_replays_rounds_and_mean_aggregate_stays_identical
     assert back_sync.stats()["workers_in_last_round"] == 2
     a, b = shared_tensors(models[0]), shared_tensors(back)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_round_bookkeeping_stays_bounded_over_many_rounds() -> None:
+    """Per-round books are pruned as rounds close: a long run holds a few rounds, not all."""
+    log = MemoryLog(2)
+    models, syncs = _classifier_workers(log, 2)
+    rng = np.random.default_rng(2)
+    deadline = time.monotonic() + 20
+    while min(s.stats()["round"] for s in syncs) < 12 and time.monotonic() < deadline:
+        for model, sync in zip(models, syncs, strict=True):
+            x = rng.normal(size=(8, 4)).astype(np.float32)
+            model.learn(x, (x[:, 0] > 0).astype(np.float32))
+            sync.after_learn()
+            sync.poll()
+        time.sleep(0.002)
+    _until_in_step(syncs)
+    assert sum(s.stats()["closes_sent"] for s in syncs) >= 12
+    for sync in syncs:
+        books = (sync._deltas, sync._senders, sync._first_seen, sync._closes,
+                 sync._close_sent, sync._members)
+        assert all(len(book) <= 3 for book in books), [len(b) for b in books]
