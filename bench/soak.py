@@ -135,8 +135,10 @@ def _lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
 
 
 def _log_mb(log_dir: str, prefixes: tuple[str, ...]) -> float:
-    """Size of this run's partitions (``{topic}-{n}`` folders) in the broker's log dir: the
-    broker is shared, so its whole size says nothing about this run (and takes long to walk)."""
+    """Disk used by this run's partitions (``{topic}-{n}`` folders) in the broker's log dir:
+    the broker is shared, so its whole size says nothing about this run (and takes long to
+    walk). Blocks, as ``du`` counts them: each active segment's index files are preallocated
+    sparse files of 10 MB whose length is no measure of the log."""
     total = 0
     with contextlib.suppress(OSError), os.scandir(log_dir) as entries:
         for entry in entries:
@@ -145,7 +147,7 @@ def _log_mb(log_dir: str, prefixes: tuple[str, ...]) -> float:
             for root, _, files in os.walk(entry.path):
                 for name in files:
                     with contextlib.suppress(OSError):
-                        total += os.path.getsize(os.path.join(root, name))
+                        total += os.stat(os.path.join(root, name)).st_blocks * 512
     return total / 2**20
 
 
