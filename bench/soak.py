@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = Workers(args, events, feedback, preds, log_dir)
     prefixes = (*topics, workers.group)
     samples: list[dict[str, float]] = []
+    stop = threading.Event()
+    producer: threading.Thread | None = None
     try:
         deadline = time.monotonic() + 180
         while len([s for s in workers.snapshots(client) if s.get("partitions")]) < 2:
@@ -240,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
             rate = capacity / 2
             print(f"capacity {capacity:,.0f} events/s (2 workers, learning, sync); "
                   f"soaking at {rate:,.0f}/s")
-        stop = threading.Event()
         producer = threading.Thread(target=_publish, args=(args, events, feedback, 0, rate,
                                                            stop), daemon=True)
         producer.start()
@@ -267,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(f"{k}={v:,.1f}" for k, v in sample.items()), flush=True)
             if any(p.poll() is not None for p in workers.procs):
                 raise SystemExit(f"a worker exited; logs in {log_dir}")
+    finally:  # the publisher stops first: a record sent after the delete re-creates a topic
         stop.set()
-        producer.join(60)
-    finally:
+        if producer is not None:
+            producer.join(60)
         workers.stop()
         delete_topics(args.bootstrap, _run_topics(args.bootstrap, prefixes) or topics)
     report(args, samples, rate, load)
