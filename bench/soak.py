@@ -291,6 +291,7 @@ def report(args: argparse.Namespace, samples: list[dict[str, float]], rate: floa
     last = t >= t[-1] - LAST_MIN
     warm = t >= 1.0
     slope_last, slope_warm = _slope(t[last], rss[last]), _slope(t[warm], rss[warm])
+    span = round(min(LAST_MIN, float(t[-1])), 1)
     settings = Settings()
     per_event, per_label = join_bytes_per_entry(settings.num_features)
     cap = settings.join_max_entries
@@ -301,10 +302,10 @@ def report(args: argparse.Namespace, samples: list[dict[str, float]], rate: floa
              f"{col['join'].max():,.0f} here")
     lines = [
         f"Worker RSS {rss.min():.0f}-{rss.max():.0f} MB; slope over the last "
-        f"{min(LAST_MIN, t[-1]):g} minutes **{slope_last:+.2f} MB/min** "
+        f"{span:g} minutes **{slope_last:+.2f} MB/min** "
         f"({slope_warm:+.2f} MB/min after the first minute).",
         f"Memory bound: {bound}.",
-        f"p99 over the last {min(LAST_MIN, t[-1]):g} minutes: median "
+        f"p99 over the last {span:g} minutes: median "
         f"{np.median(p99[last]):.0f} ms, 90th percentile {np.percentile(p99[last], 90):.0f} ms, "
         f"max {p99[last].max():.0f} ms (whole run: max {p99.max():.0f} ms).",
         f"Open fds {col['fds'][warm].min():.0f}-{col['fds'][warm].max():.0f}, threads "
@@ -352,7 +353,8 @@ def _plot(t: np.ndarray, col: dict[str, np.ndarray], rate: float, minutes: float
     if last.sum() >= 2:  # the RSS fit the docs quote, over the last minutes
         fit = np.polyfit(t[last], col["rss_mb"][last], 1)
         axes.flat[0].plot(t[last], np.polyval(fit, t[last]), "r--",
-                          label=f"last {min(LAST_MIN, t[-1]):g} min: {fit[0]:+.2f} MB/min")
+                          label=f"last {round(min(LAST_MIN, float(t[-1])), 1):g} min: "
+                          f"{fit[0]:+.2f} MB/min")
         axes.flat[0].legend(loc="lower right")
     for ax in axes[-1]:
         ax.set_xlabel("minutes")
