@@ -146,7 +146,8 @@ class JoinState:
                 self._rows -= len(record.ids)
                 self._unindex(record)
             for pending in self._feedback.pop(p, OrderedDict()).values():
-                self._pending.pop(pending.event_id, None)
+                if self._pending.get(pending.event_id) is pending:
+                    del self._pending[pending.event_id]
             self._watermark.pop(p, None)
 
     # -- the stream -------------------------------------------------------------------------

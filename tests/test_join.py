@@ -116,3 +116,34 @@ def test_a_moved_partition_is_forgotten_and_restored_within_the_cap() -> None:
     other.load({0})
     assert other.size == 50 and other.evicted == 50
     assert len(_labels(other, 90, 10)) == 10
+
+
+def test_random_interleavings_stay_within_the_cap_and_the_store_matches() -> None:
+    """Events, labels (early, late, replayed) and partition moves in random order: what is held
+    never passes the cap, and the store holds exactly what memory holds."""
+    rng = np.random.default_rng(7)
+    store = MemoryJoinStore()
+    join = JoinState(store, 5_000, max_entries=60)
+    offsets = [0, 0]
+    for step in range(3_000):
+        partition, op = int(rng.integers(2)), rng.random()
+        start = int(rng.integers(0, 400))
+        n = int(rng.integers(1, 8))
+        ts = 1_000 + step * 10
+        if op < 0.45:
+            _events(join, offsets[partition] * 10 + partition, n, ts=ts, partition=partition)
+            offsets[partition] += 1
+        elif op < 0.9:
+            _labels(join, start, n, ts=ts, partition=partition)
+        elif op < 0.95:
+            join.expire()
+        else:
+            join.drop({partition})
+            join.load({partition})
+        assert join.size <= 60
+        held = {r.key for records in join._events.values() for r in records.values()}
+        waiting = {w.key for records in join._feedback.values() for w in records.values()}
+        assert set(store.data) == held | waiting
+        assert join.size == (sum(len(r.ids) for records in join._events.values()
+                                 for r in records.values()) + len(join._pending))
+    assert join.joined > 0 and join.evicted > 0
