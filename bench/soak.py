@@ -6,7 +6,9 @@ the p99 event latency, Redis memory and the broker's log size. Not part of CI.
    capacity = events / drain time (unless ``--rate`` is given).
 2. Soak: events at half that rate (labels follow each event) for ``--minutes``.
 3. Report: a PNG plot (matplotlib) and a table in docs/reliability.md (``--write-docs``), with
-   the RSS slope (least squares over the samples after the first minute) and the bound.
+   the RSS slope (least squares) over the last 10 minutes, the join's stated memory bound
+   (``join_max_entries`` times the bytes of an entry, measured here), p99 steadiness, and the
+   ranges of fds and threads. The broker log size is that of this run's topics only.
 
 Usage: ``python bench/soak.py --minutes 20 --write-docs`` (needs the local broker and Redis;
 the workers use ``--redis-url``, a database this script flushes).
@@ -30,15 +32,27 @@ from typing import Any
 
 import numpy as np
 import redis
-from _common import ROOT, create_topics, delete_topics, docs_footer, markdown_table, start_run
+from _common import (
+    ROOT,
+    create_topics,
+    delete_topics,
+    docs_footer,
+    markdown_table,
+    start_run,
+    write_docs_section,
+)
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import make_producer
 from streaminfer.connectors.records import now_ms
+from streaminfer.streams.join import JoinState, MemoryJoinStore
+from streaminfer.streams.settings import Settings
 
 DOC = ROOT / "docs" / "reliability.md"
 PLOT = ROOT / "docs" / "soak.png"
+LAST_MIN = 10.0  # the slope and the steadiness are judged over this many last minutes
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,13 +134,52 @@ def _lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
         consumer.close()
 
 
-def _dir_mb(path: str) -> float:
+def _log_mb(log_dir: str, prefixes: tuple[str, ...]) -> float:
+    """Disk used by this run's partitions (``{topic}-{n}`` folders) in the broker's log dir:
+    the broker is shared, so its whole size says nothing about this run (and takes long to
+    walk). Blocks, as ``du`` counts them: each active segment's index files are preallocated
+    sparse files of 10 MB whose length is no measure of the log."""
     total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(root, name))
+    with contextlib.suppress(OSError), os.scandir(log_dir) as entries:
+        for entry in entries:
+            if not entry.name.startswith(prefixes):
+                continue
+            for root, _, files in os.walk(entry.path):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.stat(os.path.join(root, name)).st_blocks * 512
     return total / 2**20
+
+
+def _run_topics(bootstrap: str, prefixes: tuple[str, ...]) -> list[str]:
+    """This run's topics, the workers' own included (DLQs, sync, changelogs, owners)."""
+    names = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+    return sorted(name for name in names if name.startswith(prefixes))
+
+
+def join_bytes_per_entry(num_features: int, batch: int = 100, n: int = 20_000
+                         ) -> tuple[float, float]:
+    """Bytes per held join entry (an event row; a waiting label), measured with tracemalloc
+    on a ``JoinState`` over an in-memory store (the worker's Faust table is a dict too)."""
+    import tracemalloc
+
+    out = []
+    for kind in ("events", "labels"):
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        join = JoinState(MemoryJoinStore(), 600_000, max_entries=n)
+        ts = np.full(batch, 1_000, np.int64)
+        for start in range(0, n, batch):
+            ids = [f"{uuid.uuid4().hex[:6]}-{i}" for i in range(start, start + batch)]
+            if kind == "events":
+                join.add_events(0, start, ids, ts, np.ones((batch, num_features), np.float32),
+                                np.zeros(batch, np.float32))
+            else:
+                join.add_feedback(0, list(range(start, start + batch)), ids,
+                                  np.ones(batch, np.float32), ts)
+        out.append((tracemalloc.get_traced_memory()[0] - base) / join.size)
+        tracemalloc.stop()
+    return out[0], out[1]
 
 
 def _publish(args: argparse.Namespace, events: str, feedback: str, count: int, rate: float,
@@ -169,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     client.flushdb()
     log_dir = Path(tempfile.mkdtemp(prefix="soak-"))
     workers = Workers(args, events, feedback, preds, log_dir)
+    prefixes = (*topics, workers.group)
     samples: list[dict[str, float]] = []
+    stop = threading.Event()
+    producer: threading.Thread | None = None
     try:
         deadline = time.monotonic() + 180
         while len([s for s in workers.snapshots(client) if s.get("partitions")]) < 2:
@@ -186,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
             rate = capacity / 2
             print(f"capacity {capacity:,.0f} events/s (2 workers, learning, sync); "
                   f"soaking at {rate:,.0f}/s")
-        stop = threading.Event()
         producer = threading.Thread(target=_publish, args=(args, events, feedback, 0, rate,
                                                            stop), daemon=True)
         producer.start()
@@ -204,73 +259,108 @@ def main(argv: list[str] | None = None) -> int:
                             args.partitions),
                 "p99_ms": max(float(s.get("p99_ms", 0)) for s in snaps),
                 "redis_mb": int(client.info("memory")["used_memory"]) / 2**20,
-                "broker_log_mb": _dir_mb(args.broker_log_dir),
+                "broker_log_mb": _log_mb(args.broker_log_dir, prefixes),
                 "rate": sum(float(s.get("rate", 0)) for s in snaps),
+                "join": max(int(s.get("learning", {}).get("join_size", 0)) for s in snaps),
+                "load1": os.getloadavg()[0],
             }
             samples.append(sample)
             print(" ".join(f"{k}={v:,.1f}" for k, v in sample.items()), flush=True)
             if any(p.poll() is not None for p in workers.procs):
                 raise SystemExit(f"a worker exited; logs in {log_dir}")
+    finally:  # the publisher stops first: a record sent after the delete re-creates a topic
         stop.set()
-        producer.join(60)
-    finally:
+        if producer is not None:
+            producer.join(60)
         workers.stop()
-        delete_topics(args.bootstrap, topics)
+        delete_topics(args.bootstrap, _run_topics(args.bootstrap, prefixes) or topics)
     report(args, samples, rate, load)
     return 0
+
+
+def _slope(t: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of ``y`` per minute (``t`` in minutes); 0 with under 2 points."""
+    return float(np.polyfit(t, y, 1)[0]) if len(t) >= 2 else 0.0
 
 
 def report(args: argparse.Namespace, samples: list[dict[str, float]], rate: float,
            load: str) -> None:
     t = np.asarray([s["t_s"] for s in samples]) / 60
-    rss = np.asarray([s["rss_mb"] for s in samples])
-    steady = t >= 1.0
-    slope = float(np.polyfit(t[steady], rss[steady], 1)[0]) if steady.sum() >= 2 else 0.0
-    p99 = np.asarray([s["p99_ms"] for s in samples])
-    print(f"RSS per worker: {rss.min():.0f}-{rss.max():.0f} MB, slope {slope:+.2f} MB/min "
-          f"after the first minute; p99 {np.median(p99):.0f} ms median, {p99.max():.0f} max")
+    col = {key: np.asarray([s[key] for s in samples]) for key in samples[0]}
+    rss, p99 = col["rss_mb"], col["p99_ms"]
+    last = t >= t[-1] - LAST_MIN
+    warm = t >= 1.0
+    slope_last, slope_warm = _slope(t[last], rss[last]), _slope(t[warm], rss[warm])
+    span = round(min(LAST_MIN, float(t[-1])), 1)
+    settings = Settings()
+    per_event, per_label = join_bytes_per_entry(settings.num_features)
+    cap = settings.join_max_entries
+    bound = (f"the feedback join holds at most `join_max_entries` = {cap:,} entries per worker "
+             f"(measured {per_event:.0f} B per event row with {settings.num_features} "
+             f"features, {per_label:.0f} B per waiting label: at most "
+             f"{cap * max(per_event, per_label) / 2**20:.0f} MB); it held at most "
+             f"{col['join'].max():,.0f} here")
+    lines = [
+        f"Worker RSS {rss.min():.0f}-{rss.max():.0f} MB; slope over the last "
+        f"{span:g} minutes **{slope_last:+.2f} MB/min** "
+        f"({slope_warm:+.2f} MB/min after the first minute).",
+        f"Memory bound: {bound}.",
+        f"p99 over the last {span:g} minutes: median "
+        f"{np.median(p99[last]):.0f} ms, 90th percentile {np.percentile(p99[last], 90):.0f} ms, "
+        f"max {p99[last].max():.0f} ms (whole run: max {p99.max():.0f} ms).",
+        f"Open fds {col['fds'][warm].min():.0f}-{col['fds'][warm].max():.0f}, threads "
+        f"{col['threads'][warm].min():.0f}-{col['threads'][warm].max():.0f} after the first "
+        f"minute; lag median {np.median(col['lag'][warm]):,.0f} records; Redis "
+        f"{col['redis_mb'].min():.1f}-{col['redis_mb'].max():.1f} MB; this run's topics "
+        f"{col['broker_log_mb'][-1]:,.0f} MB on the broker at the end; machine load average "
+        f"{col['load1'].min():.1f}-{col['load1'].max():.1f}.",
+    ]
+    print("\n".join(lines))
     if not args.write_docs:
         return
+    _plot(t, col, rate, args.minutes)
+    every = max(1, len(samples) // 20)
+    rows = [[f"{s['t_s'] / 60:.1f}", f"{s['rss_mb']:.0f}", f"{s['fds']:.0f}",
+             f"{s['threads']:.0f}", f"{s['lag']:.0f}", f"{s['p99_ms']:.0f}",
+             f"{s['join']:.0f}", f"{s['redis_mb']:.1f}", f"{s['broker_log_mb']:.0f}",
+             f"{s['load1']:.1f}"]
+            for s in samples[::every]]
+    body = (f"![soak plot](soak.png)\n\n2 workers (learning, `--sync-mode sync`) at "
+            f"{rate:,.0f} events/s (half of the measured capacity) for {args.minutes:g} "
+            f"minutes, sampled every {args.every_s:g} s (every {every}th sample shown):\n\n"
+            + markdown_table(["min", "RSS MB (max)", "fds", "threads", "lag", "p99 ms",
+                              "join entries", "Redis MB", "topics MB", "load"], rows)
+            + "\n\n" + "\n\n".join(lines) + "\n\n" + docs_footer(load))
+    write_docs_section("soak", body, DOC)
+
+
+def _plot(t: np.ndarray, col: dict[str, np.ndarray], rate: float, minutes: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [("rss_mb", "worker RSS (MB, max of 2)"), ("p99_ms", "p99 latency (ms)"),
-             ("lag", "consumer lag (records)"), ("redis_mb", "Redis used memory (MB)"),
-             ("fds", "open fds (max)"), ("threads", "threads (max)")]
-    fig, axes = plt.subplots(3, 2, figsize=(11, 9), sharex=True)
+             ("lag", "consumer lag (records)"), ("join", "join entries held (max of 2)"),
+             ("fds", "open fds (max)"), ("threads", "threads (max)"),
+             ("redis_mb", "Redis used memory (MB)"), ("load1", "machine load average (1 min)")]
+    fig, axes = plt.subplots(4, 2, figsize=(11, 11), sharex=True)
     for ax, (key, label) in zip(axes.flat, names, strict=True):
-        ax.plot(t, [s[key] for s in samples])
+        ax.plot(t, col[key])
         ax.set_title(label)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, max(1.0, float(col[key].max())) * 1.15)
+    last = t >= t[-1] - LAST_MIN
+    if last.sum() >= 2:  # the RSS fit the docs quote, over the last minutes
+        fit = np.polyfit(t[last], col["rss_mb"][last], 1)
+        axes.flat[0].plot(t[last], np.polyval(fit, t[last]), "r--",
+                          label=f"last {round(min(LAST_MIN, float(t[-1])), 1):g} min: "
+                          f"{fit[0]:+.2f} MB/min")
+        axes.flat[0].legend(loc="lower right")
     for ax in axes[-1]:
         ax.set_xlabel("minutes")
-    fig.suptitle(f"soak: 2 workers, learning + sync, {rate:,.0f} events/s, "
-                 f"{args.minutes:g} min")
+    fig.suptitle(f"soak: 2 workers, learning + sync, {rate:,.0f} events/s, {minutes:g} min")
     fig.tight_layout()
     fig.savefig(PLOT, dpi=80)
-    every = max(1, len(samples) // 12)
-    rows = [[f"{s['t_s'] / 60:.1f}", f"{s['rss_mb']:.0f}", f"{s['fds']:.0f}",
-             f"{s['threads']:.0f}", f"{s['lag']:.0f}", f"{s['p99_ms']:.0f}",
-             f"{s['redis_mb']:.1f}", f"{s['broker_log_mb']:.0f}"]
-            for s in samples[::every]]
-    body = (f"![soak plot](soak.png)\n\n2 workers (learning, `--sync-mode sync`) at "
-            f"{rate:,.0f} events/s (half of the measured capacity) for {args.minutes:g} "
-            f"minutes, sampled every {args.every_s:g} s (every {every}th sample shown):\n\n"
-            + markdown_table(["min", "RSS MB (max)", "fds", "threads", "lag", "p99 ms",
-                              "Redis MB", "broker log MB"], rows)
-            + f"\n\nWorker RSS {rss.min():.0f}-{rss.max():.0f} MB; slope after the first "
-            f"minute **{slope:+.2f} MB/min**; p99 median {np.median(p99):.0f} ms, max "
-            f"{p99.max():.0f} ms.\n\n" + docs_footer(load))
-    text = DOC.read_text()
-    start, stop_mark = "<!-- soak -->", "<!-- /soak -->"
-    block = f"{start}\n{body}\n{stop_mark}"
-    if start in text:
-        text = text[:text.index(start)] + block + text[text.index(stop_mark) + len(stop_mark):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Soak\n\n" + block + "\n"
-    DOC.write_text(text)
 
 
 if __name__ == "__main__":

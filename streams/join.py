@@ -6,12 +6,16 @@ record per batch, and the ``event_id -> row`` index is rebuilt from those record
 partition is assigned (after Faust restored the table). Entries older than the event-time
 window behind the partition's newest event time are dropped and counted; feedback that
 arrives before its event waits (also in the table) within the same window.
+
+Memory is bounded by entries, not only by time: a batch's record leaves as soon as its last
+event joined, and at most ``max_entries`` event rows and waiting labels are held (the oldest
+are evicted and counted), so a high rate or a long window cannot grow a worker without end.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -95,18 +99,31 @@ class _Pending:
 
 @dataclass
 class JoinState:
-    """In-memory index over the store's records for the partitions this worker owns."""
+    """In-memory index over the store's records for the partitions this worker owns.
+
+    ``max_entries`` bounds what is held: event rows of remembered batches plus waiting labels
+    (``size``). Past it the oldest record or label (by event time) is evicted and counted in
+    ``evicted``; memory is then at most about ``max_entries`` times the bytes of an entry.
+    """
 
     store: JoinStore
     window_ms: int
+    max_entries: int = 250_000
     joined: int = 0
     expired_events: int = 0
     expired_feedback: int = 0
+    evicted: int = 0
     _index: dict[str, tuple[_EventRecord, int]] = field(default_factory=dict)
     _pending: dict[str, _Pending] = field(default_factory=dict)
-    _events: dict[int, deque[_EventRecord]] = field(default_factory=dict)
-    _feedback: dict[int, deque[_Pending]] = field(default_factory=dict)
+    # per partition, oldest first, by store key: a record leaves once all its rows joined
+    _events: dict[int, OrderedDict[bytes, _EventRecord]] = field(default_factory=dict)
+    _feedback: dict[int, OrderedDict[bytes, _Pending]] = field(default_factory=dict)
     _watermark: dict[int, int] = field(default_factory=dict)
+    _rows: int = 0  # event rows held in ``_events`` (joined rows of a partly joined batch too)
+
+    def __post_init__(self) -> None:
+        if self.max_entries <= 0:
+            raise ValueError(f"max_entries must be > 0, got {self.max_entries}")
 
     # -- ownership --------------------------------------------------------------------------
     def load(self, partitions: set[int]) -> None:
@@ -118,18 +135,19 @@ class JoinState:
                 self._index_events(_decode_events(key, value))
             elif key.startswith(b"fb:"):
                 pending = _decode_pending(key, value)
-                self._pending[pending.event_id] = pending
-                self._feedback.setdefault(pending.partition, deque()).append(pending)
+                self._wait(pending)
                 self._advance(pending.partition, pending.ts)
+        self._evict()
 
     def drop(self, partitions: set[int]) -> None:
         """Forget (in memory only) the state of partitions that moved to another worker."""
         for p in partitions:
-            for record in self._events.pop(p, deque()):
-                for event_id in record.ids:
-                    self._index.pop(event_id, None)
-            for pending in self._feedback.pop(p, deque()):
-                self._pending.pop(pending.event_id, None)
+            for record in self._events.pop(p, OrderedDict()).values():
+                self._rows -= len(record.ids)
+                self._unindex(record)
+            for pending in self._feedback.pop(p, OrderedDict()).values():
+                if self._pending.get(pending.event_id) is pending:
+                    del self._pending[pending.event_id]
             self._watermark.pop(p, None)
 
     # -- the stream -------------------------------------------------------------------------
@@ -142,6 +160,9 @@ class JoinState:
         record = _EventRecord(key, partition, list(ids), ts.astype(np.int64),
                               np.ascontiguousarray(x, np.float32),
                               scores.astype(np.float32), len(ids), int(ts.max()))
+        old = self._events.get(partition, {}).get(key)
+        if old is not None:  # the same batch read again (a replay): the new one replaces it
+            self._forget(old, store=False)
         self.store.put(partition, key, _encode_events(record))
         self._index_events(record)
         joined = Joined()
@@ -149,8 +170,10 @@ class JoinState:
             for event_id in ids:
                 pending = self._pending.pop(event_id, None)
                 if pending is not None:
-                    self._match(event_id, pending.label, joined)
+                    del self._feedback[pending.partition][pending.key]
                     self.store.put(pending.partition, pending.key, None)
+                    self._match(event_id, pending.label, joined)
+        self._evict()
         return joined
 
     def add_feedback(self, partition: int, offsets: list[int], ids: list[str],
@@ -164,45 +187,56 @@ class JoinState:
                 self._match(event_id, label, joined)
                 continue
             key = b"fb:%d:%020d" % (partition, offset)
-            pending = _Pending(key, partition, event_id, label, t)
-            self._pending[event_id] = pending
-            self._feedback.setdefault(partition, deque()).append(pending)
+            self._wait(_Pending(key, partition, event_id, label, t))
             self.store.put(partition, key, json.dumps(
                 {"event_id": event_id, "label": label, "ts": t}).encode())
+        self._evict()
         return joined
 
     def expire(self) -> None:
         """Drop events and waiting feedback older than the window; count what never joined."""
         for p, records in self._events.items():
             limit = self._watermark.get(p, 0) - self.window_ms
-            while records and records[0].max_ts < limit:
-                record = records.popleft()
-                for row, event_id in enumerate(record.ids):
-                    entry = self._index.get(event_id)
-                    if entry is not None and entry[0] is record and entry[1] == row:
-                        del self._index[event_id]
-                        self.expired_events += 1
-                if record.remaining:
-                    self.store.put(p, record.key, None)
+            while records and next(iter(records.values())).max_ts < limit:
+                self.expired_events += self._forget(next(iter(records.values())))
         for p, waiting in self._feedback.items():
             limit = self._watermark.get(p, 0) - self.window_ms
-            while waiting and waiting[0].ts < limit:
-                pending = waiting.popleft()
-                if self._pending.get(pending.event_id) is pending:
-                    del self._pending[pending.event_id]
-                    self.expired_feedback += 1
-                    self.store.put(p, pending.key, None)
+            while waiting and next(iter(waiting.values())).ts < limit:
+                self._unwait(next(iter(waiting.values())))
+                self.expired_feedback += 1
 
     @property
     def size(self) -> int:
-        return len(self._index) + len(self._pending)
+        """Entries held: event rows of remembered batches plus waiting labels."""
+        return self._rows + len(self._pending)
 
     # -- internals --------------------------------------------------------------------------
     def _index_events(self, record: _EventRecord) -> None:
         for row, event_id in enumerate(record.ids):
+            previous = self._index.get(event_id)
+            if previous is not None:  # a replayed event: its older copy can never join
+                if previous[0] is record:
+                    record.remaining -= 1
+                else:
+                    self._release(previous[0])
             self._index[event_id] = (record, row)
-        self._events.setdefault(record.partition, deque()).append(record)
+        self._events.setdefault(record.partition, OrderedDict())[record.key] = record
+        self._rows += len(record.ids)
         self._advance(record.partition, record.max_ts)
+
+    def _wait(self, pending: _Pending) -> None:
+        previous = self._pending.get(pending.event_id)
+        if previous is not None:  # a replayed label: keep the newest only
+            self._unwait(previous)
+        self._pending[pending.event_id] = pending
+        self._feedback.setdefault(pending.partition, OrderedDict())[pending.key] = pending
+
+    def _unwait(self, pending: _Pending) -> None:
+        """Drop a waiting label from memory and the store."""
+        self._feedback.get(pending.partition, {}).pop(pending.key, None)
+        if self._pending.get(pending.event_id) is pending:
+            del self._pending[pending.event_id]
+        self.store.put(pending.partition, pending.key, None)
 
     def _advance(self, partition: int, ts: int) -> None:
         if ts > self._watermark.get(partition, 0):
@@ -215,9 +249,56 @@ class JoinState:
         joined.labels.append(label)
         joined.scores.append(float(record.scores[row]))
         self.joined += 1
+        self._release(record)
+
+    def _release(self, record: _EventRecord) -> None:
+        """One row of ``record`` will never be looked up again; free the record after its
+        last (every event of the batch got its label)."""
         record.remaining -= 1
-        if record.remaining == 0:  # every event of the batch got its label: free the record
+        if record.remaining == 0:
+            self._forget(record)
+
+    def _forget(self, record: _EventRecord, *, store: bool = True) -> int:
+        """Drop ``record`` from memory (and the store); returns its rows that never joined."""
+        if self._events.get(record.partition, {}).get(record.key) is not record:
+            return 0  # already gone
+        del self._events[record.partition][record.key]
+        self._rows -= len(record.ids)
+        unjoined = self._unindex(record)
+        if store:
             self.store.put(record.partition, record.key, None)
+        record.remaining = 0
+        return unjoined
+
+    def _unindex(self, record: _EventRecord) -> int:
+        unjoined = 0
+        for row, event_id in enumerate(record.ids):
+            entry = self._index.get(event_id)
+            if entry is not None and entry[0] is record and entry[1] == row:
+                del self._index[event_id]
+                unjoined += 1
+        return unjoined
+
+    def _evict(self) -> None:
+        """Past ``max_entries``: drop the oldest record or waiting label (by event time)."""
+        while self.size > self.max_entries:
+            heads: list[tuple[int, _EventRecord | _Pending]] = []
+            for records in self._events.values():
+                if records:
+                    head = next(iter(records.values()))
+                    heads.append((head.max_ts, head))
+            for waiting in self._feedback.values():
+                if waiting:
+                    first = next(iter(waiting.values()))
+                    heads.append((first.ts, first))
+            if not heads:
+                return
+            oldest = min(heads, key=lambda h: h[0])[1]
+            if isinstance(oldest, _EventRecord):
+                self.evicted += self._forget(oldest)
+            else:
+                self._unwait(oldest)
+                self.evicted += 1
 
 
 def _encode_events(record: _EventRecord) -> bytes:

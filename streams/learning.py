@@ -238,7 +238,8 @@ class FeedbackLearner(Learner):
         out = super().snapshot()
         if self.join is not None:
             out.update(joined=self.join.joined, expired_events=self.join.expired_events,
-                       expired_feedback=self.join.expired_feedback, join_size=self.join.size)
+                       expired_feedback=self.join.expired_feedback, evicted=self.join.evicted,
+                       join_size=self.join.size)
         return out
 
 

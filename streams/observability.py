@@ -445,7 +445,8 @@ class Observability:
         self.learning_steps = Counter("streaminfer_learning_steps_total", "Optimiser steps",
                                       ("app",), registry=r)
         self.join_size = Gauge("streaminfer_join_size",
-                               "Events remembered for the feedback join", ("app",), registry=r)
+                               "Entries the feedback join holds (events + waiting labels)",
+                               ("app",), registry=r)
         # children appear with their first value: no misleading 0 AUC before any feedback,
         # no RMSE series for the classifier
         self.progressive = {

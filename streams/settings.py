@@ -90,7 +90,14 @@ class Settings(BaseSettings):
     hidden: int = Field(0, ge=0)
     learn_batch_size: int | None = Field(None, gt=0)  # None: the app's own (Learning)
     learn_max_steps: int | None = Field(None, ge=0)  # None: the app's own; 0: no bound
-    join_window_s: float = Field(600.0, gt=0)
+    join_window_s: float = Field(
+        600.0, gt=0, description="Labels join events up to this many seconds apart (event "
+        "time); older events and waiting labels are dropped")
+    join_max_entries: int = Field(
+        250_000, gt=0, description="At most this many events and waiting labels held for "
+        "the feedback join per worker; the oldest are evicted (counted as 'evicted'). The "
+        "join's memory bound: an event takes about 220 bytes + 8 per feature, a waiting "
+        "label about 600 (at most ~150 MB at the default)")
 
     sync_mode: Literal["off", "async", "sync"] = "off"
     sync_every_updates: int = Field(50, gt=0)

@@ -415,7 +415,7 @@ class Worker:
         if learning.topic is not None:
             table = faust_app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
             join = JoinState(FaustTableStore(table, faust_app),
-                             int(settings.join_window_s * 1000))
+                             int(settings.join_window_s * 1000), settings.join_max_entries)
             codec = RecordCodec(self.app.label_schema(settings.schema_registry_url), "json",
                                 registry_url=settings.schema_registry_url, topic=learning.topic)
             labels = RecordDecoder(codec, key=learning.join_on, event_id=learning.join_on,

@@ -17,7 +17,7 @@ from streaminfer.models.sync import (
     create_sync,
     shared_tensors,
 )
-from streaminfer.models.sync.delta import decode
+from streaminfer.models.sync.delta import decode, encode
 from streaminfer.models.sync.sharding import nbytes, place
 
 
@@ -129,3 +129,43 @@ def test_restart_from_position_replays_rounds_and_mean_aggregate_stays_identical
     assert back_sync.stats()["workers_in_last_round"] == 2
     a, b = shared_tensors(models[0]), shared_tensors(back)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_round_bookkeeping_stays_bounded_over_many_rounds() -> None:
+    """Per-round books are pruned as rounds close: a long run holds a few rounds, not all."""
+    log = MemoryLog(2)
+    models, syncs = _classifier_workers(log, 2)
+    rng = np.random.default_rng(2)
+    deadline = time.monotonic() + 20
+    while min(s.stats()["round"] for s in syncs) < 12 and time.monotonic() < deadline:
+        for model, sync in zip(models, syncs, strict=True):
+            x = rng.normal(size=(8, 4)).astype(np.float32)
+            model.learn(x, (x[:, 0] > 0).astype(np.float32))
+            sync.after_learn()
+            sync.poll()
+        time.sleep(0.002)
+    _until_in_step(syncs)
+    assert sum(s.stats()["closes_sent"] for s in syncs) >= 12
+    for sync in syncs:
+        books = (sync._deltas, sync._senders, sync._first_seen, sync._closes,
+                 sync._close_sent, sync._members)
+        assert all(len(book) <= 3 for book in books), [len(b) for b in books]
+
+
+def test_async_drops_a_delta_whose_shards_stopped_coming() -> None:
+    """A sender that died between two shards leaves an incomplete delta: dropped after
+    ``incomplete_ttl_s`` and counted, so a long run cannot pile them up."""
+    log = MemoryLog(2)
+    model = create_model("classifier", num_features=4, device="cpu", seed=0)
+    sync = create_sync("async", model, worker_id="w0", every_updates=3, every_ms=30,
+                       transport=log.transport())
+    headers = {"sync.kind": "delta", "sync.mode": "async", "sync.worker": "dead#1",
+               "sync.seq": "0", "sync.shard": "0", "sync.shards": "2", "sync.sent_ms": "0",
+               "sync.updates": "1"}
+    log.transport().send(0, encode({}), headers)  # shard 1 of 2 never comes
+    sync.poll()
+    assert sync.stats()["incomplete_deltas"] == 1
+    sync.incomplete_ttl_s = 0.0
+    sync.poll()
+    assert sync.stats()["incomplete_deltas"] == 0
+    assert sync.stats()["dropped_incomplete"] == 1

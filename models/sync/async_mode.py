@@ -27,6 +27,9 @@ class AsyncSync(SyncBase):
     """Asynchronous delta exchange: ``params += peer_delta`` as each complete delta arrives."""
 
     mode = "async"
+    #: an incomplete delta whose shards stopped coming this long ago (its sender died between
+    #: two shards) is dropped and counted, so such deltas cannot pile up over a long run
+    incomplete_ttl_s = 60.0
 
     def __init__(self, model: Model, transport: Transport, **kwargs: Any) -> None:
         super().__init__(model, transport, **kwargs)
@@ -34,6 +37,7 @@ class AsyncSync(SyncBase):
         self._pending: dict[tuple[str, int], Assembly] = {}
         self._staleness_ms: deque[float] = deque(maxlen=10_000)  # recent deltas only
         self._peer_updates = 0
+        self._counters["dropped_incomplete"] = 0
 
     def _maybe_publish(self, now: float) -> None:
         if self.updates == 0:
@@ -71,7 +75,12 @@ class AsyncSync(SyncBase):
                 self._counters["bytes_in"] += assembly.nbytes
                 self._counters["applied"] += 1
                 applied += 1
-        self._maybe_publish(time.monotonic())
+        now = time.monotonic()
+        stale = [k for k, a in self._pending.items() if now - a.first_seen > self.incomplete_ttl_s]
+        for key in stale:
+            del self._pending[key]
+        self._counters["dropped_incomplete"] += len(stale)
+        self._maybe_publish(now)
         return applied
 
     def position(self) -> dict[str, Any]:

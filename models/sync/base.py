@@ -65,6 +65,7 @@ class Assembly:
 
     def __init__(self, shards: int, sent_ms: float, updates: int) -> None:
         self.shards, self.sent_ms, self.updates = shards, sent_ms, updates
+        self.first_seen = time.monotonic()  # local clock: a replay reads old deltas quickly
         self.parts: dict[int, bytes] = {}
         self.where: list[tuple[int, int]] = []  # (partition, offset) of each record
 

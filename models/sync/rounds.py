@@ -66,7 +66,7 @@ class RoundSync(SyncBase):
         self._senders: dict[int, set[str]] = {}
         self._first_seen: dict[int, float] = {}
         self._closes: dict[int, _Close] = {}
-        self._close_sent: set[int] = set()
+        self._close_sent: set[int] = set()  # rounds >= self.round only: bounded
         self._members: dict[int, tuple[str, ...]] = {}
         if start is not None and start.members is not None:
             self._members[self.round - 1] = start.members
@@ -142,6 +142,7 @@ class RoundSync(SyncBase):
         self._rounds["round_s_total"] += now - self._round_started
         for book in (self._deltas, self._closes, self._first_seen):
             book.pop(r, None)
+        self._close_sent.discard(r)  # only the current round is asked about
         for book in (self._senders, self._members):  # type: ignore[assignment]
             for old in [k for k in book if k < r - 1]:
                 del book[old]

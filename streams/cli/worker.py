@@ -72,6 +72,9 @@ __all__ = ["worker"]
               "classifier, 0 recommender].")
 @click.option("--join-window-s", type=click.FloatRange(min=0, min_open=True),
               help="Event-time window for joining feedback to its event [default 600].")
+@click.option("--join-max-entries", type=click.IntRange(min=1),
+              help="Events and waiting labels the join holds per worker at most; the oldest "
+              "are evicted: the join's memory bound [default 250000].")
 @click.option("--sync-mode", type=click.Choice(["off", "async", "sync"]),
               help="Parameter sync between workers of the group (docs/sync.md) "
               "[default off].")

@@ -1,0 +1,149 @@
+"""The feedback join's memory bounds (``streams.join``): joined batches leave at once, and
+``max_entries`` caps what is held however many events or labels come. Pure: no servers."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from streaminfer.streams.join import JoinState, MemoryJoinStore
+
+WINDOW_MS = 600_000
+
+
+def _events(join: JoinState, start: int, n: int, ts: int = 1_000, partition: int = 0):
+    ids = [f"e{i}" for i in range(start, start + n)]
+    return join.add_events(partition, start, ids, np.full(n, ts, np.int64),
+                           np.ones((n, 3), np.float32), np.full(n, 0.5, np.float32))
+
+
+def _labels(join: JoinState, start: int, n: int, ts: int = 1_000, partition: int = 0):
+    ids = [f"e{i}" for i in range(start, start + n)]
+    return join.add_feedback(partition, list(range(start, start + n)), ids,
+                             np.ones(n, np.float32), np.full(n, ts, np.int64))
+
+
+def test_a_batch_whose_events_all_joined_is_freed_at_once() -> None:
+    """The soak's leak: joined batches stayed in memory for the whole window."""
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS)
+    features = np.ones((10, 3), np.float32)
+    held = weakref.ref(features)
+    join.add_events(0, 0, [f"e{i}" for i in range(10)], np.full(10, 1_000, np.int64),
+                    features, np.full(10, 0.5, np.float32))
+    del features
+    assert len(_labels(join, 0, 10)) == 10
+    assert held() is None  # nothing keeps the joined batch alive
+    for batch in range(1, 100):
+        _events(join, batch * 10, 10)
+        assert len(_labels(join, batch * 10, 10)) == 10
+    assert join.joined == 1000
+    assert join.size == 0 and not store.data
+
+
+def test_labels_before_their_events_join_and_leave() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS)
+    assert len(_labels(join, 0, 10)) == 0
+    assert join.size == 10
+    assert len(_events(join, 0, 10)) == 10
+    assert join.size == 0 and not store.data
+
+
+def test_events_stay_at_the_cap_and_the_oldest_go() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS, max_entries=100)
+    for batch in range(50):  # 500 events that never get labels, in batches of 10
+        _events(join, batch * 10, 10, ts=1_000 + batch)
+        assert join.size <= 100
+    assert join.size == 100 and join.evicted == 400
+    assert len(store.data) == 10  # the evicted batches left the store too
+    assert len(_labels(join, 490, 10)) == 10  # the newest are still there to join
+    assert len(_labels(join, 0, 10)) == 0  # the oldest were evicted: these labels now wait
+
+
+def test_waiting_labels_stay_at_the_cap() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS, max_entries=100)
+    for start in range(0, 1000, 10):
+        _labels(join, start, 10, ts=1_000 + start)
+    assert join.size == 100 and join.evicted == 900
+    assert len(store.data) == 100
+    assert len(_events(join, 990, 10)) == 10  # the newest labels still join
+
+
+def test_the_window_still_expires_by_event_time() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS)
+    _events(join, 0, 10, ts=1_000)
+    _labels(join, 100, 5, ts=1_000)
+    _events(join, 10, 10, ts=1_000 + WINDOW_MS + 1)  # advances the watermark past both
+    join.expire()
+    assert (join.expired_events, join.expired_feedback) == (10, 5)
+    assert join.size == 10 and len(store.data) == 1
+
+
+def test_a_replayed_batch_is_held_once() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS)
+    _events(join, 0, 10)
+    _events(join, 0, 10)  # the same batch read again after a rebalance
+    assert join.size == 10
+    assert len(_labels(join, 0, 10)) == 10
+    assert join.size == 0 and not store.data
+
+
+def test_an_event_replayed_in_a_later_batch_frees_the_older_copy() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS)
+    _events(join, 0, 1)
+    join.add_events(0, 5, ["e0"], np.array([1_000]), np.ones((1, 3), np.float32),
+                    np.array([0.5], np.float32))
+    assert join.size == 1
+    assert len(_labels(join, 0, 1)) == 1
+    assert join.size == 0 and not store.data
+
+
+def test_a_moved_partition_is_forgotten_and_restored_within_the_cap() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS, max_entries=100)
+    for batch in range(10):
+        _events(join, batch * 10, 10, ts=1_000 + batch)
+    join.drop({0})
+    assert join.size == 0
+    other = JoinState(store, WINDOW_MS, max_entries=50)
+    other.load({0})
+    assert other.size == 50 and other.evicted == 50
+    assert len(_labels(other, 90, 10)) == 10
+
+
+def test_random_interleavings_stay_within_the_cap_and_the_store_matches() -> None:
+    """Events, labels (early, late, replayed) and partition moves in random order: what is held
+    never passes the cap, and the store holds exactly what memory holds."""
+    rng = np.random.default_rng(7)
+    store = MemoryJoinStore()
+    join = JoinState(store, 5_000, max_entries=60)
+    offsets = [0, 0]
+    for step in range(3_000):
+        partition, op = int(rng.integers(2)), rng.random()
+        start = int(rng.integers(0, 400))
+        n = int(rng.integers(1, 8))
+        ts = 1_000 + step * 10
+        if op < 0.45:
+            _events(join, offsets[partition] * 10 + partition, n, ts=ts, partition=partition)
+            offsets[partition] += 1
+        elif op < 0.9:
+            _labels(join, start, n, ts=ts, partition=partition)
+        elif op < 0.95:
+            join.expire()
+        else:
+            join.drop({partition})
+            join.load({partition})
+        assert join.size <= 60
+        held = {r.key for records in join._events.values() for r in records.values()}
+        waiting = {w.key for records in join._feedback.values() for w in records.values()}
+        assert set(store.data) == held | waiting
+        assert join.size == (sum(len(r.ids) for records in join._events.values()
+                                 for r in records.values()) + len(join._pending))
+    assert join.joined > 0 and join.evicted > 0
