@@ -85,6 +85,14 @@ _LANE_CONSUMER = {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
                   "max.poll.interval.ms": 60_000}
 
 
+#: The tables' changelogs are compacted; the broker compacts only closed segments and keeps
+#: deletes a day by default, so a join changelog (every record soon deleted) would grow by its
+#: write rate for a week (1 GiB segments). Ten-minute segments and tombstones bound it to
+#: about twenty minutes of writes.
+_CHANGELOG_CONFIG = {"cleanup.policy": "compact", "segment.ms": "600000",
+                     "delete.retention.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     """Per-process choices that are not deployment settings."""
@@ -259,8 +267,7 @@ class Worker:
         n = existing.get(topic, self.partitions)
         compacted = set(self.changelogs())
         statuses = ensure_topics(config, dict.fromkeys(self.topics(), n),
-                                 configs={name: {"cleanup.policy": "compact"}
-                                          for name in compacted},
+                                 configs=dict.fromkeys(compacted, _CHANGELOG_CONFIG),
                                  **self.settings.topic_policy())
         labels = next((s for s in statuses if s.name == self.label_topic), None)
         if labels is not None and labels.partitions != n:
