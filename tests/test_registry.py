@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import torch
 from click.testing import CliRunner
 
+from streaminfer.connectors.params_publisher import ParamsPublisher
 from streaminfer.connectors.registry_store import (
     DirectoryRegistryBlobs,
     RedisRegistryBlobs,
@@ -24,6 +26,7 @@ from streaminfer.errors import RegistryError
 from streaminfer.models.classifier import OnlineClassifier
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.streams.cli import main
+from streaminfer.streams.settings import Settings
 
 
 def _free_port() -> int:
@@ -149,3 +152,24 @@ def test_cli_register_promote_rollback_export(tmp_path: Path) -> None:
     x = torch.randn(3, 8)
     assert torch.allclose(target.predict(x), _model(4).predict(x))
     assert "v2" in run("list", "classifier")
+
+
+def test_cli_registers_a_live_workers_published_parameters(
+        tmp_path: Path, settings: Settings, redis_client: redis.Redis) -> None:
+    """``register NAME params:APP:latest`` takes what a running worker last published to
+    Redis (``ParamsPublisher``): the new version scores exactly as that model does."""
+    live = _model(5)
+    live.learn(torch.randn(16, 8).numpy(), torch.ones(16).numpy())
+    app = f"live{uuid.uuid4().hex[:8]}"
+    ParamsPublisher(redis_client, app).publish(live)
+    url = str(tmp_path / "registry")
+    env = {"STREAMINFER_REGISTRY_URL": url, "STREAMINFER_REDIS_URL": settings.redis_url}
+    result = CliRunner().invoke(main, ["model", "register", "classifier", f"params:{app}:latest"],
+                                env=env, catch_exceptions=False)
+    assert result.exit_code == 0 and "registered classifier v1" in result.output, result.output
+    registry = ModelRegistry(DirectoryRegistryBlobs(url))
+    assert registry.manifest("classifier", 1)["source"] == f"params:{app}:latest"
+    target = _model(0)
+    registry.load_into(target, "classifier", 1)
+    x = torch.randn(5, 8)
+    assert torch.equal(target.predict(x), live.predict(x))
