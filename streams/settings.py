@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     learn_max_steps: int | None = Field(None, ge=0)  # None: the app's own; 0: no bound
     join_window_s: float = Field(600.0, gt=0)
 
-    sync_mode: Literal["off", "async", "sync"] = "off"
+    sync_mode: Literal["off", "async", "sync"] = Field(
+        "async", description="Parameter sync between the workers of a group (docs/sync.md): "
+        "async by default, so workers that share a topic's partitions serve one model")
     sync_every_updates: int = Field(50, gt=0)
     sync_every_ms: float = Field(200.0, gt=0)
     sync_round_timeout_ms: float = Field(2000.0, gt=0)

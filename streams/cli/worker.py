@@ -74,7 +74,7 @@ __all__ = ["worker"]
               help="Event-time window for joining feedback to its event [default 600].")
 @click.option("--sync-mode", type=click.Choice(["off", "async", "sync"]),
               help="Parameter sync between workers of the group (docs/sync.md) "
-              "[default off].")
+              "[default async].")
 @click.option("--checkpoint-url", help="Where checkpoints go: a directory, file:///dir or "
               "redis://...; the newest is restored at start [default: none].")
 @click.option("--checkpoint-every-s", type=click.FloatRange(min=0, min_open=True),
