@@ -304,7 +304,9 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
                                event_time=learning.event_time, fields=[learning.label])
         learner = _CountingLearner(model, settings.learn_batch_size or learning.batch_size,
                                    hooks, feedback_topic=settings.feedback_topic, join=join,
-                                   labels=labels, learning=learning)
+                                   labels=labels, learning=learning,
+                                   max_steps=learning.max_steps if settings.learn_max_steps
+                                   is None else settings.learn_max_steps)
         subscribed.append(settings.feedback_topic)
     hot = build_lane(app, settings, handler, PipelineMetrics(window=1000), threading.Lock(),
                      GroupAssignment(subscribed), unique_name("bench-sync-group"), learner)
@@ -488,6 +490,8 @@ def _docs(args: argparse.Namespace, isolated: list[dict[str, Any]],
         throughput, overhead = _pipeline_tables(pipeline)
         goal = pipeline_goal(pipeline).line()
         d = load_settings()
+        learning = load_app("classifier", d).learning
+        assert learning is not None
         parts.append(f"""### Inside the classifier hot path
 
 Pre-filled {args.partitions}-partition events and feedback topics: {args.count:,} events
@@ -497,8 +501,9 @@ of the bench process, for a fresh consumer group of `GroupAssignment` (events, p
 when learning), until everything was read; best of {args.rounds} alternating round(s) by
 events/s.
 (1) has no learner and reads the events topic only, half the records of (2)-(4). (2)-(4) run
-`FeedbackLearner` (join in a `MemoryJoinStore`, steps of
-`learn_batch_size` {d.effective_learn_batch_size}, progressive metrics; no checkpoints, no params
+`FeedbackLearner` (join in a `MemoryJoinStore`,
+the app's adaptive steps (`learn_batch_size` {learning.batch_size}, at most {learning.max_steps}
+steps per micro-batch), progressive metrics; no checkpoints, no params
 publishing) with `sync_mode` off, async and sync and the
 default sync settings (a delta every {d.sync_every_updates} steps or {d.sync_every_ms:.0f} ms,
 {d.sync_shards} shards). (3) and (4) are a single
