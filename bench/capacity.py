@@ -7,9 +7,10 @@ this measures what an event costs instead, and predicts from it:
 1. **Stages**: the classifier lane ``bench/sync.py`` runs (learning on, sync async, one label
    per event), in a thread of this process, with each stage wrapped in a per-thread CPU clock:
    decode, score, outputs, join, learn, sync, Redis (packing + the write call), topic
-   (encoding + handing to librdkafka), and the rest of the loop; librdkafka's own threads
-   (fetch, produce, sync transport) are the process CPU the Python threads do not account
-   for. The broker's and redis-server's CPU come from ``/proc/<pid>/stat`` over the same window.
+   (encoding + handing to librdkafka), and the rest of the loop; the other threads
+   (librdkafka's fetch, produce and sync transport; torch's pool) are the process CPU the
+   Python threads do not account for. The broker's and redis-server's CPU come from
+   ``/proc/<pid>/stat`` over the same window.
 2. **Processes**: 1, then 2 ``streaminfer worker --app classifier`` processes at defaults drain
    pre-filled events and labels, in alternating rounds; their CPU, the servers' and the whole
    machine's (``/proc/stat``, so the other users of this shared machine are known) are sampled
@@ -63,20 +64,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its reaped children so far (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:13]) / CLK_TCK  # utime, stime
-
-
-def rdkafka_seconds(pid: int) -> float:
-    """CPU of a process's librdkafka threads (named ``rdk:*``); the rest is Python's threads
-    (the lanes, the writer, Faust's event loop with aiokafka and the table changelog)."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            head, tail = (task / "stat").read_text().rsplit(")", 1)
-        except OSError:
-            continue  # the thread ended
-        if head.split("(", 1)[1].startswith("rdk:"):
-            total += sum(int(v) for v in tail.split()[11:13]) / CLK_TCK
-    return total
 
 
 def machine_busy_s() -> float:
@@ -202,8 +189,8 @@ def run_stages(args: argparse.Namespace, servers: Servers) -> StageRun:
     used = {k: after[k] - before[k] for k in after}
     broker = max(0.0, used["broker"] - background * used["wall"])
     others = (used["machine"] - broker - used["redis"] - ours) / used["wall"]
-    return StageRun(lane, clocks.stages(), {"broker": broker, "redis": used["redis"]},
-                    max(0.0, others))
+    return StageRun(lane, clocks.stages(), {"broker": used["broker"], "broker_net": broker,
+                                            "redis": used["redis"]}, max(0.0, others))
 
 
 def _prefill(args: argparse.Namespace, events: str, feedback: str) -> None:
@@ -224,7 +211,6 @@ class ProcessRun:
     broker_cpu: float = 0.0
     redis_cpu: float = 0.0
     machine_cpu: float = 0.0
-    rdkafka_cpu: float = 0.0  # the workers' librdkafka threads, part of worker_cpu
     broker_raw_cpu: float = 0.0  # before subtracting the broker's background
     batch_avg: float = 0.0
     note: str = ""
@@ -279,26 +265,24 @@ def run_processes(args: argparse.Namespace, servers: Servers, n: int, log_dir: P
             time.sleep(0.2)
         background = servers.broker_background()
         _prefill(args, names["events"], names["feedback"])
-        start: tuple[dict[str, float], float, float, list[int]] | None = None
+        start: tuple[dict[str, float], float, list[int]] | None = None
         while time.monotonic() < deadline and all(p.poll() is None for p in procs):
             snaps = snapshots()
             counts = [_progress(s) for s in snaps]
             if start is None and all(counts):
-                start = (servers.sample(), sum(cpu_seconds(p.pid) for p in procs),
-                         sum(rdkafka_seconds(p.pid) for p in procs), counts)
+                start = (servers.sample(), sum(cpu_seconds(p.pid) for p in procs), counts)
             if start is not None and sum(counts) >= 2 * args.count:
                 end = servers.sample()
                 wall = end["wall"] - start[0]["wall"]
                 result = ProcessRun(
-                    n, sum(counts) - sum(start[3]), wall,
+                    n, sum(counts) - sum(start[2]), wall,
                     sum(cpu_seconds(p.pid) for p in procs) - start[1],
                     max(0.0, end["broker"] - start[0]["broker"] - background * wall),
                     end["redis"] - start[0]["redis"],
                     end["machine"] - start[0]["machine"],
-                    sum(rdkafka_seconds(p.pid) for p in procs) - start[2],
                     end["broker"] - start[0]["broker"],
                     sum(float(s.get("batch_avg") or 0) for s in snaps) / n,
-                    per_worker=[c - s for c, s in zip(counts, start[3], strict=True)])
+                    per_worker=[c - s for c, s in zip(counts, start[2], strict=True)])
                 break
             time.sleep(0.05)
         else:
@@ -362,9 +346,12 @@ def _stage_table(run: StageRun) -> str:
     rest = python * lane.total_events / max(1, lane.events) - sum(run.stages.values())
     kafka = (lane.process_cpu_s - python) * lane.total_events / max(1, lane.events)
     rows += [["loop, batching, offsets (rest of the Python threads)", f"{run.us(rest):.1f}"],
-             ["librdkafka threads (fetch, produce, sync transport)", f"{run.us(kafka):.1f}"],
+             ["other threads (librdkafka: fetch, produce, sync transport; torch's pool)",
+              f"{run.us(kafka):.1f}"],
              ["**worker process**", f"**{run.process_us:.1f}**"],
-             ["broker (`/proc`)", f"{run.us(run.servers['broker']):.1f}"],
+             ["broker (`/proc`), raw: an upper bound on a shared broker",
+              f"{run.us(run.servers['broker']):.1f}"],
+             ["broker minus its background", f"{run.us(run.servers['broker_net']):.1f}"],
              ["redis-server (`/proc`)", f"{run.us(run.servers['redis']):.1f}"]]
     return markdown_table(["stage", "CPU us/event"], rows)
 
@@ -373,15 +360,15 @@ def _process_table(runs: dict[int, list[ProcessRun]], stage_costs: Costs, cores:
                    ) -> tuple[str, Costs]:
     best = {n: max(rs, key=lambda r: r.rate) for n, rs in runs.items()}
     one = best[1]
-    # the servers' costs come from the stage run: a shared broker's background swamps the
-    # short process windows (see the raw column)
+    # the servers' costs come from the stage run (a longer window); the broker's raw CPU is
+    # an upper bound on a shared broker. The Python share of a worker is the stage run's.
     measured = Costs(one.us(one.worker_cpu), stage_costs.broker_us, stage_costs.redis_us,
-                     one.us(one.worker_cpu - one.rdkafka_cpu))
+                     one.us(one.worker_cpu) * stage_costs.python_us / stage_costs.worker_us)
     rows = []
     for n, r in best.items():
         left = max(0.1, cores - r.others_cores)
         rows.append([f"{n} process{'es' if n > 1 else ''}", f"{r.rate:,.0f}",
-                     f"{r.us(r.worker_cpu):.1f}", f"{r.us(r.worker_cpu - r.rdkafka_cpu):.1f}",
+                     f"{r.us(r.worker_cpu):.1f}",
                      f"{r.us(r.broker_raw_cpu):.1f}", f"{r.us(r.broker_cpu):.1f}",
                      f"{r.batch_avg:.0f}",
                      f"{r.us(r.redis_cpu):.1f}", f"{r.others_cores:.2f}", f"{left:.2f}",
@@ -391,7 +378,7 @@ def _process_table(runs: dict[int, list[ProcessRun]], stage_costs: Costs, cores:
                      f"{measured.predict(n, left) / r.rate:.2f}" if r.rate else "",
                      ", ".join(f"{x.rate:,.0f}" for x in runs[n]), r.note])
     table = markdown_table(
-        ["run", "events/s", "worker CPU us/event", "of which Python threads",
+        ["run", "events/s", "worker CPU us/event",
          "broker us/event, raw", "broker minus its background", "avg batch",
          "Redis us/event",
          "other users' cores", "cores left to us", "predicted from stages",
@@ -499,9 +486,9 @@ counted while every worker owned partitions. "Cores left to us" is {os.cpu_count
 what other processes of this shared machine used during the run (`/proc/stat`). Predicted
 events/s = min(N x 1e6 / Python us per event, cores left x 1e6 / (worker + broker + Redis us
 per event)), once from the stage costs above and once from the 1-process run's worker costs
-(with the stage run's broker and Redis costs: the broker is shared, and in the short process
-windows its background, measured for 3 s before each run and subtracted, swamps this run's
-share; the raw column shows it).
+(with the stage run's broker and Redis costs: the broker is shared, so its raw CPU per event
+is an upper bound, and the background measured for 3 s before each run and subtracted is too
+noisy to go by; a worker's Python share is the stage run's).
 
 {process_table}
 
