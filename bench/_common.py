@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,24 @@ def command_line() -> str:
 
 def rate(events: int, seconds: float) -> float:
     return events / seconds if seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Goal:
+    """An acceptance ratio of an issue, judged where it is measured, so a run says itself
+    whether the goal holds instead of leaving the reader to compare figures."""
+
+    what: str
+    ratio: float
+    target: float
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.target
+
+    def line(self) -> str:
+        verdict = "met" if self.met else "missed"
+        return f"goal: {self.what}: {self.ratio:.2f}x (target >= {self.target:g}x): {verdict}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

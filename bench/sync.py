@@ -14,6 +14,7 @@ Two parts, one run, side by side (the machine is small and shared: compare ratio
   (3) and (4) run a single worker, which still publishes its deltas (and, in ``sync``, closes
   its own rounds) and polls the sync topic: the overhead one worker pays, relative to (2).
   Rates count what came after the first batch over first -> last batch (start-up excluded).
+  The run ends with issue 11's goal, (3) >= 0.8x (1) in events/s, as ``met`` or ``missed``.
 
 Usage: ``python bench/sync.py --write-docs`` (about 3 minutes; ``--skip-isolated`` or
 ``--skip-pipeline`` to run one part).
@@ -27,12 +28,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import redis
 from _common import (
+    Goal,
     create_topics,
     delete_topics,
     docs_footer,
@@ -301,7 +304,9 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
                                event_time=learning.event_time, fields=[learning.label])
         learner = _CountingLearner(model, settings.learn_batch_size or learning.batch_size,
                                    hooks, feedback_topic=settings.feedback_topic, join=join,
-                                   labels=labels, learning=learning)
+                                   labels=labels, learning=learning,
+                                   max_steps=learning.max_steps if settings.learn_max_steps
+                                   is None else settings.learn_max_steps)
         subscribed.append(settings.feedback_topic)
     hot = build_lane(app, settings, handler, PipelineMetrics(window=1000), threading.Lock(),
                      GroupAssignment(subscribed), unique_name("bench-sync-group"), learner)
@@ -309,9 +314,14 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
 
 
 def run_lane(args: argparse.Namespace, topics: dict[str, str], config: Config,
-             sync_topics: list[str]) -> LaneResult:
-    """Drain the pre-filled topics with one configuration; stop once all was read."""
+             sync_topics: list[str],
+             instrument: Callable[[HotPath, FeedbackLearner | None], None] | None = None
+             ) -> LaneResult:
+    """Drain the pre-filled topics with one configuration; stop once all was read.
+    ``instrument`` may wrap the lane's parts before it starts (``bench/capacity.py``)."""
     hot, learner = _build(args, topics, config, sync_topics)
+    if instrument is not None:
+        instrument(hot, learner)
     clock = _Clock(hot, learner)
     hot.on_batch = clock
     stop = threading.Event()
@@ -401,6 +411,15 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else ""
 
 
+def pipeline_goal(rounds: Rounds) -> Goal:
+    """Issue 11 goal 1: learning on (a label for every event, sync async, the default) serves
+    at least 0.8x the events/s of learning off; best round of each."""
+    best = {name: max(r.per_s(r.events) for r in rs) for name, rs in rounds.items()}
+    return Goal("classifier events/s, learning on (sync async) vs learning off",
+                best[CONFIGS[2].name] / best[CONFIGS[0].name] if best[CONFIGS[0].name] else 0.0,
+                0.8)
+
+
 def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
     """The best round (highest events/s) of each configuration; every round's hot-path CPU
     per event is listed too, to show the run-to-run spread."""
@@ -469,7 +488,10 @@ def _docs(args: argparse.Namespace, isolated: list[dict[str, Any]],
     parts = ["## Parameter sync (`bench/sync.py`)"]
     if pipeline:
         throughput, overhead = _pipeline_tables(pipeline)
+        goal = pipeline_goal(pipeline).line()
         d = load_settings()
+        learning = load_app("classifier", d).learning
+        assert learning is not None
         parts.append(f"""### Inside the classifier hot path
 
 Pre-filled {args.partitions}-partition events and feedback topics: {args.count:,} events
@@ -479,8 +501,9 @@ of the bench process, for a fresh consumer group of `GroupAssignment` (events, p
 when learning), until everything was read; best of {args.rounds} alternating round(s) by
 events/s.
 (1) has no learner and reads the events topic only, half the records of (2)-(4). (2)-(4) run
-`FeedbackLearner` (join in a `MemoryJoinStore`, steps of
-`learn_batch_size` {d.effective_learn_batch_size}, progressive metrics; no checkpoints, no params
+`FeedbackLearner` (join in a `MemoryJoinStore`,
+the app's adaptive steps (`learn_batch_size` {learning.batch_size}, at most {learning.max_steps}
+steps per micro-batch), progressive metrics; no checkpoints, no params
 publishing) with `sync_mode` off, async and sync and the
 default sync settings (a delta every {d.sync_every_updates} steps or {d.sync_every_ms:.0f} ms,
 {d.sync_shards} shards). (3) and (4) are a single
@@ -491,6 +514,10 @@ what came after the first batch, over first -> last batch. CPU per event: the ho
 whole process (librdkafka's threads included), divided by events.
 
 {throughput}
+
+```
+{goal}
+```
 
 Sync overhead relative to (2). The in-sync columns are the sync's own counters
 (`publish_s + poll_s`: building and sending deltas, polling and applying), i.e. its direct cost
@@ -554,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(isolated[-1]), flush=True)
     if pipeline:
         throughput, overhead = _pipeline_tables(pipeline)
-        print(f"\nbest round of each:\n{throughput}\n\n{overhead}")
+        print(f"\nbest round of each:\n{throughput}\n\n{overhead}\n\n"
+              f"{pipeline_goal(pipeline).line()}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.write_docs:
         write_docs_section("sync", _docs(args, isolated, pipeline, load))

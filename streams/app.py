@@ -37,6 +37,7 @@ from torch import nn
 from streaminfer.errors import ConfigError
 from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model
+from streaminfer.models.device import configure_threads
 from streaminfer.models.module import FileModel, Loss, TorchModel
 from streaminfer.streams.features import Features
 from streaminfer.streams.settings import BUILT_IN
@@ -293,7 +294,13 @@ class App:
         return _schema(self.learning.schema, self.origin, registry_url)
 
     def build_model(self, settings: Settings) -> Model:
-        """A fresh model: the declared one, wrapped in the :class:`Model` surface."""
+        """A fresh model: the declared one, wrapped in the :class:`Model` surface.
+
+        Every model gets the worker's torch thread policy (``configure_threads``): with
+        torch's default of one thread per core, each tiny op of an online learning step
+        forks a thread pool and the step costs 5-7x the CPU (bench/sync.py, docs/learning.md).
+        """
+        configure_threads()
         spec = self.model
         if callable(spec) and not isinstance(spec, nn.Module | Model):
             with seeded(settings.seed):  # every worker starts from the same weights

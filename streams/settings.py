@@ -99,7 +99,9 @@ class Settings(BaseSettings):
         "join's memory bound: an event takes about 220 bytes + 8 per feature, a waiting "
         "label about 600 (at most ~150 MB at the default)")
 
-    sync_mode: Literal["off", "async", "sync"] = "off"
+    sync_mode: Literal["off", "async", "sync"] = Field(
+        "async", description="Parameter sync between the workers of a group (docs/sync.md): "
+        "async by default, so workers that share a topic's partitions serve one model")
     sync_every_updates: int = Field(50, gt=0)
     sync_every_ms: float = Field(200.0, gt=0)
     sync_round_timeout_ms: float = Field(2000.0, gt=0)

@@ -147,6 +147,9 @@ def test_demo_predicts_every_event_reads_them_back_and_stops_its_workers(demo: D
 
     assert code == 0, out
     assert "done: 2,500 events published and predicted" in out, out
+    # parameter sync is on by default: both workers end on the group's one version
+    summary = out[out.index("done: 2,500"):]
+    assert re.search(r"model v1\+u\d+ on every worker", summary), summary
     assert demo.predictions_written() >= 2500, "every event must have its prediction record"
     rows = PREDICTION_ROW.findall(out)
     assert "predictions read back from Redis" in out and rows, out
@@ -222,3 +225,5 @@ def test_workers_get_the_demos_global_options() -> None:
     flags = " ".join(args)
     assert "--bootstrap 127.0.0.1:19092 --redis-url redis://127.0.0.1:6399/0" in flags
     assert "--wire-format json -X client.rack=r1 worker --app recommender" in flags
+    # workers start with the default parameter sync, which keeps their models together
+    assert "--sync-mode" not in flags and settings.sync_mode == "async"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 from torch import nn
 
@@ -33,3 +37,15 @@ def test_named_outputs_become_columns_in_order() -> None:
     written = handler.outputs(batch, scores, 5)  # type: ignore[attr-defined]
     assert written.predictions.outputs == {"p_a": [np.float32(0.1), np.float32(0.7)],
                                            "p_b": [np.float32(0.9), np.float32(0.3)]}
+
+
+def test_a_built_in_apps_model_leaves_a_core_to_the_io_threads() -> None:
+    """torch's default (a thread per core) made each tiny learning step fork a thread pool:
+    5-7x the CPU per step. Every app's model gets the worker's thread policy instead."""
+    code = ("import torch; from streaminfer.streams.app import load_app; "
+            "from streaminfer.streams.settings import load_settings; "
+            "s = load_settings(app='classifier', device='cpu'); "
+            "load_app('classifier', s).build_model(s); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert int(out.split()[-1]) == max(1, min(4, len(os.sched_getaffinity(0)) - 1))

@@ -187,6 +187,9 @@ def test_async_workers_converge_and_match_one_model(
                 # Same deltas, added in a different order: equal up to float rounding.
                 torch.testing.assert_close(value, ref[name], rtol=1e-5, atol=1e-5)
         assert float(ref["scaler.count"]) == 3600
+        # each serves the version of the group's updates, not only its own
+        steps = sum(st["learn_calls"] for st in (s.stats() for s in syncs))
+        assert {str(m.version) for m in models} == {f"v1+u{steps}"}
         assert syncs[0].stats()["staleness_ms_max"] is not None
         assert _auc(models[0], xt, yt) == pytest.approx(
             _single_model_auc(x[:3600], y[:3600], xt, yt), abs=0.02

@@ -108,6 +108,8 @@ def test_restart_from_position_replays_rounds_and_mean_aggregate_stays_identical
             sync.after_learn()
             sync.poll()
     _until_in_step(syncs)
+    assert models[0].version == models[1].version  # both count the 24 steps of the group
+    assert models[0].version.updates == 24
     checkpoint = models[1].state_dict()
     position = SyncPosition.from_json(syncs[1].position())
     assert position.round == syncs[1].stats()["round"] >= 2

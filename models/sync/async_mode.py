@@ -72,6 +72,7 @@ class AsyncSync(SyncBase):
                 self.replica.apply_remote(assembly.delta())
                 self._staleness_ms.append(max(0.0, time.time() * 1000.0 - assembly.sent_ms))
                 self._peer_updates += assembly.updates
+                self._count_peer_updates(assembly.updates)
                 self._counters["bytes_in"] += assembly.nbytes
                 self._counters["applied"] += 1
                 applied += 1

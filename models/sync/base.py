@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from streaminfer.models.base import Model
+from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.sync.delta import Delta, decode, encode
 from streaminfer.models.sync.replica import Replica
 from streaminfer.models.sync.sharding import place
@@ -154,6 +154,12 @@ class SyncBase:
 
     def _maybe_publish(self, now: float) -> None:
         raise NotImplementedError
+
+    def _count_peer_updates(self, updates: int) -> None:
+        """A version counts every update its weights hold, a peer's as well as its own, so
+        workers that have exchanged all their deltas serve the same ``v1+uN``."""
+        version = self.model.version
+        self.model.version = ModelVersion(version.base, version.updates + max(0, updates))
 
     def _send(self, delta: Delta, seq_header: tuple[str, int]) -> None:
         """Split ``delta`` over the partitions (greedy by size) and send one record per shard."""

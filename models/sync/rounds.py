@@ -132,6 +132,8 @@ class RoundSync(SyncBase):
             return False  # the included deltas are in the log; they have not all arrived yet
         deltas = [got[w].delta() for w in sorted(close.included)]
         self.replica.apply_round(deltas, mean=self.mean)
+        self._count_peer_updates(sum(got[w].updates for w in close.included
+                                     if w != self.participant))
         if self._published_for == r and self.participant not in close.included:
             self._rounds["excluded"] += 1
         self._counters["applied"] += 1

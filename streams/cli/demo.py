@@ -34,12 +34,15 @@ from streaminfer.streams.demo import (
     worker_args,
 )
 from streaminfer.streams.logs import redact
+from streaminfer.streams.settings import Settings
 
 __all__ = ["demo"]
 
 REFRESH_S = 0.5
 #: after the workers reported: how long to wait for the group to own every partition.
 ASSIGN_TIMEOUT_S = 30.0
+#: after the drain, how long the workers get to exchange their last parameter deltas
+CONVERGE_TIMEOUT_S = 15.0
 
 
 @contextmanager
@@ -103,6 +106,16 @@ def _status(stats: FleetStats, workers: int, phase: str) -> str:
             + (f" learned {stats.learned:,}" if stats.learned else ""))
 
 
+def _versions(stats: FleetStats, settings: Settings) -> str:
+    """The summary's last words: one shared version, or the versions and why they differ."""
+    served = stats.model_version or "-"
+    if stats.alive < 2 or "," not in served:
+        return f"model {served}" + (" on every worker" if stats.alive > 1 else "")
+    why = ("sync off: each worker learns alone" if settings.sync_mode == "off"
+           else f"sync {settings.sync_mode}: deltas still in flight")
+    return f"models {served} ({why})"
+
+
 @click.command()
 @click.option("--app", type=click.Choice(["classifier", "recommender"]), default="classifier",
               show_default=True, help="Stream app to run: classifier scores synthetic feature "
@@ -138,9 +151,12 @@ def demo(ctx: click.Context, app: str, workers: int, duration: float, rate: floa
     4. publishes --rate synthetic events/s for --duration seconds and shows, live:
        events/s over all workers, mean batch size, p50/p99 latency from event time
        to the Redis write (worst worker), rejected records, workers alive, and
-       the model version (v1+uN: N online updates from the feedback so far)
-    5. waits until every event is predicted, reads a few predictions back from
-       Redis (pred:APP:KEY), then stops the workers and the services it started
+       the model versions served (v1+uN: N online updates so far; with parameter
+       sync, on by default, N counts every worker's updates, so the workers' versions
+       meet once their deltas are exchanged)
+    5. waits until every event is predicted and the workers serve one version, reads
+       a few predictions back from Redis (pred:APP:KEY), then stops the workers and
+       the services it started
 
     \b
     Examples:
@@ -160,6 +176,7 @@ def demo(ctx: click.Context, app: str, workers: int, duration: float, rate: floa
             run.start_workers(log_dir, join_timeout, partitions)
             run.publish(rate, duration)
             run.drain(drain_timeout)
+            run.converge()
             run.show_results()
         except DemoError as exc:
             run.console.print(Text.assemble(("error: ", "bold red"), str(exc)))
@@ -303,6 +320,21 @@ class _DemoRun:
                             f"for their newest event after {timeout:.0f}s; worker logs in "
                             f"{self.log_dir}")
 
+    def converge(self) -> None:
+        """With parameter sync on, wait until every worker serves the same version: the last
+        deltas go out within ``sync_every_ms`` of the last step and are applied on arrival."""
+        settings = self.settings
+        if settings.sync_mode == "off" or not settings.learn or self.workers < 2:
+            return
+        assert self.fleet is not None and self.client is not None
+        fleet, client = self.fleet, self.client
+
+        def one_version() -> bool:
+            stats = FleetStats.of(fleet.snapshots(client))
+            return stats.alive > 1 and "," not in stats.model_version
+
+        self.watch(one_version, lambda: "exchanging deltas", CONVERGE_TIMEOUT_S)
+
     def show_results(self) -> None:
         assert self.publisher is not None and self.publisher.report is not None
         assert self.fleet is not None and self.client is not None
@@ -327,7 +359,7 @@ class _DemoRun:
                  f"{elapsed:.1f}s by {self.workers} workers ({stats.events:,} scored, "
                  f"{stats.rejected:,} rejected{learned}); mean batch {stats.batch_avg:.1f}, "
                  f"latency p50 {stats.p50_ms:.1f} ms, p99 {stats.p99_ms:.1f} ms; "
-                 f"model {stats.model_version or '-'}")
+                 f"{_versions(stats, self.settings)}")
 
     def cleanup(self) -> None:
         """Stop the publisher, the workers, and the services this run started."""

@@ -77,7 +77,7 @@ __all__ = ["worker"]
               "are evicted: the join's memory bound [default 250000].")
 @click.option("--sync-mode", type=click.Choice(["off", "async", "sync"]),
               help="Parameter sync between workers of the group (docs/sync.md) "
-              "[default off].")
+              "[default async].")
 @click.option("--checkpoint-url", help="Where checkpoints go: a directory, file:///dir or "
               "redis://...; the newest is restored at start [default: none].")
 @click.option("--checkpoint-every-s", type=click.FloatRange(min=0, min_open=True),
