@@ -4,7 +4,7 @@ v1 ranks backwards (its weight on the deciding feature is negative) and the work
 with SGD at lr 0.001, so only a fast learner turns it round within a few hundred labels. Of
 four learning rates the fastest must rank first on the leaderboard, the leaderboard must keep
 the first worker's labels across a restart, and the winner must be registered, promoted and
-served. About a minute and a half (two worker starts): ``pytest -m lifecycle_long``.
+served. About a minute and a half (two worker starts); alone: ``pytest -m lifecycle_long``.
 """
 
 from __future__ import annotations
