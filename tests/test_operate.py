@@ -157,12 +157,12 @@ def test_metrics_count_what_was_sent(services: Any, new_topic: Any, own_redis: O
         assert total(m, "streaminfer_lane_stalled") == 0
         assert time.time() - total(m, "streaminfer_lane_last_progress_timestamp_seconds") < 60
 
-        # a learning worker's topics, each with the settings' min.insync.replicas; no Faust
-        # leader topic (streaminfer runs no leader-only timers)
+        # a learning worker's topics (parameter sync is on by default), each with the
+        # settings' min.insync.replicas; no Faust leader topic (no leader-only timers)
         group = f"{dep.group}-{APP}"
         assert created_by_worker(dep) == dict.fromkeys(
             [f"{dep.events_topic}.dlq", dep.feedback_topic, f"{dep.feedback_topic}.dlq",
-             f"{group}-owners", f"{group}-join-changelog"], "1")
+             f"{group}-owners", f"{group}-join-changelog", f"{group}-sync"], "1")
 
 
 def test_healthz_fails_when_a_lane_stalls(services: Any, new_topic: Any, own_redis: OwnRedis,
