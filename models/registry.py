@@ -238,7 +238,14 @@ class ModelRegistry:
         return doc
 
     def labels(self, name: str) -> dict[str, int]:
-        return {k: int(v) for k, v in self._doc(name)["labels"].items()}
+        return self.labels_and_ensemble(name)[0]
+
+    def labels_and_ensemble(self, name: str) -> tuple[dict[str, int], dict[str, Any] | None]:
+        """:meth:`labels` and :meth:`ensemble` from one read of the labels document (a worker
+        polls both every second)."""
+        doc = self._doc(name)
+        spec = doc.get(ENSEMBLE)
+        return {k: int(v) for k, v in doc["labels"].items()}, (dict(spec) if spec else None)
 
     def history(self, name: str) -> list[dict[str, Any]]:
         return list(self._doc(name)["history"])
@@ -264,8 +271,7 @@ class ModelRegistry:
     def ensemble(self, name: str) -> dict[str, Any] | None:
         """The ensemble the app serves, ``{"members": [3, 5], "weights": "learnt", "eta":
         0.05}``, or ``None``."""
-        spec = self._doc(name).get(ENSEMBLE)
-        return dict(spec) if spec else None
+        return self.labels_and_ensemble(name)[1]
 
     def set_ensemble(self, name: str, members: list[int] | None, weights: str = "learnt",
                      eta: float = 0.05) -> None:

@@ -152,12 +152,12 @@ class ModelSwap:
     def check_once(self) -> str | None:
         """One poll: ``"swapped"``, ``"refused"`` or ``None`` (nothing to do) for the active
         label; the shadow and canary labels are followed too."""
-        labels = self.registry.labels(self.app)
+        labels, ensemble = self.registry.labels_and_ensemble(self.app)
         result = self._follow_active(labels.get("active"))
         candidates = self.targets.candidates
         if candidates is not None:
             self._follow_candidates(candidates, labels)
-            self._follow_ensemble(candidates, self.registry.ensemble(self.app))
+            self._follow_ensemble(candidates, ensemble)
             if self.auto_guard is not None and candidates:
                 self.auto_guard.check(candidates, self.targets.lock)
             if self.search is not None:
