@@ -57,7 +57,7 @@ from streaminfer.streams.assignment import GroupAssignment
 from streaminfer.streams.batch import Batch, Rejected
 from streaminfer.streams.decode import RecordDecoder
 from streaminfer.streams.join import JoinState, MemoryJoinStore
-from streaminfer.streams.learner_setup import Restored, build_hooks
+from streaminfer.streams.learner_setup import Restored, build_hooks, step_rule
 from streaminfer.streams.learning import FeedbackLearner
 from streaminfer.streams.metrics import PipelineMetrics
 from streaminfer.streams.pipeline import HotPath
@@ -302,11 +302,9 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
         labels = RecordDecoder(make_codec("feedback", "json", None, settings.feedback_topic),
                                key=learning.join_on, event_id=learning.join_on,
                                event_time=learning.event_time, fields=[learning.label])
-        learner = _CountingLearner(model, settings.learn_batch_size or learning.batch_size,
-                                   hooks, feedback_topic=settings.feedback_topic, join=join,
-                                   labels=labels, learning=learning,
-                                   max_steps=learning.max_steps if settings.learn_max_steps
-                                   is None else settings.learn_max_steps)
+        learner = _CountingLearner(model, hooks=hooks, feedback_topic=settings.feedback_topic,
+                                   join=join, labels=labels, learning=learning,
+                                   **step_rule(settings, learning))
         subscribed.append(settings.feedback_topic)
     hot = build_lane(app, settings, handler, PipelineMetrics(window=1000), threading.Lock(),
                      GroupAssignment(subscribed), unique_name("bench-sync-group"), learner)

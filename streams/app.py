@@ -189,15 +189,22 @@ class Learning:
     #: optimiser steps per micro-batch at most (0: no bound): when labels arrive faster than
     #: ``batch_size * max_steps`` per micro-batch, they merge into larger steps
     max_steps: int = 4
+    #: labels in one micro-batch from which it takes a single optimiser step: so many labels
+    #: mean they arrive faster than steps can run; with fewer (above ``batch_size *
+    #: max_steps``) a micro-batch takes ``one_step_labels // labels`` steps (0: off)
+    one_step_labels: int = 1024
     #: progressive metrics: ``classifier`` (AUC, log-loss), ``multiclass`` (accuracy),
     #: ``recommender`` (RMSE, MAE); default: by ``loss``
     progressive: Literal["classifier", "multiclass", "recommender"] | None = None
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.l2 < 0 or self.batch_size < 1 or self.max_steps < 0:
-            raise ConfigError(f"learning: lr must be > 0, l2 >= 0, batch_size >= 1 and "
-                              f"max_steps >= 0 (got lr={self.lr}, l2={self.l2}, "
-                              f"batch_size={self.batch_size}, max_steps={self.max_steps})")
+        if (self.lr <= 0 or self.l2 < 0 or self.batch_size < 1 or self.max_steps < 0
+                or self.one_step_labels < 0):
+            raise ConfigError(f"learning: lr must be > 0, l2 >= 0, batch_size >= 1, "
+                              f"max_steps >= 0 and one_step_labels >= 0 (got lr={self.lr}, "
+                              f"l2={self.l2}, batch_size={self.batch_size}, "
+                              f"max_steps={self.max_steps}, "
+                              f"one_step_labels={self.one_step_labels})")
 
     @property
     def metrics(self) -> str | None:

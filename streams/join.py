@@ -5,11 +5,12 @@ record per micro-batch and partition rather than per event: the hot path writes 
 record per batch, and the ``event_id -> row`` index is rebuilt from those records when a
 partition is assigned (after Faust restored the table). Entries older than the event-time
 window behind the partition's newest event time are dropped and counted; feedback that
-arrives before its event waits (also in the table) within the same window.
+arrives before its event waits (also in the table, one record per feedback batch and
+partition) within the same window.
 
 Memory is bounded by entries, not only by time: a batch's record leaves as soon as its last
-event joined, and at most ``max_entries`` event rows and waiting labels are held (the oldest
-are evicted and counted), so a high rate or a long window cannot grow a worker without end.
+row joined, and at most ``max_entries`` event and label rows are held (the oldest records are
+evicted and counted), so a high rate or a long window cannot grow a worker without end.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from itertools import compress, repeat
+from typing import Any, Protocol
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -61,49 +63,73 @@ class MemoryJoinStore:
 
 @dataclass
 class Joined:
-    """Feedback matched to its event: features and the score served at prediction time."""
+    """Feedback matched to its events: features and the score served at prediction time.
+
+    Features and scores are kept as row blocks (one per remembered batch they came from) and
+    stacked once, in ``event_ids`` order, by :meth:`arrays`.
+    """
 
     event_ids: list[str] = field(default_factory=list)
-    features: list[np.ndarray] = field(default_factory=list)
     labels: list[float] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    _features: list[np.ndarray] = field(default_factory=list)
+    _scores: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    def extend(self, other: Joined) -> None:
+        self.event_ids += other.event_ids
+        self.labels += other.labels
+        self._features += other._features
+        self._scores += other._scores
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = np.stack(self.features).astype(np.float32) if self.features else np.zeros((0, 0))
-        return x, np.asarray(self.labels, np.float32), np.asarray(self.scores, np.float32)
+        """``(features, labels, served scores)`` as float32 arrays."""
+        if not self.event_ids:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+        x = np.concatenate(self._features) if len(self._features) > 1 else self._features[0]
+        return (x.astype(np.float32, copy=False), np.asarray(self.labels, np.float32),
+                np.concatenate(self._scores).astype(np.float32, copy=False))
 
 
 @dataclass(eq=False)
-class _EventRecord:
+class _Record:
+    """One store record: a micro-batch's rows of one partition, events or waiting labels.
+
+    It leaves memory and the store once ``remaining`` (rows that may still join) reaches 0.
+    """
+
     key: bytes
     partition: int
     ids: list[str]
     ts: np.ndarray
-    x: np.ndarray
-    scores: np.ndarray
     remaining: int
     max_ts: int
 
 
 @dataclass(eq=False)
-class _Pending:
-    key: bytes
-    partition: int
-    event_id: str
-    label: float
-    ts: int
+class _EventRecord(_Record):
+    x: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(eq=False)
+class _LabelRecord(_Record):
+    labels: np.ndarray
 
 
 @dataclass
 class JoinState:
     """In-memory index over the store's records for the partitions this worker owns.
 
-    ``max_entries`` bounds what is held: event rows of remembered batches plus waiting labels
-    (``size``). Past it the oldest record or label (by event time) is evicted and counted in
-    ``evicted``; memory is then at most about ``max_entries`` times the bytes of an entry.
+    Events and the labels that wait for their events are both kept as one record per
+    micro-batch and partition, so the hot path writes about one store (changelog) record per
+    batch whichever arrives first.
+
+    ``max_entries`` bounds what is held: event rows plus label rows of remembered batches
+    (``size``). Past it the oldest record (by event time) is evicted and its rows that never
+    joined are counted in ``evicted``; memory is then at most about ``max_entries`` times the
+    bytes of an entry.
     """
 
     store: JoinStore
@@ -114,12 +140,12 @@ class JoinState:
     expired_feedback: int = 0
     evicted: int = 0
     _index: dict[str, tuple[_EventRecord, int]] = field(default_factory=dict)
-    _pending: dict[str, _Pending] = field(default_factory=dict)
+    _pending: dict[str, tuple[_LabelRecord, int]] = field(default_factory=dict)
     # per partition, oldest first, by store key: a record leaves once all its rows joined
     _events: dict[int, OrderedDict[bytes, _EventRecord]] = field(default_factory=dict)
-    _feedback: dict[int, OrderedDict[bytes, _Pending]] = field(default_factory=dict)
+    _feedback: dict[int, OrderedDict[bytes, _LabelRecord]] = field(default_factory=dict)
     _watermark: dict[int, int] = field(default_factory=dict)
-    _rows: int = 0  # event rows held in ``_events`` (joined rows of a partly joined batch too)
+    _rows: int = 0  # rows held in records (joined rows of a partly joined batch too)
 
     def __post_init__(self) -> None:
         if self.max_entries <= 0:
@@ -130,24 +156,28 @@ class JoinState:
         """Rebuild the index for newly owned partitions from the store (after recovery)."""
         self.drop(partitions)
         records = sorted(self.store.items(partitions), key=lambda kv: kv[0])
-        for key, value in records:
+        for key, value in records:  # events first: "ev:" sorts before "fb:" and "fl:"
             if key.startswith(b"ev:"):
-                self._index_events(_decode_events(key, value))
-            elif key.startswith(b"fb:"):
-                pending = _decode_pending(key, value)
-                self._wait(pending)
-                self._advance(pending.partition, pending.ts)
+                self._hold(_decode_events(key, value))
+            elif key.startswith((b"fl:", b"fb:")):
+                labels = _decode_labels(key, value)
+                self._hold(labels)
+                # A label and its event are both held only if they joined before the move
+                # (whichever came second joined at once): never learn from them twice.
+                for row, event_id in enumerate(labels.ids):
+                    if event_id in self._index and self._pending.get(event_id) == (labels, row):
+                        del self._pending[event_id]
+                        self._release(labels)
         self._evict()
 
     def drop(self, partitions: set[int]) -> None:
         """Forget (in memory only) the state of partitions that moved to another worker."""
         for p in partitions:
-            for record in self._events.pop(p, OrderedDict()).values():
+            held: list[_Record] = [*self._events.pop(p, OrderedDict()).values(),
+                                   *self._feedback.pop(p, OrderedDict()).values()]
+            for record in held:
                 self._rows -= len(record.ids)
                 self._unindex(record)
-            for pending in self._feedback.pop(p, OrderedDict()).values():
-                if self._pending.get(pending.event_id) is pending:
-                    del self._pending[pending.event_id]
             self._watermark.pop(p, None)
 
     # -- the stream -------------------------------------------------------------------------
@@ -157,39 +187,43 @@ class JoinState:
         if not ids:
             return Joined()
         key = b"ev:%d:%020d" % (partition, first_offset)
-        record = _EventRecord(key, partition, list(ids), ts.astype(np.int64),
-                              np.ascontiguousarray(x, np.float32),
-                              scores.astype(np.float32), len(ids), int(ts.max()))
-        old = self._events.get(partition, {}).get(key)
-        if old is not None:  # the same batch read again (a replay): the new one replaces it
-            self._forget(old, store=False)
+        record = _EventRecord(key, partition, list(ids), ts.astype(np.int64), len(ids),
+                              int(ts.max()), np.ascontiguousarray(x, np.float32),
+                              scores.astype(np.float32))
+        self._replace(self._events, record)
         self.store.put(partition, key, _encode_events(record))
-        self._index_events(record)
+        self._hold(record)
         joined = Joined()
         if self._pending:
-            for event_id in ids:
-                pending = self._pending.pop(event_id, None)
-                if pending is not None:
-                    del self._feedback[pending.partition][pending.key]
-                    self.store.put(pending.partition, pending.key, None)
-                    self._match(event_id, pending.label, joined)
+            found = list(filter(self._pending.__contains__, ids))
+            values = []
+            for labels, row in map(self._pending.pop, found):
+                values.append(float(labels.labels[row]))
+                self._release(labels)
+            self._match(found, values, joined)
         self._evict()
         return joined
 
     def add_feedback(self, partition: int, offsets: list[int], ids: list[str],
                      labels: np.ndarray, ts: np.ndarray) -> Joined:
-        """Join feedback to remembered events; unmatched feedback waits for its event."""
+        """Join feedback to remembered events; unmatched feedback waits for its event (one
+        store record for all the labels of this call that wait)."""
         joined = Joined()
-        for offset, event_id, label, t in zip(offsets, ids, labels.tolist(), ts.tolist(),
-                                              strict=True):
-            self._advance(partition, t)
-            if event_id in self._index:
-                self._match(event_id, label, joined)
-                continue
-            key = b"fb:%d:%020d" % (partition, offset)
-            self._wait(_Pending(key, partition, event_id, label, t))
-            self.store.put(partition, key, json.dumps(
-                {"event_id": event_id, "label": label, "ts": t}).encode())
+        if not ids:
+            return joined
+        self._advance(partition, int(ts.max()))
+        found = list(map(self._index.__contains__, ids))
+        self._match(list(compress(ids, found)), list(compress(labels.tolist(), found)), joined)
+        waiting = [row for row, hit in enumerate(found) if not hit]
+        if waiting:
+            rows = np.asarray(waiting)
+            wait_ts = np.asarray(ts, np.int64)[rows]
+            record = _LabelRecord(b"fl:%d:%020d" % (partition, offsets[waiting[0]]), partition,
+                                  [ids[r] for r in waiting], wait_ts, len(waiting),
+                                  int(wait_ts.max()), np.asarray(labels, np.float32)[rows])
+            self._replace(self._feedback, record)
+            self.store.put(partition, record.key, _encode_labels(record))
+            self._hold(record)
         self._evict()
         return joined
 
@@ -201,104 +235,117 @@ class JoinState:
                 self.expired_events += self._forget(next(iter(records.values())))
         for p, waiting in self._feedback.items():
             limit = self._watermark.get(p, 0) - self.window_ms
-            while waiting and next(iter(waiting.values())).ts < limit:
-                self._unwait(next(iter(waiting.values())))
-                self.expired_feedback += 1
+            while waiting and next(iter(waiting.values())).max_ts < limit:
+                self.expired_feedback += self._forget(next(iter(waiting.values())))
 
     @property
     def size(self) -> int:
-        """Entries held: event rows of remembered batches plus waiting labels."""
-        return self._rows + len(self._pending)
+        """Entries held: event rows and label rows of remembered batches."""
+        return self._rows
+
+    @property
+    def waiting(self) -> int:
+        """Labels waiting for their event."""
+        return len(self._pending)
 
     # -- internals --------------------------------------------------------------------------
-    def _index_events(self, record: _EventRecord) -> None:
-        for row, event_id in enumerate(record.ids):
-            previous = self._index.get(event_id)
-            if previous is not None:  # a replayed event: its older copy can never join
-                if previous[0] is record:
-                    record.remaining -= 1
-                else:
-                    self._release(previous[0])
-            self._index[event_id] = (record, row)
-        self._events.setdefault(record.partition, OrderedDict())[record.key] = record
-        self._rows += len(record.ids)
+    def _lookup(self, record: _Record) -> tuple[dict[int, OrderedDict[bytes, Any]],
+                                                dict[str, tuple[Any, int]]]:
+        """The per-partition records and the id index that ``record``'s kind lives in."""
+        if isinstance(record, _EventRecord):
+            return self._events, self._index
+        return self._feedback, self._pending
+
+    def _replace(self, held: dict[int, OrderedDict[bytes, Any]], record: _Record) -> None:
+        """The same batch read again (a replay): the new record replaces the old one."""
+        old = held.get(record.partition, {}).get(record.key)
+        if old is not None:
+            self._forget(old, store=False)
+
+    def _hold(self, record: _Record) -> None:
+        held, index = self._lookup(record)
+        ids, n = record.ids, len(record.ids)
+        if index.keys().isdisjoint(ids):  # the usual case, in bulk
+            before = len(index)
+            index.update(zip(ids, zip(repeat(record, n), range(n), strict=True), strict=True))
+            record.remaining -= n - (len(index) - before)  # an id twice in the batch: the last
+        else:
+            for row, event_id in enumerate(ids):
+                previous = index.get(event_id)
+                if previous is not None:  # a replayed event or label: the older copy never joins
+                    if previous[0] is record:
+                        record.remaining -= 1
+                    else:
+                        self._release(previous[0])
+                index[event_id] = (record, row)
+        held.setdefault(record.partition, OrderedDict())[record.key] = record
+        self._rows += n
         self._advance(record.partition, record.max_ts)
-
-    def _wait(self, pending: _Pending) -> None:
-        previous = self._pending.get(pending.event_id)
-        if previous is not None:  # a replayed label: keep the newest only
-            self._unwait(previous)
-        self._pending[pending.event_id] = pending
-        self._feedback.setdefault(pending.partition, OrderedDict())[pending.key] = pending
-
-    def _unwait(self, pending: _Pending) -> None:
-        """Drop a waiting label from memory and the store."""
-        self._feedback.get(pending.partition, {}).pop(pending.key, None)
-        if self._pending.get(pending.event_id) is pending:
-            del self._pending[pending.event_id]
-        self.store.put(pending.partition, pending.key, None)
 
     def _advance(self, partition: int, ts: int) -> None:
         if ts > self._watermark.get(partition, 0):
             self._watermark[partition] = ts
 
-    def _match(self, event_id: str, label: float, joined: Joined) -> None:
-        record, row = self._index.pop(event_id)
-        joined.event_ids.append(event_id)
-        joined.features.append(record.x[row])
-        joined.labels.append(label)
-        joined.scores.append(float(record.scores[row]))
-        self.joined += 1
-        self._release(record)
+    def _match(self, event_ids: list[str], labels: list[float], joined: Joined) -> None:
+        """Join ``labels`` to their indexed events, in order; a record whose rows all joined
+        leaves at once."""
+        if not event_ids:
+            return
+        entries = list(map(self._index.pop, event_ids))
+        joined.event_ids += event_ids
+        joined.labels += labels
+        self.joined += len(event_ids)
+        start = 0
+        for end in range(1, len(entries) + 1):  # one row block per run of the same record
+            record = entries[start][0]
+            if end < len(entries) and entries[end][0] is record:
+                continue
+            rows = [row for _, row in entries[start:end]]
+            joined._features.append(record.x[rows])
+            joined._scores.append(record.scores[rows])
+            self._release(record, end - start)
+            start = end
 
-    def _release(self, record: _EventRecord) -> None:
-        """One row of ``record`` will never be looked up again; free the record after its
-        last (every event of the batch got its label)."""
-        record.remaining -= 1
-        if record.remaining == 0:
+    def _release(self, record: _Record, rows: int = 1) -> None:
+        """``rows`` rows of ``record`` will never be looked up again; free the record after
+        its last (every row of the batch joined)."""
+        record.remaining -= rows
+        if record.remaining <= 0:
             self._forget(record)
 
-    def _forget(self, record: _EventRecord, *, store: bool = True) -> int:
+    def _forget(self, record: _Record, *, store: bool = True) -> int:
         """Drop ``record`` from memory (and the store); returns its rows that never joined."""
-        if self._events.get(record.partition, {}).get(record.key) is not record:
+        held, _ = self._lookup(record)
+        if held.get(record.partition, {}).get(record.key) is not record:
             return 0  # already gone
-        del self._events[record.partition][record.key]
+        del held[record.partition][record.key]
         self._rows -= len(record.ids)
-        unjoined = self._unindex(record)
+        # ``remaining`` counts the index entries pointing at the record: none are left at 0
+        unjoined = self._unindex(record) if record.remaining > 0 else 0
         if store:
             self.store.put(record.partition, record.key, None)
         record.remaining = 0
         return unjoined
 
-    def _unindex(self, record: _EventRecord) -> int:
+    def _unindex(self, record: _Record) -> int:
+        _, index = self._lookup(record)
         unjoined = 0
         for row, event_id in enumerate(record.ids):
-            entry = self._index.get(event_id)
+            entry = index.get(event_id)
             if entry is not None and entry[0] is record and entry[1] == row:
-                del self._index[event_id]
+                del index[event_id]
                 unjoined += 1
         return unjoined
 
     def _evict(self) -> None:
-        """Past ``max_entries``: drop the oldest record or waiting label (by event time)."""
+        """Past ``max_entries``: drop the oldest record (by event time), events or labels."""
         while self.size > self.max_entries:
-            heads: list[tuple[int, _EventRecord | _Pending]] = []
-            for records in self._events.values():
-                if records:
-                    head = next(iter(records.values()))
-                    heads.append((head.max_ts, head))
-            for waiting in self._feedback.values():
-                if waiting:
-                    first = next(iter(waiting.values()))
-                    heads.append((first.ts, first))
+            heads = [next(iter(records.values()))
+                     for held in (self._events, self._feedback)
+                     for records in held.values() if records]
             if not heads:
                 return
-            oldest = min(heads, key=lambda h: h[0])[1]
-            if isinstance(oldest, _EventRecord):
-                self.evicted += self._forget(oldest)
-            else:
-                self._unwait(oldest)
-                self.evicted += 1
+            self.evicted += self._forget(min(heads, key=lambda r: r.max_ts))
 
 
 def _encode_events(record: _EventRecord) -> bytes:
@@ -308,19 +355,30 @@ def _encode_events(record: _EventRecord) -> bytes:
 
 def _decode_events(key: bytes, value: bytes) -> _EventRecord:
     tensors = st_load(value)
-    ids = _metadata(value)["ids"]
     ts = tensors["ts"]
-    return _EventRecord(key, _partition_of(key), json.loads(ids), ts, tensors["x"],
-                        tensors["scores"], len(ts), int(ts.max()) if len(ts) else 0)
+    return _EventRecord(key, _partition_of(key), json.loads(_metadata(value)["ids"]), ts,
+                        len(ts), int(ts.max()) if len(ts) else 0, tensors["x"],
+                        tensors["scores"])
+
+
+def _encode_labels(record: _LabelRecord) -> bytes:
+    tensors = {"ts": record.ts, "labels": record.labels}
+    return st_save(tensors, metadata={"ids": json.dumps(record.ids)})
+
+
+def _decode_labels(key: bytes, value: bytes) -> _LabelRecord:
+    if key.startswith(b"fb:"):  # written by 0.1 workers: one JSON record per waiting label
+        data = json.loads(value)
+        ts = np.array([int(data["ts"])], np.int64)
+        return _LabelRecord(key, _partition_of(key), [data["event_id"]], ts, 1, int(ts[0]),
+                            np.array([float(data["label"])], np.float32))
+    tensors = st_load(value)
+    ts = tensors["ts"]
+    return _LabelRecord(key, _partition_of(key), json.loads(_metadata(value)["ids"]), ts,
+                        len(ts), int(ts.max()) if len(ts) else 0, tensors["labels"])
 
 
 def _metadata(value: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors buffer (8-byte header length + JSON header)."""
     size = int.from_bytes(value[:8], "little")
     return json.loads(value[8 : 8 + size]).get("__metadata__", {})
-
-
-def _decode_pending(key: bytes, value: bytes) -> _Pending:
-    data = json.loads(value)
-    return _Pending(key, _partition_of(key), data["event_id"], float(data["label"]),
-                    int(data["ts"]))

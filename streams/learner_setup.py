@@ -25,12 +25,12 @@ from streaminfer.models.checkpoint_store import (
 from streaminfer.models.progressive import metrics_for, metrics_from_state
 from streaminfer.models.sync import Sync
 from streaminfer.models.tensorboard import ScalarLogger
-from streaminfer.streams.app import App
+from streaminfer.streams.app import App, Learning
 from streaminfer.streams.learning import LearnerHooks
 from streaminfer.streams.settings import Settings
 from streaminfer.streams.wiring import store_from_url
 
-__all__ = ["Restored", "build_hooks", "restore"]
+__all__ = ["Restored", "build_hooks", "restore", "step_rule"]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +137,13 @@ def build_hooks(settings: Settings, app: App, model: Model, restored: Restored, 
 
         hooks.checkpoint = save_checkpoint
     return hooks
+
+
+def step_rule(settings: Settings, learning: Learning) -> dict[str, Any]:
+    """The learner's step-rule arguments: the app's ``Learning``, overridden by settings."""
+    def pick(setting: Any, own: Any) -> Any:
+        return own if setting is None else setting
+
+    return {"learn_batch_size": pick(settings.learn_batch_size, learning.batch_size),
+            "max_steps": pick(settings.learn_max_steps, learning.max_steps),
+            "one_step_labels": pick(settings.learn_one_step_labels, learning.one_step_labels)}

@@ -67,6 +67,8 @@ class Learner:
     feedback_topic: str | None = None
     #: at most this many optimiser steps per micro-batch (0: no bound), see ``step_sizes``
     max_steps: int = 4
+    #: labels in a micro-batch from which it takes one step (0: off), see ``step_size``
+    one_step_labels: int = 0
     steps: int = 0
     learned: int = 0
     _last_side_work: float = field(default_factory=time.monotonic)
@@ -84,7 +86,7 @@ class Learner:
         candidates = self.hooks.candidates
         if candidates:
             candidates.test(x, y, self.model)
-        size = step_size(len(y), self.learn_batch_size, self.max_steps)
+        size = step_size(len(y), self.learn_batch_size, self.max_steps, self.one_step_labels)
         for start in range(0, len(y), size):
             rows = range(start, min(start + size, len(y)))
             chunk = x[start:start + size] if isinstance(x, np.ndarray) else take_rows(x, rows)
@@ -140,18 +142,23 @@ def _side_work(what: str, fn: Callable[..., Any], *args: Any) -> None:
         log.warning("%s failed, will retry: %s: %s", what, type(exc).__name__, exc)
 
 
-def step_size(labels: int, batch_size: int, max_steps: int) -> int:
+def step_size(labels: int, batch_size: int, max_steps: int, one_step_labels: int = 0) -> int:
     """Examples per optimiser step for a micro-batch that brought ``labels`` labels.
 
-    The adaptive rule (docs/learning.md): step on whatever labels the micro-batch brought,
-    in steps of ``batch_size`` (a micro-batch with fewer labels is one smaller step), and when
-    labels arrive faster than that, merge them into at most ``max_steps`` larger steps. At low
-    rates the model moves after every few labels (sample efficiency); at saturation the step
-    count per micro-batch, hence the learning cost per event, stays bounded.
+    The adaptive rule (docs/learning.md): step on whatever labels the micro-batch brought, in
+    steps of ``batch_size`` (a micro-batch with fewer labels is one smaller step), at most
+    ``max_steps`` steps (0: no bound). Many labels in one micro-batch mean they arrive faster
+    than steps can run, so from there the steps merge further: at most
+    ``one_step_labels // labels`` steps (0: off), one step from ``one_step_labels`` labels on.
+    At low rates the model moves after every few labels (sample efficiency); at saturation
+    the learning cost per event falls as the rate grows.
     """
-    if max_steps <= 0 or labels <= batch_size * max_steps:
-        return batch_size
-    return -(-labels // max_steps)
+    steps = -(-labels // batch_size)
+    if max_steps > 0:
+        steps = min(steps, max_steps)
+    if one_step_labels > 0:
+        steps = min(steps, max(1, one_step_labels // max(labels, 1)))
+    return -(-labels // max(steps, 1)) if labels else batch_size
 
 
 def _usable(labels: np.ndarray, learning: Learning) -> np.ndarray:
@@ -216,7 +223,7 @@ class FeedbackLearner(Learner):
                 part = self.join.add_feedback(
                     partition, [fb.messages[r].offset() for r in rows],
                     [fb.event_ids[r] for r in rows], labels[rows], fb.ts[rows])
-                _extend(joined, part)
+                joined.extend(part)
         self.join.expire()
         if len(joined):
             x, y, served = joined.arrays()
@@ -232,7 +239,7 @@ class FeedbackLearner(Learner):
             part = self.join.add_events(partition, first_offset,
                                         [batch.event_ids[r] for r in rows.tolist()],
                                         batch.ts[rows], features[rows], served[rows])
-            _extend(joined, part)
+            joined.extend(part)
 
     def snapshot(self) -> dict[str, Any]:
         out = super().snapshot()
@@ -269,10 +276,3 @@ class InlineLearner(Learner):
         if self.state is not None:
             out.update(self.state.stats())
         return out
-
-
-def _extend(joined: Joined, part: Joined) -> None:
-    joined.event_ids += part.event_ids
-    joined.features += part.features
-    joined.labels += part.labels
-    joined.scores += part.scores

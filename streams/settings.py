@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     hidden: int = Field(0, ge=0)
     learn_batch_size: int | None = Field(None, gt=0)  # None: the app's own (Learning)
     learn_max_steps: int | None = Field(None, ge=0)  # None: the app's own; 0: no bound
+    learn_one_step_labels: int | None = Field(None, ge=0)  # None: the app's own; 0: off
     join_window_s: float = Field(
         600.0, gt=0, description="Labels join events up to this many seconds apart (event "
         "time); older events and waiting labels are dropped")

@@ -63,7 +63,13 @@ from streaminfer.streams.guard import CachedPredictions, ModelGuard
 from streaminfer.streams.handlers import AppHandler
 from streaminfer.streams.join import JoinState
 from streaminfer.streams.kafka_auth import faust_credentials
-from streaminfer.streams.learner_setup import Restored, build_hooks, checkpoint_store, restore
+from streaminfer.streams.learner_setup import (
+    Restored,
+    build_hooks,
+    checkpoint_store,
+    restore,
+    step_rule,
+)
 from streaminfer.streams.learning import FeedbackLearner, InlineLearner, Learner
 from streaminfer.streams.logs import logging_config
 from streaminfer.streams.metrics import LaneRecorder, PipelineMetrics
@@ -416,9 +422,7 @@ class Worker:
         hooks = build_hooks(settings, self.app, model, restored, self.options.worker_id,
                             self.written_offsets, sync, store, on_saved=self.obs.mark_checkpoint,
                             current=lambda: self.model or model)
-        batch_size = settings.learn_batch_size or learning.batch_size
-        max_steps = (learning.max_steps if settings.learn_max_steps is None
-                     else settings.learn_max_steps)
+        rule = step_rule(settings, learning)
         if learning.topic is not None:
             table = faust_app.Table("join", partitions=n, key_type=bytes, value_type=bytes)
             join = JoinState(FaustTableStore(table, faust_app),
@@ -428,15 +432,14 @@ class Worker:
             labels = RecordDecoder(codec, key=learning.join_on, event_id=learning.join_on,
                                    event_time=learning.event_time,
                                    fields=[learning.label])
-            return FeedbackLearner(model, batch_size, hooks, feedback_topic=learning.topic,
-                                   max_steps=max_steps, join=join, labels=labels, learning=learning)
+            return FeedbackLearner(model, hooks=hooks, feedback_topic=learning.topic, join=join,
+                                   labels=labels, learning=learning, **rule)
         state = None
         if self.app.state is not None:
             table = faust_app.Table(self.app.state.name, partitions=n, key_type=bytes,
                                     value_type=bytes)
             state = UserState(FaustTableStore(table, faust_app), model)  # type: ignore[arg-type]
-        return InlineLearner(model, batch_size, hooks, max_steps=max_steps, learning=learning,
-                             state=state)
+        return InlineLearner(model, hooks=hooks, learning=learning, state=state, **rule)
 
     def run(self, loglevel: str = "info") -> None:
         """Start and run until SIGTERM/SIGINT; the current batch is finished and committed.

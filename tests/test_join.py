@@ -69,7 +69,7 @@ def test_waiting_labels_stay_at_the_cap() -> None:
     for start in range(0, 1000, 10):
         _labels(join, start, 10, ts=1_000 + start)
     assert join.size == 100 and join.evicted == 900
-    assert len(store.data) == 100
+    assert len(store.data) == 10  # one store record per batch of waiting labels
     assert len(_events(join, 990, 10)) == 10  # the newest labels still join
 
 
@@ -144,6 +144,44 @@ def test_random_interleavings_stay_within_the_cap_and_the_store_matches() -> Non
         held = {r.key for records in join._events.values() for r in records.values()}
         waiting = {w.key for records in join._feedback.values() for w in records.values()}
         assert set(store.data) == held | waiting
-        assert join.size == (sum(len(r.ids) for records in join._events.values()
-                                 for r in records.values()) + len(join._pending))
+        assert join.size == sum(len(r.ids) for held in (join._events, join._feedback)
+                                for records in held.values() for r in records.values())
     assert join.joined > 0 and join.evicted > 0
+
+
+def test_restored_labels_that_joined_before_the_move_are_not_learned_again() -> None:
+    """A batch of labels waits; half of it joins; the partition moves. The new owner holds
+    the other half waiting, and learns each label once."""
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS)
+    _labels(join, 0, 10)  # all wait: one store record
+    ids = [f"e{i}" for i in range(5)] + ["no-label"]  # half the labels' events, and one more
+    joined = join.add_events(0, 0, ids, np.full(6, 1_000, np.int64), np.ones((6, 3), np.float32),
+                             np.full(6, 0.5, np.float32))
+    assert len(joined) == 5 and len(store.data) == 2  # both records still have unjoined rows
+    other = JoinState(store, WINDOW_MS)
+    other.load({0})
+    assert other.waiting == 5  # e5..e9; e0..e4 joined before the move
+    assert len(_events(other, 5, 5)) == 5
+    assert other.joined == 5 and other.waiting == 0
+
+
+def test_labels_written_one_per_record_by_older_workers_still_restore() -> None:
+    store = MemoryJoinStore()
+    store.put(0, b"fb:0:%020d" % 3, b'{"event_id": "e3", "label": 1.0, "ts": 1000}')
+    join = JoinState(store, WINDOW_MS)
+    join.load({0})
+    assert join.waiting == 1
+    joined = join.add_events(0, 3, ["e3"], np.array([1_000]), np.ones((1, 3), np.float32),
+                             np.array([0.5], np.float32))
+    assert joined.labels == [1.0] and not store.data
+
+
+def test_an_event_twice_in_one_batch_still_frees_the_batch_once_joined() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS)
+    join.add_events(0, 0, ["a", "a", "b"], np.full(3, 1_000, np.int64),
+                    np.ones((3, 3), np.float32), np.full(3, 0.5, np.float32))
+    joined = join.add_feedback(0, [0, 1], ["a", "b"], np.ones(2, np.float32),
+                               np.full(2, 1_000, np.int64))
+    assert len(joined) == 2 and join.size == 0 and not store.data

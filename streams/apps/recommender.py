@@ -36,6 +36,7 @@ def app(settings: Settings) -> App:
         model=_model,
         outputs=Outputs(["score"], activation="none", topic=settings.predictions_topic,
                         top_n=settings.top_n),
-        learning=Learning(label="rating", loss="mse", batch_size=32, max_steps=0),
+        learning=Learning(label="rating", loss="mse", batch_size=32, max_steps=0,
+                          one_step_labels=0),
         state=KeyedState("users"),
     )

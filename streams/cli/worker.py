@@ -70,6 +70,11 @@ __all__ = ["worker"]
 @click.option("--learn-max-steps", type=click.IntRange(min=0),
               help="Optimiser steps per micro-batch at most; 0: no bound [default: 8 "
               "classifier, 0 recommender].")
+@click.option("--learn-one-step-labels", type=click.IntRange(min=0),
+              help="Labels in one micro-batch from which it takes a single optimiser step (they "
+              "arrive faster than steps can run); with fewer, above --learn-batch-size times "
+              "--learn-max-steps, it takes this // labels steps; 0: off [default: 1024 "
+              "classifier, 0 recommender].")
 @click.option("--join-window-s", type=click.FloatRange(min=0, min_open=True),
               help="Event-time window for joining feedback to its event [default 600].")
 @click.option("--join-max-entries", type=click.IntRange(min=1),
