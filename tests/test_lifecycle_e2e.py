@@ -1,9 +1,10 @@
 """Acceptance: two real workers on a steady stream follow promote and rollback.
 
-2,000 events/s for ~27 s; v2 is promoted at 7 s and rolled back to v1 at 17 s. Learning is
-off here (the sync across a swap is covered in ``test_model_swap``), so each prediction's
-version says exactly which registered weights scored it. Latency is event time to the
-prediction's ``processed_ts`` (scored and queued for Redis), read from the predictions topic.
+2,000 events/s for 30 s; v2 is promoted at 6 s, rolled back to v1 at 12 s, promoted again at
+18 s and rolled back at 24 s. Learning is off here (the sync across a swap is covered in
+``test_model_swap``), so each prediction's version says exactly which registered weights
+scored it. Latency is event time to the prediction's ``processed_ts`` (scored and queued for
+Redis), read from the predictions topic.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from tests.workers import deployment, wait_all_served
 pytestmark = pytest.mark.services
 
 RATE = 2000
-SECONDS = 27
-PROMOTE_AT, ROLLBACK_AT = 7.0, 17.0
+SECONDS = 30
+#: when each move happens (s after the stream starts) and the version it makes active
+MOVES = [(6.0, 2), (12.0, 1), (18.0, 2), (24.0, 1)]
+#: the latency windows compared: this long before and after each move
+WINDOW_MS = 2500
 
 
-def _produce(bootstrap: str, topic: str, run: str, marks: dict[str, float],
+def _produce(bootstrap: str, topic: str, run: str, marks: list[float],
              registry: Any) -> list[str]:
     producer = make_producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     codec = RecordCodec("event")
@@ -41,12 +45,12 @@ def _produce(bootstrap: str, topic: str, run: str, marks: dict[str, float],
     start = time.perf_counter()
     i = 0
     while (elapsed := time.perf_counter() - start) < SECONDS:
-        if "promote" not in marks and elapsed >= PROMOTE_AT:
-            registry.promote("classifier", 2)
-            marks["promote"] = time.time() * 1000
-        if "rollback" not in marks and elapsed >= ROLLBACK_AT:
-            registry.rollback("classifier")
-            marks["rollback"] = time.time() * 1000
+        if len(marks) < len(MOVES) and elapsed >= MOVES[len(marks)][0]:
+            if MOVES[len(marks)][1] == 2:
+                registry.promote("classifier", 2)
+            else:
+                registry.rollback("classifier")
+            marks.append(time.time() * 1000)
         for _ in range(20):
             ts, key, eid = now_ms(), f"{run}-k{i % 500}", f"{run}-{i}"
             producer.produce(topic, codec.encode(
@@ -81,7 +85,7 @@ def test_two_workers_follow_promote_and_rollback(services: Any, new_topic: Any,
         dep.extra_env.update({"STREAMINFER_REGISTRY_URL": url, "STREAMINFER_LEARN": "false"})
         procs = [dep.start_worker(), dep.start_worker()]
         dep.wait_ready(procs, client)
-        marks: dict[str, float] = {}
+        marks: list[float] = []
         run = uuid.uuid4().hex[:6]
         ids: list[str] = []
         producer = threading.Thread(target=lambda: ids.extend(
@@ -98,31 +102,33 @@ def test_two_workers_follow_promote_and_rollback(services: Any, new_topic: Any,
     rows = [served[i] for i in ids]
     bases = {r["model_version"].split("+u")[0] for r in rows}
     assert bases <= {"v1", "v2"}, bases
-    promote, rollback = marks["promote"], marks["rollback"]
-    late_v2 = [r for r in rows if promote + 5000 <= r["processed_ts"] < rollback]
-    late_v1 = [r for r in rows if r["processed_ts"] >= rollback + 5000]
-    assert late_v2 and late_v1
-    wrong = [r["model_version"] for r in late_v2 if not r["model_version"].startswith("v2+")]
-    assert not wrong, f"{len(wrong)} predictions 5 s after promote not from v2: {wrong[:3]}"
-    wrong = [r["model_version"] for r in late_v1 if not r["model_version"].startswith("v1+")]
-    assert not wrong, f"{len(wrong)} predictions 5 s after rollback not from v1: {wrong[:3]}"
-    # when did each version take over: the first v2 / last v1 around each move
+    ends = [*marks[1:], float("inf")]
+    for (_, version), move, end in zip(MOVES, marks, ends, strict=True):
+        late = [r["model_version"] for r in rows if move + 5000 <= r["processed_ts"] < end]
+        assert late, f"no prediction 5 s after the move to v{version}"
+        wrong = [v for v in late if not v.startswith(f"v{version}+")]
+        assert not wrong, (f"{len(wrong)} predictions 5 s after the move to v{version} came "
+                           f"from another version: {wrong[:3]}")
+    promote = marks[0]
     first_v2 = min(r["processed_ts"] for r in rows if r["model_version"].startswith("v2+"))
     last_v1 = max(r["processed_ts"] for r in rows if r["model_version"].startswith("v1+")
-                  and r["processed_ts"] < rollback)
+                  and r["processed_ts"] < marks[1])
     latency = {r["event_id"]: r["processed_ts"] - r["event_ts"] for r in rows}
-    before = [latency[r["event_id"]] for r in rows
-              if started + 2000 <= r["processed_ts"] < promote]
-    window = [latency[r["event_id"]] for r in rows
-              if promote <= r["processed_ts"] < promote + 5000
-              or rollback <= r["processed_ts"] < rollback + 5000]
+
+    def p99_within(lo: float, hi: float) -> float:
+        return _p99([latency[r["event_id"]] for r in rows if lo <= r["processed_ts"] < hi])
+
+    # Each swap's window (2.5 s after the move) against the 2.5 s just before it. This shared
+    # 2-core host has scheduling hiccups of 100-200 ms at random moments, swap or not; one in
+    # a window sets that window's p99. The median ratio over the four swaps is what a swap
+    # that really cost latency moves and a stray hiccup does not. Timestamps are whole ms, so
+    # each p99 (~13 ms) carries +-1 ms: 2 ms of slack.
+    pairs = [(p99_within(m - WINDOW_MS, m), p99_within(m, m + WINDOW_MS)) for m in marks]
+    ratios = sorted((after - 2) / before for before, after in pairs)
+    median = float(np.median(ratios))
     print(f"\n{len(ids)} events at {len(ids) / took:.0f} ev/s; promote -> first v2 "
           f"{first_v2 - promote:.0f} ms, last v1 {last_v1 - promote:.0f} ms after promote; "
-          f"p99 latency before {_p99(before):.1f} ms, in the swap windows {_p99(window):.1f} "
-          f"ms (ratio {_p99(window) / _p99(before):.2f}), p50 {np.median(before):.1f} / "
-          f"{np.median(window):.1f} ms")
+          f"p99 latency before / after each swap (ms): "
+          f"{', '.join(f'{b:.0f} / {a:.0f}' for b, a in pairs)}; median ratio {median:.2f}")
     assert "now serving v2" in logs and "now serving v1" in logs
-    # The issue's goal is 1.5x (printed above; 1.01x and 2.8x in two runs on this shared
-    # 2-core host, where one scheduling hiccup moves a 5-second window's p99). What must never
-    # happen is a swap that stalls the lanes: that would be seconds, not this bound.
-    assert _p99(window) <= 4 * _p99(before) + 250, (_p99(before), _p99(window))
+    assert median <= 1.5, pairs
