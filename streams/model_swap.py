@@ -17,6 +17,8 @@ The protocol (docs/lifecycle.md):
 4. A version that fails a check is refused: logged, counted in
    ``streaminfer_model_swaps_total{result="refused"}``, remembered (not retried until the
    label moves again), and the old version keeps serving.
+   A version registered by ``model search`` is built with the hyperparameters it won with
+   (``lr``, ``l2``, ``optimizer`` from its manifest), so it keeps learning as it did.
 5. The same poll follows the ``shadow`` and ``canary`` labels (``streams.candidates``): a
    version they name is loaded and checked the same way, off the hot path, then put beside
    the active one under the lock; a removed label (or one naming the active version) drops
@@ -51,7 +53,7 @@ from streaminfer.streams.auto_guard import AutoGuard
 from streaminfer.streams.batch import take_rows
 from streaminfer.streams.candidates import ROLES, Candidate, Candidates
 from streaminfer.streams.ensemble import Ensemble
-from streaminfer.streams.search import LiveSearch
+from streaminfer.streams.search import SEARCHABLE, LiveSearch
 
 __all__ = ["ModelSwap", "SwapTargets"]
 
@@ -235,7 +237,7 @@ class ModelSwap:
         if active is None or active == self.current_number() or active in self.refused:
             return None
         seen = time.perf_counter()
-        model = self._fresh()
+        model = self._fresh(self._won_with(active))
         problem = self._check(model, active, sample=self._sample())
         if problem is not None:
             self._refuse(active, problem)
@@ -255,8 +257,25 @@ class ModelSwap:
         return "swapped"
 
     # -- steps ----------------------------------------------------------------------------------
-    def _fresh(self) -> Model:
-        model = self.build()
+    def _won_with(self, version: int) -> dict[str, Any]:
+        """The hyperparameters a search winner learnt with (``{}`` for other versions): a
+        worker serving it keeps learning with them, not with its own ``--lr``."""
+        if self.search is None:
+            return {}
+        try:
+            manifest = self.registry.manifest(self.app, version)
+        except StreaminferError:
+            return {}  # _check reports a missing or broken version
+        if not str(manifest.get("source", "")).startswith("search"):
+            return {}
+        config = manifest.get("config") or {}
+        return {k: config[k] for k in SEARCHABLE if k in config}
+
+    def _fresh(self, hyperparameters: dict[str, Any] | None = None) -> Model:
+        if hyperparameters and self.search is not None:
+            model = self.search.build(hyperparameters)
+        else:
+            model = self.build()
         current = self.targets.handler.model
         inner = getattr(current, "module", None)
         if inner is not None and getattr(model, "module", None) is inner:

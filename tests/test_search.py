@@ -28,7 +28,7 @@ APP = "searched"
 
 
 def _build(point: dict[str, Any]) -> OnlineClassifier:
-    return OnlineClassifier(8, device="cpu", optimizer="sgd", **point)
+    return OnlineClassifier(8, device="cpu", **{"optimizer": "sgd", **point})
 
 
 class _Worker:
@@ -102,6 +102,10 @@ def test_the_best_learning_rate_ranks_first_survives_a_restart_and_is_promoted(
     assert manifest["metrics"]["params"] == "lr=1.0" and manifest["parent"] == 1
     assert second.swap.check_once() == "swapped"
     assert str(second.handler.model.version) == "v2+u0" and second.candidates.search == []
+    assert second.handler.model.lr == 1.0  # the winner keeps learning at the rate it won with
+    second.swap.registry.rollback(APP)
+    assert second.swap.check_once() == "swapped"
+    assert second.handler.model.lr == 0.001  # v1 was not a search's: the worker's own rate
 
     result = CliRunner().invoke(main, ["model", "search", APP, "--status"],
                                 env={"REDIS_URL": services.redis_url},
