@@ -146,6 +146,9 @@ class JoinState:
     _feedback: dict[int, OrderedDict[bytes, _LabelRecord]] = field(default_factory=dict)
     _watermark: dict[int, int] = field(default_factory=dict)
     _rows: int = 0  # rows held in records (joined rows of a partly joined batch too)
+    #: store writes of the current call, sent in one ``put_many`` as it returns (one wake-up
+    #: of Faust's loop per call instead of one per record)
+    _writes: list[tuple[int, bytes, bytes | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.max_entries <= 0:
@@ -169,6 +172,7 @@ class JoinState:
                         del self._pending[event_id]
                         self._release(labels)
         self._evict()
+        self._flush()
 
     def drop(self, partitions: set[int]) -> None:
         """Forget (in memory only) the state of partitions that moved to another worker."""
@@ -191,7 +195,7 @@ class JoinState:
                               int(ts.max()), np.ascontiguousarray(x, np.float32),
                               scores.astype(np.float32))
         self._replace(self._events, record)
-        self.store.put(partition, key, _encode_events(record))
+        self._writes.append((partition, key, _encode_events(record)))
         self._hold(record)
         joined = Joined()
         if self._pending:
@@ -202,6 +206,7 @@ class JoinState:
                 self._release(labels)
             self._match(found, values, joined)
         self._evict()
+        self._flush()
         return joined
 
     def add_feedback(self, partition: int, offsets: list[int], ids: list[str],
@@ -222,9 +227,10 @@ class JoinState:
                                   [ids[r] for r in waiting], wait_ts, len(waiting),
                                   int(wait_ts.max()), np.asarray(labels, np.float32)[rows])
             self._replace(self._feedback, record)
-            self.store.put(partition, record.key, _encode_labels(record))
+            self._writes.append((partition, record.key, _encode_labels(record)))
             self._hold(record)
         self._evict()
+        self._flush()
         return joined
 
     def expire(self) -> None:
@@ -237,6 +243,7 @@ class JoinState:
             limit = self._watermark.get(p, 0) - self.window_ms
             while waiting and next(iter(waiting.values())).max_ts < limit:
                 self.expired_feedback += self._forget(next(iter(waiting.values())))
+        self._flush()
 
     @property
     def size(self) -> int:
@@ -249,6 +256,11 @@ class JoinState:
         return len(self._pending)
 
     # -- internals --------------------------------------------------------------------------
+    def _flush(self) -> None:
+        if self._writes:
+            writes, self._writes = self._writes, []
+            self.store.put_many(writes)
+
     def _lookup(self, record: _Record) -> tuple[dict[int, OrderedDict[bytes, Any]],
                                                 dict[str, tuple[Any, int]]]:
         """The per-partition records and the id index that ``record``'s kind lives in."""
@@ -323,7 +335,7 @@ class JoinState:
         # ``remaining`` counts the index entries pointing at the record: none are left at 0
         unjoined = self._unindex(record) if record.remaining > 0 else 0
         if store:
-            self.store.put(record.partition, record.key, None)
+            self._writes.append((record.partition, record.key, None))
         record.remaining = 0
         return unjoined
 
