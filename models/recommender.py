@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,8 +26,9 @@ from streaminfer.models.device import Runner
 from streaminfer.models.optim import build_optimizer
 from streaminfer.models.vocab import Vocabulary
 
-#: Users ranked per matmul in ``top_n_many``: bounds the (users x items) score matrix.
-_TOP_N_CHUNK = 256
+#: Scores per matmul in ``top_n_many`` (64 MB of float32): bounds the (users x items) score
+#: matrix while ranking all of a batch's users in one matmul for catalogues up to ~100k items.
+_TOP_N_SCORES = 1 << 24
 
 __all__ = ["Interactions", "MatrixFactorization", "RowBatch", "UserRows", "canonical_rows"]
 
@@ -254,24 +257,23 @@ class MatrixFactorization(Model):
         if num_items == 0:
             return [[] for _ in users]
         out: list[list[tuple[str, float]]] = []
-        for lo in range(0, len(users), _TOP_N_CHUNK):
-            out += self._rank_users(users[lo:lo + _TOP_N_CHUNK], n, num_items, exclude_seen)
+        chunk = max(1, _TOP_N_SCORES // num_items)
+        for lo in range(0, len(users), chunk):
+            out += self._rank_users(users[lo:lo + chunk], n, num_items, exclude_seen)
         return out
 
     def _rank_users(self, users: Sequence[str], n: int, num_items: int,
                     exclude_seen: bool) -> list[list[tuple[str, float]]]:
         rows = [self.users.row(user, grow=False) for user in users]  # None: unknown user
         # a known row includes a hashed overflow row, which was trained
-        seen = [sorted(i for i in self._seen.get(row, ()) if i < num_items)
-                if row is not None and exclude_seen else [] for row in rows]
-        wanted = [min(n, num_items - len(s)) for s in seen]
+        masked_users, masked_items, seen_count = self._seen_pairs(
+            rows if exclude_seen else [None] * len(rows), num_items)
+        wanted = np.minimum(n, num_items - seen_count).tolist()
         k = max(wanted)
         if k <= 0:
             return [[] for _ in users]
         user_rows = torch.tensor([row if row is not None else 0 for row in rows], dtype=torch.int64)
         known = torch.tensor([row is not None for row in rows], dtype=torch.float32)
-        masked_users = torch.tensor([j for j, s in enumerate(seen) for _ in s], dtype=torch.int64)
-        masked_items = torch.tensor([i for s in seen for i in s], dtype=torch.int64)
 
         def rank(u: torch.Tensor, weight: torch.Tensor, mask_u: torch.Tensor,
                  mask_i: torch.Tensor) -> torch.Tensor:
@@ -285,12 +287,26 @@ class MatrixFactorization(Model):
             values, index = torch.topk(scores, k, dim=1)
             return torch.stack([values, index.float()])
 
-        values, index = self.runner.infer(rank, user_rows, known, masked_users, masked_items)
-        id_of = self.items.id_of
-        return [
-            [(id_of(int(i)), v) for v, i in zip(vs[:want], ix[:want], strict=True)]
-            for vs, ix, want in zip(values.tolist(), index.tolist(), wanted, strict=True)
-        ]
+        values, index = self.runner.infer(rank, user_rows, known, torch.from_numpy(masked_users),
+                                          torch.from_numpy(masked_items))
+        ids_of = self.items.ids_of
+        return [list(zip(ids_of(ix[:want]), vs[:want], strict=True))
+                for vs, ix, want in zip(values.tolist(), index.long().tolist(), wanted,
+                                        strict=True)]
+
+    def _seen_pairs(self, rows: Sequence[int | None], num_items: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position in ``rows``, item row) of every item the users at ``rows`` rated, and how
+        many each rated: read from the sets in C (``chain``), as the lists grow with history."""
+        sets = [self._seen.get(row, ()) if row is not None else () for row in rows]
+        counts = np.fromiter(map(len, sets), np.int64, len(sets))
+        items = np.fromiter(chain.from_iterable(sets), np.int64, int(counts.sum()))
+        users = np.repeat(np.arange(len(sets), dtype=np.int64), counts)
+        keep = items < num_items  # rows of items this model knows (all but after a reload)
+        if not keep.all():
+            users, items = users[keep], items[keep]
+            counts = np.bincount(users, minlength=len(sets))
+        return users, items, counts
 
     # -- per-user state -----------------------------------------------------------------
 

@@ -71,6 +71,11 @@ class Vocabulary:
         """The id that owns ``row`` (the first one, if hashed overflow ids share it)."""
         return self._ids[row]
 
+    def ids_of(self, rows: Iterable[int]) -> list[str]:
+        """:meth:`id_of` for many rows at once (a batch's top-N lists)."""
+        ids = self._ids
+        return [ids[row] for row in rows]
+
     @property
     def ids(self) -> list[str]:
         """Ids in row order (row i belongs to ids[i])."""
