@@ -247,8 +247,8 @@ class FeedbackLearner(Learner):
 class InlineLearner(Learner):
     """The label is a column of the input: test-then-train on each scored batch.
 
-    ``state`` (optional) keeps each touched key's rows in the partition's table after the
-    step, so they move with the partition (``streams.user_state``).
+    ``state`` (optional) keeps each touched key's rows in the partition's table (written
+    at most every ``state.flush_s``), so they move with the partition (``streams.user_state``).
     """
 
     learning: Learning = field(default_factory=Learning)
@@ -264,11 +264,21 @@ class InlineLearner(Learner):
         if self.state is not None:
             self.state.save(batch.keys, [m.partition() for m in batch.messages])
 
+    def idle(self) -> None:
+        if self.state is not None:  # a quiet stream still writes its last touched users
+            self.state.flush_due()
+        super().idle()
+
     def snapshot(self) -> dict[str, Any]:
         out = super().snapshot()
         if self.state is not None:
             out.update(self.state.stats())
         return out
+
+    def close(self) -> None:
+        if self.state is not None:
+            _side_work("writing the touched users' rows", self.state.flush)
+        super().close()
 
 
 def _extend(joined: Joined, part: Joined) -> None:
