@@ -24,6 +24,7 @@ from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.device import Runner
 from streaminfer.models.optim import build_optimizer
+from streaminfer.models.sparse_rows import sparse_apply
 from streaminfer.models.vocab import Vocabulary
 
 #: Scores per matmul in ``top_n_many`` (64 MB of float32): bounds the (users x items) score
@@ -235,14 +236,20 @@ class MatrixFactorization(Model):
             # graph (which cost more than the optimiser step itself).
             c = 2.0 / n
             e, decay = (c * err).unsqueeze(-1), c * self.l2
-            for name, index, grad in (("user_emb", users, e * q + decay * p),
-                                      ("item_emb", items, e * p + decay * q),
-                                      ("user_bias", users, e + decay * b_u),
-                                      ("item_bias", items, e + decay * b_i)):
-                weight = t[name].weight
-                weight.grad = torch.sparse_coo_tensor(index.unsqueeze(0), grad, weight.shape,
-                                                      check_invariants=False)
-        self.optimizer.step()  # (each learn replaces all four gradients: no zero_grad)
+            grads = ((users, (("user_emb", e * q + decay * p), ("user_bias", e + decay * b_u))),
+                     (items, (("item_emb", e * p + decay * q), ("item_bias", e + decay * b_i))))
+            fast = [sparse_apply(self.optimizer.optimizers[0], [t[name].weight for name, _ in g])
+                    for _, g in grads] if len(self.optimizer.optimizers) == 1 else []
+            if fast and all(fast):  # SGD / Adagrad on CPU: in numpy, a fraction of the cost
+                for apply, (index, parts) in zip(fast, grads, strict=True):
+                    apply(index.numpy(), [g.numpy() for _, g in parts])  # type: ignore[misc]
+            else:
+                for index, parts in grads:
+                    for name, grad in parts:
+                        weight = t[name].weight
+                        weight.grad = torch.sparse_coo_tensor(
+                            index.unsqueeze(0), grad, weight.shape, check_invariants=False)
+                self.optimizer.step()  # (each learn replaces all four gradients: no zero_grad)
         self._bump()
         return mse
 
