@@ -209,18 +209,31 @@ class MatrixFactorization(Model):
         return self.runner.infer(self._score, rows.users, rows.items)
 
     def learn(self, batch: Any, targets: Any) -> float:
+        losses = self.learn_steps(batch, targets, 0)
+        return losses[0] if losses else 0.0
+
+    def learn_steps(self, batch: Any, targets: Any, size: int) -> list[float]:
+        """Optimiser steps on consecutive runs of ``size`` pairs of ``batch`` (0: one step),
+        as ``learn`` on each run would take them; returns their losses. What a step does not
+        need afresh (checks, ids to rows, the seen items) is done once for the micro-batch."""
         # Check the targets before growing the vocabularies: a refused batch changes nothing.
         n = len(batch) if isinstance(batch, Interactions) else len(self._rows(batch, grow=False))
         y = as_targets(targets, n, self.name, low=float("-inf"), high=float("inf"))
         rows = self._rows(batch, grow=True)
         if n == 0:
-            return 0.0
+            return []
         if bool((rows.users < 0).any() or (rows.items < 0).any()):
             raise ValueError(f"{self.name} cannot learn from unknown rows (-1); pass string ids")
         for u, i in zip(rows.users.tolist(), rows.items.tolist(), strict=True):
             self._seen.setdefault(u, set()).add(i)
         dev = self.runner.device
         users, items, y = rows.users.to(dev), rows.items.to(dev), y.to(dev)
+        size = size if size > 0 else n
+        return [self._step(users[lo:lo + size], items[lo:lo + size], y[lo:lo + size])
+                for lo in range(0, n, size)]
+
+    def _step(self, users: torch.Tensor, items: torch.Tensor, y: torch.Tensor) -> float:
+        n = len(y)
         self._rating_sum += y.sum(dtype=torch.float64)
         self._rating_count += n
 

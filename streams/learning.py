@@ -85,16 +85,27 @@ class Learner:
         if candidates:
             candidates.test(x, y, self.model)
         size = step_size(len(y), self.learn_batch_size, self.max_steps)
+        learn_steps = getattr(self.model, "learn_steps", None)
+        if learn_steps is not None and not candidates:
+            # the model takes the micro-batch's steps in one call (the recommender: what
+            # each step would redo, such as ids to rows, is done once)
+            for _ in learn_steps(x, y, size):
+                self._stepped()
+            self.learned += len(y)
+            return
         for start in range(0, len(y), size):
             rows = range(start, min(start + size, len(y)))
             chunk = x[start:start + size] if isinstance(x, np.ndarray) else take_rows(x, rows)
             self.model.learn(chunk, y[start:start + size])
             if candidates:
                 candidates.train(chunk, y[start:start + size])
-            self.steps += 1
-            if self.hooks.sync is not None:
-                self.hooks.sync.after_learn()
+            self._stepped()
         self.learned += len(y)
+
+    def _stepped(self) -> None:
+        self.steps += 1
+        if self.hooks.sync is not None:
+            self.hooks.sync.after_learn()
 
     def idle(self) -> None:
         """Between batches, once their offsets are recorded (so a checkpoint taken here is
