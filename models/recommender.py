@@ -24,7 +24,7 @@ from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.device import Runner
 from streaminfer.models.optim import build_optimizer
-from streaminfer.models.sparse_rows import sparse_apply
+from streaminfer.models.sparse_rows import Apply, sparse_apply
 from streaminfer.models.vocab import Vocabulary
 
 #: Scores per matmul in ``top_n_many`` (64 MB of float32): bounds the (users x items) score
@@ -226,45 +226,53 @@ class MatrixFactorization(Model):
             raise ValueError(f"{self.name} cannot learn from unknown rows (-1); pass string ids")
         for u, i in zip(rows.users.tolist(), rows.items.tolist(), strict=True):
             self._seen.setdefault(u, set()).add(i)
-        dev = self.runner.device
-        users, items, y = rows.users.to(dev), rows.items.to(dev), y.to(dev)
         size = size if size > 0 else n
-        return [self._step(users[lo:lo + size], items[lo:lo + size], y[lo:lo + size])
-                for lo in range(0, n, size)]
-
-    def _step(self, users: torch.Tensor, items: torch.Tensor, y: torch.Tensor) -> float:
-        n = len(y)
-        self._rating_sum += y.sum(dtype=torch.float64)
-        self._rating_count += n
-
         t = self.tables
-        with torch.no_grad():
-            p, q = t["user_emb"].weight[users], t["item_emb"].weight[items]
-            b_u, b_i = t["user_bias"].weight[users], t["item_bias"].weight[items]
-            err = self._mu() + (b_u + b_i).squeeze(-1) + (p * q).sum(-1) - y
-            mse = float(err.square().mean())
-            # The gradient of mse + l2 * mean(|p|^2 + |q|^2 + b_u^2 + b_i^2), with L2 on the
-            # rows in this batch only (keeps it sparse, see models.optim), in closed form: one
-            # sparse row per rating, as nn.Embedding's backward gives it, without an autograd
-            # graph (which cost more than the optimiser step itself).
-            c = 2.0 / n
-            e, decay = (c * err).unsqueeze(-1), c * self.l2
-            grads = ((users, (("user_emb", e * q + decay * p), ("user_bias", e + decay * b_u))),
-                     (items, (("item_emb", e * p + decay * q), ("item_bias", e + decay * b_i))))
-            fast = [sparse_apply(self.optimizer.optimizers[0], [t[name].weight for name, _ in g])
-                    for _, g in grads] if len(self.optimizer.optimizers) == 1 else []
-            if fast and all(fast):  # SGD / Adagrad on CPU: in numpy, a fraction of the cost
-                for apply, (index, parts) in zip(fast, grads, strict=True):
-                    apply(index.numpy(), [g.numpy() for _, g in parts])  # type: ignore[misc]
+        weights = [t[name].weight for name in _TABLES]
+        fast = self._numpy_steps(weights)
+        if fast is not None:  # SGD / Adagrad on CPU: numpy, a fraction of torch's per-op cost
+            tables: list[Any] = [w.detach().numpy() for w in weights]
+            users, items, y, f64 = rows.users.numpy(), rows.items.numpy(), y.numpy(), np.float64
+        else:
+            dev = self.runner.device
+            tables = [w.detach() for w in weights]
+            users, items, y, f64 = rows.users.to(dev), rows.items.to(dev), y.to(dev), torch.float64
+        total, count = float(self._rating_sum), float(self._rating_count)
+        losses = []
+        for lo in range(0, n, size):
+            u, i, r = users[lo:lo + size], items[lo:lo + size], y[lo:lo + size]
+            total, count = total + float(r.sum(dtype=f64)), count + len(r)
+            mu = float(np.float32(total / count))  # the running mean, this step's ratings in
+            mse, user_grads, item_grads = _gradients(*tables, u, i, r, mu, self.l2)
+            if fast is not None:
+                fast[0](u, user_grads)
+                fast[1](i, item_grads)
             else:
-                for index, parts in grads:
-                    for name, grad in parts:
-                        weight = t[name].weight
-                        weight.grad = torch.sparse_coo_tensor(
-                            index.unsqueeze(0), grad, weight.shape, check_invariants=False)
-                self.optimizer.step()  # (each learn replaces all four gradients: no zero_grad)
-        self._bump()
-        return mse
+                self._torch_step(weights, u, i, [*user_grads, *item_grads])
+            self._bump()
+            losses.append(mse)
+        self._rating_sum.fill_(total)
+        self._rating_count.fill_(count)
+        return losses
+
+    def _numpy_steps(self, weights: list[nn.Parameter]) -> tuple[Apply, Apply] | None:
+        """In-place steps of the (user, item) tables' rows, if numpy can take them."""
+        if len(self.optimizer.optimizers) != 1:
+            return None
+        opt = self.optimizer.optimizers[0]
+        user, item = sparse_apply(opt, weights[0::2]), sparse_apply(opt, weights[1::2])
+        return (user, item) if user is not None and item is not None else None
+
+    def _torch_step(self, weights: list[nn.Parameter], users: torch.Tensor, items: torch.Tensor,
+                    grads: list[torch.Tensor]) -> None:
+        """The optimiser's step on sparse gradients, one row per rating (as nn.Embedding's
+        backward gives them): ``grads`` of the user rows (embedding, bias), then the item
+        rows'. Each step replaces all four, so no zero_grad."""
+        for weight, index, grad in zip((*weights[0::2], *weights[1::2]),
+                                       (users, users, items, items), grads, strict=True):
+            weight.grad = torch.sparse_coo_tensor(index.unsqueeze(0), grad, weight.shape,
+                                                  check_invariants=False)
+        self.optimizer.step()
 
     def top_n(
         self, user: str, n: int = 10, *, exclude_seen: bool = True
@@ -458,6 +466,25 @@ class MatrixFactorization(Model):
             f"{self.users.capacity}, items={len(self.items)}/{self.items.capacity}, "
             f"version={self.version}, {self.runner})"
         )
+
+
+#: The tables in the order ``_gradients`` takes them: user rows (0, 2) and item rows (1, 3).
+_TABLES = ("user_emb", "item_emb", "user_bias", "item_bias")
+
+
+def _gradients(p_table: Any, q_table: Any, bu_table: Any, bi_table: Any, users: Any,
+               items: Any, y: Any, mu: float, l2: float) -> tuple[float, tuple[Any, Any],
+                                                                   tuple[Any, Any]]:
+    """MSE and, one row per rating, the gradient of ``mse + l2 * mean(|p|^2 + |q|^2 + b_u^2 +
+    b_i^2)`` (L2 on the batch's rows only, which keeps it sparse, see models.optim) for the
+    (embedding, bias) rows of the users and of the items. Closed form, no autograd graph, and
+    written once for numpy arrays and torch tensors alike."""
+    p, q, b_u, b_i = p_table[users], q_table[items], bu_table[users], bi_table[items]
+    err = mu + (b_u + b_i)[:, 0] + (p * q).sum(-1) - y
+    mse = float((err * err).mean())
+    c = 2.0 / len(y)
+    e, decay = (c * err)[:, None], c * l2
+    return mse, (e * q + decay * p, e + decay * b_u), (e * p + decay * q, e + decay * b_i)
 
 
 def _unknown_as_minus_one(rows: Iterable[int | None]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["sparse_apply"]
+__all__ = ["Apply", "sparse_apply"]
 
 #: torch.optim.Adagrad's default ``eps``
 _ADAGRAD_EPS = 1e-10
