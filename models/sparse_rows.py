@@ -49,7 +49,9 @@ def sparse_apply(optimizer: torch.optim.Optimizer, weights: Sequence[torch.nn.Pa
             for table, total, g in zip(tables, sums, summed, strict=True):
                 acc = total[index] + g * g
                 total[index] = acc
-                table[index] -= lr * g / (np.sqrt(acc) + _ADAGRAD_EPS)
+                np.sqrt(acc, out=acc)
+                acc += _ADAGRAD_EPS
+                table[index] -= lr * g / acc
 
         return adagrad
     if isinstance(optimizer, torch.optim.SGD):
@@ -69,7 +71,10 @@ def _coalesce(rows: np.ndarray, grads: Sequence[np.ndarray]
     """Each row once (sorted), with the sum of its gradients in each of ``grads``."""
     order = np.argsort(rows, kind="stable")
     ordered = rows[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    if len(starts) == len(rows):
+    first = np.empty(len(rows), bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    if first.all():
         return ordered, [g[order] for g in grads]
+    starts = np.flatnonzero(first)
     return ordered[starts], [np.add.reduceat(g[order], starts, axis=0) for g in grads]
