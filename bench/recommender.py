@@ -7,7 +7,7 @@ One real ``streaminfer worker --app recommender`` process drains a pre-filled ra
 (1) ``serve``: predict each rating, write ``pred:recommender:{user}`` and the predictions
     topic (``--no-learn --top-n 0``);
 (2) ``learn``: (1) + test-then-train (one optimiser step per ``learn_batch_size`` ratings,
-    the touched users' rows written to the partition's table changelog);
+    the touched users' rows written to the partition's table changelog once a second);
 (3) ``learn + top-N``: (2) + each batch's users re-ranked and ``recs:{user}`` replaced (the
     default worker);
 (4) (3) with ``--latency-target-ms 400`` instead of 100: larger adaptive batches, fewer
@@ -201,8 +201,9 @@ parameter sync `async` when learning) drains {args.count:,} pre-filled ratings
 (`SyntheticRatings`, {args.partitions} partitions) with a fresh consumer group, in four
 configurations, {args.rounds} alternating rounds, best round of each: (1) serve only
 (`--no-learn --top-n 0`: predict, write `pred:recommender:*` and the predictions topic),
-(2) + test-then-train learning (optimiser steps, the touched users' rows to the table
-changelog), (3) + re-ranking each batch's users and replacing `recs:{{user}}` (the default),
+(2) + test-then-train learning (optimiser steps of 32 ratings, the touched users' rows to the
+table changelog once a second), (3) + re-ranking each batch's users (one matmul and top-k)
+and replacing `recs:{{user}}` (the default),
 (4) = (3) with `--latency-target-ms 400` instead of the default 100, which lets the adaptive
 batches grow. Rates count ratings from the worker's first metrics report to its last
 (start-up excluded). Kafka and Redis share the same cores.
@@ -212,6 +213,13 @@ batches grow. Rates count ratings from the worker's first metrics report to its 
 ```
 {goal(results).line()}
 ```
+
+What limits (3) (py-spy of the worker at saturation): the hot-path thread, which holds the GIL
+for the decoding, scoring and sink packing that (1) does too; learning takes about a third of
+it (a 900-rating micro-batch is 28 Adagrad steps of ~0.13 ms in numpy, plus a parameter-sync
+delta every 50 steps) and re-ranking a fifth (the seen-item masks grow with each user's
+history). The worker reports metrics once a second, so the fastest run, (1), which drains the
+topic in about 2 s, is measured least precisely.
 
 {docs_footer(load)}"""
 
