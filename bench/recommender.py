@@ -222,9 +222,9 @@ parameter sync `async` when learning) drains {args.count:,} pre-filled ratings
 (`SyntheticRatings`, {args.partitions} partitions) with a fresh consumer group, in four
 configurations, {args.rounds} alternating rounds, best round of each: (1) serve only
 (`--no-learn --top-n 0`: predict, write `pred:recommender:*` and the predictions topic),
-(2) + test-then-train learning (optimiser steps of 32 ratings, the touched users' rows to the
-table changelog once a second), (3) + re-ranking each batch's users (one matmul and top-k)
-and replacing `recs:{{user}}` (the default),
+(2) + test-then-train learning (optimiser steps of 32 ratings, at most 16 per micro-batch,
+the touched users' rows to the table changelog once a second), (3) + re-ranking each batch's
+users (one matmul and top-k) and replacing `recs:{{user}}` (the default),
 (4) = (3) with `--latency-target-ms 400` instead of the default 100, which lets the adaptive
 batches grow. Rates count ratings from the first prediction the worker wrote to the last
 (the predictions topic's end offsets, polled every 50 ms; start-up excluded). Kafka and Redis
@@ -240,7 +240,8 @@ What limits (3) (py-spy of the worker at saturation): the hot-path thread, which
 for the decoding, scoring and sink packing that (1) does too; learning takes about a third of
 it (a 900-rating micro-batch is 16 Adagrad steps of ~0.13 ms in numpy, plus a parameter-sync
 delta published every 50 steps and polled every batch) and re-ranking a fifth (the seen-item
-masks grow with each user's history); the rest is the serving work of (1).
+masks grow with each user's history), and Redis's script replacing each user's `recs` set
+(~4 us per user) competes for the same 2 cores; the rest is the serving work of (1).
 
 {docs_footer(load)}"""
 

@@ -122,7 +122,8 @@ return applied
 """
 
 # KEYS[2i-1] = recs zset, KEYS[2i] = recs_meta hash of row i; ARGV[1] = ttl; then per row:
-# event_id, event_ts, processed_ts, model_version, n, item_1, score_1, ..., item_n, score_n.
+# event_id, event_ts, processed_ts, model_version, n, score_1, item_1, ..., score_n, item_n
+# (ZADD's order, so the pairs go to ZADD straight from ARGV).
 _RECOMMENDATION_LUA = (
     _LUA_NEWER
     + """
@@ -137,13 +138,8 @@ for i = 1, #KEYS / 2 do
   p = first + 2 * n
   if newer(mkey, ts, id) then
     redis.call('DEL', zkey)
-    local args = {}
-    for j = 0, n - 1 do
-      args[#args + 1] = ARGV[first + 2 * j + 1]
-      args[#args + 1] = ARGV[first + 2 * j]
-    end
-    for s = 1, #args, 1000 do
-      redis.call('ZADD', zkey, unpack(args, s, math.min(s + 999, #args)))
+    for s = first, p - 1, 1000 do
+      redis.call('ZADD', zkey, unpack(ARGV, s, math.min(s + 999, p - 1)))
     end
     redis.call('HSET', mkey, 'event_id', id, 'event_ts', ts, 'processed_ts', pts,
       'model_version', ver)
@@ -496,7 +492,7 @@ class RedisRecommendationSink:
             args += (row.event_id, int(row.event_ts), int(row.processed_ts), row.model_version,
                      len(row.items))
             pairs: list[Any] = [None] * (2 * len(row.items))
-            pairs[::2], pairs[1::2] = row.items, map(float, row.scores)  # floats pack as repr
+            pairs[::2], pairs[1::2] = map(float, row.scores), row.items  # floats pack as repr
             args += pairs
         return hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *args))
 
