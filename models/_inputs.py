@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,8 @@ def as_targets(targets: Any, n: int, who: str, *, low: float, high: float) -> to
     where = first_nonfinite(y)
     if where is not None:
         raise ValueError(f"{who} expects finite targets, got {y[where].item()} at row {where[0]}")
-    if n and (float(y.min()) < low or float(y.max()) > high):
+    if n and (low > -math.inf or high < math.inf) and (float(y.min()) < low
+                                                     or float(y.max()) > high):
         raise ValueError(
             f"{who} expects targets in [{low}, {high}], got values in "
             f"[{float(y.min())}, {float(y.max())}]"

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,10 +24,12 @@ from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.device import Runner
 from streaminfer.models.optim import build_optimizer
+from streaminfer.models.sparse_rows import Apply, sparse_apply
 from streaminfer.models.vocab import Vocabulary
 
-#: Users ranked per matmul in ``top_n_many``: bounds the (users x items) score matrix.
-_TOP_N_CHUNK = 256
+#: Scores per matmul in ``top_n_many`` (64 MB of float32): bounds the (users x items) score
+#: matrix while ranking all of a batch's users in one matmul for catalogues up to ~100k items.
+_TOP_N_SCORES = 1 << 24
 
 __all__ = ["Interactions", "MatrixFactorization", "RowBatch", "UserRows", "canonical_rows"]
 
@@ -205,33 +209,70 @@ class MatrixFactorization(Model):
         return self.runner.infer(self._score, rows.users, rows.items)
 
     def learn(self, batch: Any, targets: Any) -> float:
+        losses = self.learn_steps(batch, targets, 0)
+        return losses[0] if losses else 0.0
+
+    def learn_steps(self, batch: Any, targets: Any, size: int) -> list[float]:
+        """Optimiser steps on consecutive runs of ``size`` pairs of ``batch`` (0: one step),
+        as ``learn`` on each run would take them; returns their losses. What a step does not
+        need afresh (checks, ids to rows, the seen items) is done once for the micro-batch."""
         # Check the targets before growing the vocabularies: a refused batch changes nothing.
         n = len(batch) if isinstance(batch, Interactions) else len(self._rows(batch, grow=False))
         y = as_targets(targets, n, self.name, low=float("-inf"), high=float("inf"))
         rows = self._rows(batch, grow=True)
         if n == 0:
-            return 0.0
+            return []
         if bool((rows.users < 0).any() or (rows.items < 0).any()):
             raise ValueError(f"{self.name} cannot learn from unknown rows (-1); pass string ids")
         for u, i in zip(rows.users.tolist(), rows.items.tolist(), strict=True):
             self._seen.setdefault(u, set()).add(i)
-        dev = self.runner.device
-        users, items, y = rows.users.to(dev), rows.items.to(dev), y.to(dev)
-        self._rating_sum += y.sum(dtype=torch.float64)
-        self._rating_count += n
-
+        size = size if size > 0 else n
         t = self.tables
-        p, q = t["user_emb"](users), t["item_emb"](items)
-        b_u, b_i = t["user_bias"](users).squeeze(-1), t["item_bias"](items).squeeze(-1)
-        pred = self._mu() + b_u + b_i + (p * q).sum(-1)
-        mse = (pred - y).square().mean()
-        # L2 on the rows in this batch only: keeps the gradient sparse (see models.optim).
-        reg = (p.square().sum(-1) + q.square().sum(-1) + b_u.square() + b_i.square()).mean()
-        self.optimizer.zero_grad()
-        (mse + self.l2 * reg).backward()
+        weights = [t[name].weight for name in _TABLES]
+        fast = self._numpy_steps(weights)
+        if fast is not None:  # SGD / Adagrad on CPU: numpy, a fraction of torch's per-op cost
+            tables: list[Any] = [w.detach().numpy() for w in weights]
+            users, items, y, f64 = rows.users.numpy(), rows.items.numpy(), y.numpy(), np.float64
+        else:
+            dev = self.runner.device
+            tables = [w.detach() for w in weights]
+            users, items, y, f64 = rows.users.to(dev), rows.items.to(dev), y.to(dev), torch.float64
+        total, count = float(self._rating_sum), float(self._rating_count)
+        losses = []
+        for lo in range(0, n, size):
+            u, i, r = users[lo:lo + size], items[lo:lo + size], y[lo:lo + size]
+            total, count = total + float(r.sum(dtype=f64)), count + len(r)
+            mu = float(np.float32(total / count))  # the running mean, this step's ratings in
+            mse, user_grads, item_grads = _gradients(*tables, u, i, r, mu, self.l2)
+            if fast is not None:
+                fast[0](u, user_grads)
+                fast[1](i, item_grads)
+            else:
+                self._torch_step(weights, u, i, [*user_grads, *item_grads])
+            self._bump()
+            losses.append(mse)
+        self._rating_sum.fill_(total)
+        self._rating_count.fill_(count)
+        return losses
+
+    def _numpy_steps(self, weights: list[nn.Parameter]) -> tuple[Apply, Apply] | None:
+        """In-place steps of the (user, item) tables' rows, if numpy can take them."""
+        if len(self.optimizer.optimizers) != 1:
+            return None
+        opt = self.optimizer.optimizers[0]
+        user, item = sparse_apply(opt, weights[0::2]), sparse_apply(opt, weights[1::2])
+        return (user, item) if user is not None and item is not None else None
+
+    def _torch_step(self, weights: list[nn.Parameter], users: torch.Tensor, items: torch.Tensor,
+                    grads: list[torch.Tensor]) -> None:
+        """The optimiser's step on sparse gradients, one row per rating (as nn.Embedding's
+        backward gives them): ``grads`` of the user rows (embedding, bias), then the item
+        rows'. Each step replaces all four, so no zero_grad."""
+        for weight, index, grad in zip((*weights[0::2], *weights[1::2]),
+                                       (users, users, items, items), grads, strict=True):
+            weight.grad = torch.sparse_coo_tensor(index.unsqueeze(0), grad, weight.shape,
+                                                  check_invariants=False)
         self.optimizer.step()
-        self._bump()
-        return float(mse.detach())
 
     def top_n(
         self, user: str, n: int = 10, *, exclude_seen: bool = True
@@ -254,24 +295,23 @@ class MatrixFactorization(Model):
         if num_items == 0:
             return [[] for _ in users]
         out: list[list[tuple[str, float]]] = []
-        for lo in range(0, len(users), _TOP_N_CHUNK):
-            out += self._rank_users(users[lo:lo + _TOP_N_CHUNK], n, num_items, exclude_seen)
+        chunk = max(1, _TOP_N_SCORES // num_items)
+        for lo in range(0, len(users), chunk):
+            out += self._rank_users(users[lo:lo + chunk], n, num_items, exclude_seen)
         return out
 
     def _rank_users(self, users: Sequence[str], n: int, num_items: int,
                     exclude_seen: bool) -> list[list[tuple[str, float]]]:
         rows = [self.users.row(user, grow=False) for user in users]  # None: unknown user
         # a known row includes a hashed overflow row, which was trained
-        seen = [sorted(i for i in self._seen.get(row, ()) if i < num_items)
-                if row is not None and exclude_seen else [] for row in rows]
-        wanted = [min(n, num_items - len(s)) for s in seen]
+        masked_users, masked_items, seen_count = self._seen_pairs(
+            rows if exclude_seen else [None] * len(rows), num_items)
+        wanted = np.minimum(n, num_items - seen_count).tolist()
         k = max(wanted)
         if k <= 0:
             return [[] for _ in users]
         user_rows = torch.tensor([row if row is not None else 0 for row in rows], dtype=torch.int64)
         known = torch.tensor([row is not None for row in rows], dtype=torch.float32)
-        masked_users = torch.tensor([j for j, s in enumerate(seen) for _ in s], dtype=torch.int64)
-        masked_items = torch.tensor([i for s in seen for i in s], dtype=torch.int64)
 
         def rank(u: torch.Tensor, weight: torch.Tensor, mask_u: torch.Tensor,
                  mask_i: torch.Tensor) -> torch.Tensor:
@@ -285,12 +325,26 @@ class MatrixFactorization(Model):
             values, index = torch.topk(scores, k, dim=1)
             return torch.stack([values, index.float()])
 
-        values, index = self.runner.infer(rank, user_rows, known, masked_users, masked_items)
-        id_of = self.items.id_of
-        return [
-            [(id_of(int(i)), v) for v, i in zip(vs[:want], ix[:want], strict=True)]
-            for vs, ix, want in zip(values.tolist(), index.tolist(), wanted, strict=True)
-        ]
+        values, index = self.runner.infer(rank, user_rows, known, torch.from_numpy(masked_users),
+                                          torch.from_numpy(masked_items))
+        ids_of = self.items.ids_of
+        return [list(zip(ids_of(ix[:want]), vs[:want], strict=True))
+                for vs, ix, want in zip(values.tolist(), index.long().tolist(), wanted,
+                                        strict=True)]
+
+    def _seen_pairs(self, rows: Sequence[int | None], num_items: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position in ``rows``, item row) of every item the users at ``rows`` rated, and how
+        many each rated: read from the sets in C (``chain``), as the lists grow with history."""
+        sets = [self._seen.get(row, ()) if row is not None else () for row in rows]
+        counts = np.fromiter(map(len, sets), np.int64, len(sets))
+        items = np.fromiter(chain.from_iterable(sets), np.int64, int(counts.sum()))
+        users = np.repeat(np.arange(len(sets), dtype=np.int64), counts)
+        keep = items < num_items  # rows of items this model knows (all but after a reload)
+        if not keep.all():
+            users, items = users[keep], items[keep]
+            counts = np.bincount(users, minlength=len(sets))
+        return users, items, counts
 
     # -- per-user state -----------------------------------------------------------------
 
@@ -412,6 +466,25 @@ class MatrixFactorization(Model):
             f"{self.users.capacity}, items={len(self.items)}/{self.items.capacity}, "
             f"version={self.version}, {self.runner})"
         )
+
+
+#: The tables in the order ``_gradients`` takes them: user rows (0, 2) and item rows (1, 3).
+_TABLES = ("user_emb", "item_emb", "user_bias", "item_bias")
+
+
+def _gradients(p_table: Any, q_table: Any, bu_table: Any, bi_table: Any, users: Any,
+               items: Any, y: Any, mu: float, l2: float) -> tuple[float, tuple[Any, Any],
+                                                                   tuple[Any, Any]]:
+    """MSE and, one row per rating, the gradient of ``mse + l2 * mean(|p|^2 + |q|^2 + b_u^2 +
+    b_i^2)`` (L2 on the batch's rows only, which keeps it sparse, see models.optim) for the
+    (embedding, bias) rows of the users and of the items. Closed form, no autograd graph, and
+    written once for numpy arrays and torch tensors alike."""
+    p, q, b_u, b_i = p_table[users], q_table[items], bu_table[users], bi_table[items]
+    err = mu + (b_u + b_i)[:, 0] + (p * q).sum(-1) - y
+    mse = float((err * err).mean())
+    c = 2.0 / len(y)
+    e, decay = (c * err)[:, None], c * l2
+    return mse, (e * q + decay * p, e + decay * b_u), (e * p + decay * q, e + decay * b_i)
 
 
 def _unknown_as_minus_one(rows: Iterable[int | None]) -> torch.Tensor:

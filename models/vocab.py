@@ -65,11 +65,21 @@ class Vocabulary:
 
     def rows(self, keys: Iterable[str]) -> torch.Tensor:
         """int64 rows for ``keys``, growing the vocabulary as needed."""
-        return torch.tensor([self.row(k) for k in keys], dtype=torch.int64)
+        keys = keys if isinstance(keys, list | tuple) else list(keys)
+        get = self._rows.get
+        found = [get(k) for k in keys]  # the hot path: known ids, one dict lookup each
+        if None in found:
+            found = [self.row(k) if r is None else r for r, k in zip(found, keys, strict=True)]
+        return torch.tensor(found, dtype=torch.int64)
 
     def id_of(self, row: int) -> str:
         """The id that owns ``row`` (the first one, if hashed overflow ids share it)."""
         return self._ids[row]
+
+    def ids_of(self, rows: Iterable[int]) -> list[str]:
+        """:meth:`id_of` for many rows at once (a batch's top-N lists)."""
+        ids = self._ids
+        return [ids[row] for row in rows]
 
     @property
     def ids(self) -> list[str]:

@@ -228,13 +228,20 @@ class Learning:
 class KeyedState:
     """Per-key model state (e.g. user embedding rows) that moves with its partition.
 
-    After each learning step the rows of the batch's keys go to a changelog-backed table
-    (``{group}-{app}-{name}-changelog``); when a partition is assigned, its keys' rows are
-    loaded into the model. The model must offer ``export_keys(keys) -> [(key, bytes)]`` and
+    The rows of the keys that learning touched go to a changelog-backed table
+    (``{group}-{app}-{name}-changelog``), once per key every ``flush_s`` (0: after every
+    batch), and those of partitions the worker lets go at once; when a partition is assigned,
+    its keys' rows are loaded into the model. A worker that dies loses at most ``flush_s`` of
+    its keys' updates. The model must offer ``export_keys(keys) -> [(key, bytes)]`` and
     ``import_keys([(key, bytes)])``.
     """
 
     name: str = "keys"
+    flush_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.flush_s >= 0:
+            raise ConfigError(f"KeyedState flush_s must be >= 0, got {self.flush_s}")
 
 
 ModelSpec = nn.Module | Model | str | Path | Callable[["Settings"], Any]

@@ -169,10 +169,15 @@ class AppHandler:
                 newest[key] = (ts, eid)
         version = str(self.model.version)
         ranked = self.model.top_n_many(list(newest), self.outputs_spec.top_n)  # type: ignore[attr-defined]
-        return [RecommendationRow(user=key, items=tuple(i for i, _ in best),
-                                  scores=tuple(s for _, s in best), event_id=eid, event_ts=ts,
-                                  processed_ts=processed_ts, model_version=version)
-                for (key, (ts, eid)), best in zip(newest.items(), ranked, strict=True)]
+        return [RecommendationRow(user=key, items=items, scores=scores, event_id=eid,
+                                  event_ts=ts, processed_ts=processed_ts, model_version=version)
+                for (key, (ts, eid)), (items, scores) in zip(newest.items(), map(_columns, ranked),
+                                                             strict=True)]
+
+
+def _columns(best: list[tuple[str, float]]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """``[(item, score), ...]`` as ``(items, scores)``."""
+    return tuple(zip(*best, strict=True)) if best else ((), ())  # type: ignore[return-value]
 
 
 def _numpy(scores: Any) -> np.ndarray:

@@ -87,16 +87,27 @@ class Learner:
         if candidates:
             candidates.test(x, y, self.model)
         size = step_size(len(y), self.learn_batch_size, self.max_steps, self.one_step_labels)
+        learn_steps = getattr(self.model, "learn_steps", None)
+        if learn_steps is not None and not candidates:
+            # the model takes the micro-batch's steps in one call (the recommender: what
+            # each step would redo, such as ids to rows, is done once)
+            for _ in learn_steps(x, y, size):
+                self._stepped()
+            self.learned += len(y)
+            return
         for start in range(0, len(y), size):
             rows = range(start, min(start + size, len(y)))
             chunk = x[start:start + size] if isinstance(x, np.ndarray) else take_rows(x, rows)
             self.model.learn(chunk, y[start:start + size])
             if candidates:
                 candidates.train(chunk, y[start:start + size])
-            self.steps += 1
-            if self.hooks.sync is not None:
-                self.hooks.sync.after_learn()
+            self._stepped()
         self.learned += len(y)
+
+    def _stepped(self) -> None:
+        self.steps += 1
+        if self.hooks.sync is not None:
+            self.hooks.sync.after_learn()
 
     def idle(self) -> None:
         """Between batches, once their offsets are recorded (so a checkpoint taken here is
@@ -254,8 +265,8 @@ class FeedbackLearner(Learner):
 class InlineLearner(Learner):
     """The label is a column of the input: test-then-train on each scored batch.
 
-    ``state`` (optional) keeps each touched key's rows in the partition's table after the
-    step, so they move with the partition (``streams.user_state``).
+    ``state`` (optional) keeps each touched key's rows in the partition's table (written
+    at most every ``state.flush_s``), so they move with the partition (``streams.user_state``).
     """
 
     learning: Learning = field(default_factory=Learning)
@@ -271,8 +282,18 @@ class InlineLearner(Learner):
         if self.state is not None:
             self.state.save(batch.keys, [m.partition() for m in batch.messages])
 
+    def idle(self) -> None:
+        if self.state is not None:  # a quiet stream still writes its last touched users
+            self.state.flush_due()
+        super().idle()
+
     def snapshot(self) -> dict[str, Any]:
         out = super().snapshot()
         if self.state is not None:
             out.update(self.state.stats())
         return out
+
+    def close(self) -> None:
+        if self.state is not None:
+            _side_work("writing the touched users' rows", self.state.flush)
+        super().close()

@@ -2,13 +2,16 @@
 
 Parameter sync shares item parameters between workers; user rows are not broadcast. Ratings
 are keyed by user, so all of a user's ratings arrive on one partition ``p``, and the worker
-that owns ``p`` is the only one that learns that user. After each learning step the touched
-users' rows (``MatrixFactorization.export_users``) are written to a changelog-backed table
-(a Faust table in the worker, a dict in tests), one record per touched user, under
-``u:<p>:<user id>``. When partitions are assigned (after Faust restored the table) their users
-are loaded into the model, so a user's state moves with its partition on rebalance. Rows of
-revoked partitions stay in memory (harmless: no rating of theirs reaches this worker until the
-partition comes back, and then the table's newer rows replace them).
+that owns ``p`` is the only one that learns that user. The users each learning step touched
+(``MatrixFactorization.export_users``) are written to a changelog-backed table (a Faust table
+in the worker, a dict in tests), one record per user under ``u:<p>:<user id>``, at most every
+``flush_s``: a user rated many times in that span costs one record, not one per batch (each
+changelog record costs the worker's event loop ~60 us). The partitions a worker lets go are
+written first, so a user's state moves with its partition on rebalance; a worker that dies
+loses at most ``flush_s`` of its users' updates (their ratings still trained the items). When
+partitions are assigned (after Faust restored the table) their users are loaded into the
+model. Rows of revoked partitions stay in memory (harmless: no rating of theirs reaches this
+worker until the partition comes back, and then the table's newer rows replace them).
 """
 
 from __future__ import annotations
@@ -40,26 +43,46 @@ def user_key(partition: int, user: str) -> bytes:
 
 @dataclass
 class UserState:
-    """Writes touched users to the store after learning; loads a partition's users on assign."""
+    """Writes touched users to the store (at most every ``flush_s``; 0: after every batch);
+    loads a partition's users on assign."""
 
     store: JoinStore
     model: KeyedModel
+    flush_s: float = 0.0
     saved: int = 0  # changelog records written
     loaded: int = 0  # users loaded from the table on assignment
     loaded_by_partition: dict[int, int] = field(default_factory=dict)
     save_s: float = 0.0  # time spent exporting and encoding (the hot-path overhead)
     _owned: set[int] = field(default_factory=set)
+    _dirty: dict[str, int] = field(default_factory=dict)  # user -> partition it came on
+    _flushed_at: float = field(default_factory=time.monotonic)
 
     def save(self, users: Sequence[str], partitions: Sequence[int]) -> None:
-        """Write the current rows of the batch's users, each under the partition it came on."""
+        """Note the batch's users, each under the partition it came on; write them if due."""
+        self._dirty.update(zip(users, partitions, strict=True))
+        self.flush_due()
+
+    def flush_due(self) -> None:
+        """Write the touched users if ``flush_s`` has passed since the last write."""
+        if self._dirty and time.monotonic() - self._flushed_at >= self.flush_s:
+            self.flush()
+
+    def flush(self, partitions: set[int] | None = None) -> None:
+        """Write the current rows of the users touched since their last write (of
+        ``partitions`` only, if given)."""
         start = time.perf_counter()
-        pairs = dict.fromkeys(zip(partitions, users, strict=True))
-        exported = self.model.export_keys(user for _, user in pairs)
-        partition_of = {user: partition for partition, user in pairs}
-        records = [(partition_of[user], user_key(partition_of[user], user), value)
-                   for user, value in exported]
-        self.store.put_many(records)
-        self.saved += len(records)
+        if partitions is None:
+            dirty, self._dirty = self._dirty, {}
+            self._flushed_at = time.monotonic()
+        else:
+            dirty = {user: p for user, p in self._dirty.items() if p in partitions}
+            for user in dirty:
+                del self._dirty[user]
+        if dirty:
+            records = [(dirty[user], user_key(dirty[user], user), value)
+                       for user, value in self.model.export_keys(dirty)]
+            self.store.put_many(records)
+            self.saved += len(records)
         self.save_s += time.perf_counter() - start
 
     def load(self, partitions: set[int]) -> int:
@@ -80,7 +103,9 @@ class UserState:
         return len(found)
 
     def drop(self, partitions: set[int]) -> None:
-        """Partitions moved away: their rows stay in memory until they come back (reloaded)."""
+        """Partitions moved away: their touched users are written now, for the next owner;
+        their rows stay in memory until they come back (reloaded)."""
+        self.flush(set(partitions))
         self._owned -= set(partitions)
 
     def stats(self) -> dict[str, Any]:

@@ -438,7 +438,8 @@ class Worker:
         if self.app.state is not None:
             table = faust_app.Table(self.app.state.name, partitions=n, key_type=bytes,
                                     value_type=bytes)
-            state = UserState(FaustTableStore(table, faust_app), model)  # type: ignore[arg-type]
+            state = UserState(FaustTableStore(table, faust_app), model,  # type: ignore[arg-type]
+                              flush_s=self.app.state.flush_s)
         return InlineLearner(model, hooks=hooks, learning=learning, state=state, **rule)
 
     def run(self, loglevel: str = "info") -> None:

@@ -311,7 +311,8 @@ def test_learn_touches_only_the_rows_in_the_batch() -> None:
     item_rows_changed = (before["tables.item_emb.weight"] != after["tables.item_emb.weight"]).any(1)
     assert user_rows_changed.nonzero().flatten().tolist() == [model.users.row("b")]
     assert item_rows_changed.nonzero().flatten().tolist() == [model.items.row("z")]
-    assert model.tables["user_emb"].weight.grad.is_sparse
+    grad = model.tables["user_emb"].weight.grad  # None: stepped in place (models.sparse_rows)
+    assert grad is None or grad.is_sparse
 
 
 def test_unknown_ids_get_the_cold_start_score_without_growing_vocab() -> None:
@@ -369,3 +370,45 @@ def test_vocabulary_grows_then_hashes_stably() -> None:
     assert restored.ids == ["a", "b"] and restored.row("c") == overflow
     with pytest.raises(ValueError, match="capacity is 1"):
         Vocabulary(1).load_ids(["a", "b"])
+
+
+def _rating_stream(count: int = 600) -> tuple[list[str], list[str], np.ndarray]:
+    rng = np.random.default_rng(3)
+    users = [f"u{u}" for u in rng.integers(0, 40, count)]
+    items = [f"i{i}" for i in rng.integers(0, 30, count)]
+    return users, items, rng.normal(3.5, 1.0, count).astype(np.float32)
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "sgd"])
+def test_numpy_row_steps_equal_torchs_optimiser(optimizer: str, monkeypatch) -> None:
+    """models.sparse_rows steps SGD/Adagrad rows in numpy on CPU; torch's sparse path (what
+    other optimisers and devices take) must give the same parameters."""
+    import streaminfer.models.recommender as recommender
+
+    users, items, y = _rating_stream()
+    fast = create_model("recommender", optimizer=optimizer, user_capacity=64, item_capacity=64)
+    slow = create_model("recommender", optimizer=optimizer, user_capacity=64, item_capacity=64)
+    for lo in range(0, len(y), 50):
+        part = Interactions(users[lo:lo + 50], items[lo:lo + 50])
+        fast.learn(part, y[lo:lo + 50])
+        with monkeypatch.context() as patched:
+            patched.setattr(recommender, "sparse_apply", lambda *_: None)
+            slow.learn(part, y[lo:lo + 50])
+    assert slow.tables["user_emb"].weight.grad is not None  # it did take torch's path
+    for key, value in fast.state_dict().items():
+        if value.dtype.is_floating_point:
+            assert torch.allclose(value, slow.state_dict()[key], atol=1e-5), key
+
+
+def test_learn_steps_is_learn_on_each_run() -> None:
+    users, items, y = _rating_stream()
+    stepped = create_model("recommender", user_capacity=64, item_capacity=64)
+    one_by_one = create_model("recommender", user_capacity=64, item_capacity=64)
+    losses = stepped.learn_steps(Interactions(users, items), y, 32)
+    expected = [one_by_one.learn(Interactions(users[lo:lo + 32], items[lo:lo + 32]),
+                                 y[lo:lo + 32]) for lo in range(0, len(y), 32)]
+    assert losses == pytest.approx(expected, rel=1e-5)
+    assert stepped.version == one_by_one.version
+    for key, value in stepped.state_dict().items():
+        assert torch.allclose(value.double(), one_by_one.state_dict()[key].double(),
+                              atol=1e-6), key

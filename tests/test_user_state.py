@@ -141,3 +141,24 @@ def test_unknown_users_are_not_written() -> None:
     UserState(store, model).save(["never-learned"], [0])
     assert store.data == {}
     assert np.isfinite(model.predict(Interactions(["never-learned"], ["i1"])).numpy()).all()
+
+
+def test_users_touched_within_flush_s_are_written_once_and_let_go_partitions_at_once() -> None:
+    model = fresh()
+    store = MemoryJoinStore()
+    state = UserState(store, model, flush_s=3600.0)
+    state._flushed_at -= 3600.0  # the first batch is due
+    for users in (["u1", "u2"], ["u1", "u6"], ["u1"]):
+        model.learn(Interactions(users, ["i1"] * len(users)), [4.0] * len(users))
+        state.save(users, [partition_of(u) for u in users])
+    assert sorted(store.data) == [user_key(1, "u1"), user_key(2, "u2")]  # the first batch
+    first = store.data[user_key(1, "u1")]
+
+    state.drop({2})  # u6 (partition 2) goes to its next owner now; u1 waits
+    assert state.saved == 3 and user_key(2, "u6") in store.data
+    assert store.data[user_key(1, "u1")] == first
+
+    state.flush()  # e.g. at close: u1's newest rows, once for its two batches
+    assert state.saved == 4 and store.data[user_key(1, "u1")] != first
+    newest = decode_users([("u1", store.data[user_key(1, "u1")])])
+    assert torch.equal(newest.emb, model.export_users(["u1"]).emb)
