@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,3 +290,19 @@ def docs_footer(load: str = "") -> str:
     during = f" ({load} at the start of the run)" if load else ""
     return (f"Machine: {machine()}{during}. Date: {dt.date.today().isoformat()}.\n\n"
             f"Command:\n\n```\n{command_line()}\n```")
+
+
+class TopicEnd:
+    """Records written to ``topic`` so far: the sum of its partitions' end offsets (a
+    worker's progress read at any moment, not at its once-a-second metrics report)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("w")})
+        self.parts = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def __call__(self) -> int:
+        return sum(self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                   for tp in self.parts)
+
+    def close(self) -> None:
+        self.consumer.close()

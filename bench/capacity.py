@@ -12,9 +12,10 @@ this measures what an event costs instead, and predicts from it:
    Python threads do not account for. The broker's and redis-server's CPU come from
    ``/proc/<pid>/stat`` over the same window.
 2. **Processes**: 1, then 2 ``streaminfer worker --app classifier`` processes at defaults drain
-   pre-filled events and labels, in alternating rounds; their CPU, the servers' and the whole
-   machine's (``/proc/stat``, so the other users of this shared machine are known) are sampled
-   while every worker owns partitions.
+   events and labels published once every worker owns partitions, in alternating rounds;
+   their CPU, the servers' and the whole machine's (``/proc/stat``, so the other users of
+   this shared machine are known) are sampled over the middle 90% of the events, read from
+   the predictions topic's end offsets.
 
 Predicted events/s = min(N / Python CPU per event, cores left to us / CPU per event of worker +
 broker + Redis). "Cores left" = this machine's cores minus what other processes used during
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from typing import Any
 
 import redis
 from _common import (
+    TopicEnd,
     create_topics,
     delete_topics,
     docs_footer,
@@ -264,18 +267,29 @@ def run_processes(args: argparse.Namespace, servers: Servers, n: int, log_dir: P
                 raise RuntimeError(f"{n} workers did not own every partition; see {log_dir}")
             time.sleep(0.2)
         background = servers.broker_background()
-        _prefill(args, names["events"], names["feedback"])
-        start: tuple[dict[str, float], float, list[int]] | None = None
+        # The workers drain while the topics fill (a fill before they start would make the
+        # second worker's join a rebalance mid-run); the filling thread's CPU counts among
+        # "other users' cores", so the prediction allows for it.
+        filling = threading.Thread(target=_prefill, args=(args, names["events"],
+                                                          names["feedback"]))
+        filling.start()
+        # progress: the predictions topic's end offsets (one record per event), read at any
+        # moment (the workers' metrics come once a second, and a run lasts a few); the window
+        # is the middle 90% of the events, past start-up and before the first worker is done
+        written = TopicEnd(args.bootstrap, names["predictions"], args.partitions)
+        start: tuple[dict[str, float], float, list[int], int] | None = None
         while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-            snaps = snapshots()
-            counts = [_progress(s) for s in snaps]
-            if start is None and all(counts):
-                start = (servers.sample(), sum(cpu_seconds(p.pid) for p in procs), counts)
-            if start is not None and sum(counts) >= 2 * args.count:
+            done = written()
+            if start is None and done >= 0.05 * args.count:
+                start = (servers.sample(), sum(cpu_seconds(p.pid) for p in procs),
+                         [_progress(s) for s in snapshots()], done)
+            if start is not None and done >= 0.95 * args.count:
                 end = servers.sample()
                 wall = end["wall"] - start[0]["wall"]
+                snaps = snapshots()
+                counts = [_progress(s) for s in snaps]
                 result = ProcessRun(
-                    n, sum(counts) - sum(start[2]), wall,
+                    n, 2 * (done - start[3]), wall,
                     sum(cpu_seconds(p.pid) for p in procs) - start[1],
                     max(0.0, end["broker"] - start[0]["broker"] - background * wall),
                     end["redis"] - start[0]["redis"],
@@ -284,9 +298,11 @@ def run_processes(args: argparse.Namespace, servers: Servers, n: int, log_dir: P
                     sum(float(s.get("batch_avg") or 0) for s in snaps) / n,
                     per_worker=[c - s for c, s in zip(counts, start[2], strict=True)])
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         else:
             result.note = "did not finish; see " + str(log_dir)
+        written.close()
+        filling.join()
     finally:
         for p in procs:
             p.terminate()
@@ -481,8 +497,10 @@ in a per-thread CPU clock, the servers' CPU comes from `/proc/<pid>/stat` over t
 {stage_table}
 
 Processes: 1 and 2 `streaminfer worker --app classifier` processes at defaults drain
-{args.count:,} pre-filled events and labels, {args.rounds} alternating rounds, best of each,
-counted while every worker owned partitions. "Cores left to us" is {os.cpu_count()} minus
+{args.count:,} events and their labels, published once every worker owns partitions (a
+thread of the bench fills the topics while the workers drain them), {args.rounds} alternating
+rounds, best of each. Progress is the predictions topic's end offsets, polled every 20 ms;
+the window is the middle 90% of the events. "Cores left to us" is {os.cpu_count()} minus
 what other processes of this shared machine used during the run (`/proc/stat`). Predicted
 events/s = min(N x 1e6 / Python us per event, cores left x 1e6 / (worker + broker + Redis us
 per event)), once from the stage costs above and once from the 1-process run's worker costs

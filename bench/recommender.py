@@ -39,6 +39,7 @@ from pathlib import Path
 import redis
 from _common import (
     Goal,
+    TopicEnd,
     create_topics,
     delete_topics,
     docs_footer,
@@ -47,7 +48,6 @@ from _common import (
     unique_name,
     write_docs_section,
 )
-from confluent_kafka import Consumer, TopicPartition
 
 from streaminfer.connectors.avro import RecordCodec
 from streaminfer.connectors.kafka import make_producer
@@ -104,27 +104,12 @@ def _fill(bootstrap: str, topic: str, count: int) -> None:
         raise RuntimeError(f"pre-filling {topic}: {report.failed} ratings not delivered")
 
 
-class _Written:
-    """Predictions written to ``topic`` so far: the sum of its partitions' end offsets."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("w")})
-        self.parts = [TopicPartition(topic, p) for p in range(partitions)]
-
-    def __call__(self) -> int:
-        return sum(self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
-                   for tp in self.parts)
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 def run_worker(args: argparse.Namespace, name: str, flags: list[str], topic: str,
                log_dir: Path) -> Result:
     """One worker process over the whole topic, with a fresh group; stopped by PID."""
     client = redis.Redis.from_url(args.redis_url)
     client.flushdb()
-    written = _Written(args.bootstrap, f"{topic}-predictions", args.partitions)
+    written = TopicEnd(args.bootstrap, f"{topic}-predictions", args.partitions)
     base = written()
     env = {**os.environ, "KAFKA_BOOTSTRAP": args.bootstrap, "REDIS_URL": args.redis_url,
            "STREAMINFER_APP": "recommender", "STREAMINFER_RATINGS_TOPIC": topic,
