@@ -30,9 +30,8 @@ __all__ = ["JoinState", "JoinStore", "Joined", "MemoryJoinStore"]
 
 
 class JoinStore(Protocol):
-    """Where join records persist: ``put(p, key, None)`` deletes."""
+    """Where join records persist: a ``None`` value deletes its key."""
 
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
     def put_many(self, records: Sequence[tuple[int, bytes, bytes | None]]) -> None: ...
     def items(self, partitions: set[int]) -> Iterable[tuple[bytes, bytes]]: ...
 
@@ -195,7 +194,7 @@ class JoinState:
                               int(ts.max()), np.ascontiguousarray(x, np.float32),
                               scores.astype(np.float32))
         self._replace(self._events, record)
-        self._writes.append((partition, key, _encode_events(record)))
+        self._writes.append((partition, key, _encode(record, x=record.x, scores=record.scores)))
         self._hold(record)
         joined = Joined()
         if self._pending:
@@ -227,7 +226,7 @@ class JoinState:
                                   [ids[r] for r in waiting], wait_ts, len(waiting),
                                   int(wait_ts.max()), np.asarray(labels, np.float32)[rows])
             self._replace(self._feedback, record)
-            self._writes.append((partition, record.key, _encode_labels(record)))
+            self._writes.append((partition, record.key, _encode(record, labels=record.labels)))
             self._hold(record)
         self._evict()
         self._flush()
@@ -360,22 +359,22 @@ class JoinState:
             self.evicted += self._forget(min(heads, key=lambda r: r.max_ts))
 
 
-def _encode_events(record: _EventRecord) -> bytes:
-    tensors = {"ts": record.ts, "x": record.x, "scores": record.scores}
-    return st_save(tensors, metadata={"ids": json.dumps(record.ids)})
+def _encode(record: _Record, **arrays: np.ndarray) -> bytes:
+    """A record's rows as safetensors: ``ts`` and the kind's arrays, the ids as metadata."""
+    return st_save({"ts": record.ts, **arrays}, metadata={"ids": json.dumps(record.ids)})
+
+
+def _decode(key: bytes, value: bytes) -> tuple[tuple[Any, ...], dict[str, np.ndarray]]:
+    """What :func:`_encode` wrote: the fields every record has, and its arrays."""
+    arrays = st_load(value)
+    ts = arrays["ts"]
+    ids = json.loads(_metadata(value)["ids"])
+    return (key, _partition_of(key), ids, ts, len(ts), int(ts.max()) if len(ts) else 0), arrays
 
 
 def _decode_events(key: bytes, value: bytes) -> _EventRecord:
-    tensors = st_load(value)
-    ts = tensors["ts"]
-    return _EventRecord(key, _partition_of(key), json.loads(_metadata(value)["ids"]), ts,
-                        len(ts), int(ts.max()) if len(ts) else 0, tensors["x"],
-                        tensors["scores"])
-
-
-def _encode_labels(record: _LabelRecord) -> bytes:
-    tensors = {"ts": record.ts, "labels": record.labels}
-    return st_save(tensors, metadata={"ids": json.dumps(record.ids)})
+    head, arrays = _decode(key, value)
+    return _EventRecord(*head, arrays["x"], arrays["scores"])
 
 
 def _decode_labels(key: bytes, value: bytes) -> _LabelRecord:
@@ -384,10 +383,8 @@ def _decode_labels(key: bytes, value: bytes) -> _LabelRecord:
         ts = np.array([int(data["ts"])], np.int64)
         return _LabelRecord(key, _partition_of(key), [data["event_id"]], ts, 1, int(ts[0]),
                             np.array([float(data["label"])], np.float32))
-    tensors = st_load(value)
-    ts = tensors["ts"]
-    return _LabelRecord(key, _partition_of(key), json.loads(_metadata(value)["ids"]), ts,
-                        len(ts), int(ts.max()) if len(ts) else 0, tensors["labels"])
+    head, arrays = _decode(key, value)
+    return _LabelRecord(*head, arrays["labels"])
 
 
 def _metadata(value: bytes) -> dict[str, str]:

@@ -65,7 +65,7 @@ class Learner:
     learn_batch_size: int = 8
     hooks: LearnerHooks = field(default_factory=LearnerHooks)
     feedback_topic: str | None = None
-    #: at most this many optimiser steps per micro-batch (0: no bound), see ``step_sizes``
+    #: at most this many optimiser steps per micro-batch (0: no bound), see ``step_size``
     max_steps: int = 4
     #: labels in a micro-batch from which it takes one step (0: off), see ``step_size``
     one_step_labels: int = 0
