@@ -28,6 +28,7 @@ from typing import Any, Literal
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streaminfer.connectors.avro_columns import ColumnReader, compile_columns
 from streaminfer.connectors.avro_fast import (
     compile_columns_encoder,
     compile_decoder,
@@ -247,6 +248,13 @@ class RecordCodec:
                 return None
 
         return project
+
+    def columns(self, paths: list[tuple[str, ...]], max_bytes: int) -> ColumnReader | None:
+        """Like :meth:`projection`, but one column per path for the whole batch, read with
+        numpy (``connectors.avro_columns``): flat schemas and batches of at least
+        ``avro_columns.MIN_RECORDS`` values; ``None`` returned means: use the projection."""
+        return compile_columns(_strip_logical_types(self.schema.raw), paths,
+                               header=self.schema.header, max_bytes=max_bytes)
 
     def decode_typed(self, data: bytes | None) -> tuple[dict[str, Any], bool]:
         """``(record, typed)``: ``typed`` is true when the record was read with exactly the

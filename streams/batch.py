@@ -43,7 +43,10 @@ class Batch:
     """Valid records of one micro-batch as columns.
 
     ``columns`` maps each decoded field (nested fields as ``"outer.inner"``) to a numpy array
-    (numbers, booleans; missing numbers are NaN) or a list (strings, arrays, maps).
+    (numbers, booleans; missing numbers are NaN) or a list (strings, arrays, maps). An array
+    of floats comes as an ``(n, length)`` array when the batch was read column-wise (records
+    written with the input's schema, every row the same length), else as a list of lists:
+    ``np.asarray`` takes either.
     ``features`` is what the app's feature function made of the columns: the model's input.
     """
 

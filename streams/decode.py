@@ -185,14 +185,14 @@ def _lookup(record: dict[str, Any], column: Column) -> Any:
     return value
 
 
-def _array(kind: str, values: list[Any], nullable: bool = True) -> Any:
-    """A column's values as the batch holds them: numbers as arrays, the rest as lists."""
-    if kind in ("number", "integer", "timestamp", "boolean"):
-        if nullable and None in values:
-            return np.asarray([math.nan if v is None else v for v in values], np.float64)
-        dtype = {"number": np.float64, "boolean": np.bool_}.get(kind, np.int64)
-        return np.asarray(values, dtype)
-    return values
+def _array(kind: str, values: Any, nullable: bool = True) -> Any:
+    """A column's values as the batch holds them: numbers as arrays, the rest as lists (an
+    array of floats that was read column-wise is already an ``(n, length)`` matrix)."""
+    if kind not in ("number", "integer", "timestamp", "boolean"):
+        return values
+    if nullable and not isinstance(values, np.ndarray) and None in values:
+        return np.asarray([math.nan if v is None else v for v in values], np.float64)
+    return np.asarray(values, {"number": np.float64, "boolean": np.bool_}.get(kind, np.int64))
 
 
 class RecordDecoder:
@@ -233,8 +233,9 @@ class RecordDecoder:
         self._roles = [every[n] for n in roles]
         self.columns = [every[n] for n in wanted]
         self._get = _getter([*self._roles, *self.columns])
-        self._project = codec.projection([c.path for c in (*self._roles, *self.columns)],
-                                         max_record_bytes)
+        paths = [c.path for c in (*self._roles, *self.columns)]
+        self._project = codec.projection(paths, max_record_bytes)
+        self._read_columns = codec.columns(paths, max_record_bytes)
         self._n_roles = len(roles)
         # the column-wise path needs all three roles as fields, ids and keys as text
         self._text_roles = len(roles) == 3 and all(
@@ -254,7 +255,8 @@ class RecordDecoder:
         if fast is not None and fast[1]:
             kept, cols = fast
             ids, keys, times = list(cols[0]), list(cols[1]), cols[2]
-            by_column = [list(col) for col in cols[3:]]
+            by_column = [col if isinstance(col, np.ndarray | list) else list(col)
+                         for col in cols[3:]]
         else:
             kept, ids, keys, times, values = self._decode_each(messages, rejected)
             by_column = [[v[j] for v in values] for j in range(len(self.columns))]
@@ -270,12 +272,15 @@ class RecordDecoder:
         project = self._project
         if project is None or not self._text_roles:
             return None
-        rows = project([msg.value() for msg in messages])
-        if rows is None:
-            return None
-        if not rows:
-            return list(messages), []
-        cols = list(zip(*rows, strict=True))
+        values = [msg.value() for msg in messages]
+        cols = self._read_columns(values) if self._read_columns is not None else None
+        if cols is None:  # a small batch, or one the column reader does not cover
+            rows = project(values)
+            if rows is None:
+                return None
+            if not rows:
+                return list(messages), []
+            cols = list(zip(*rows, strict=True))
         ids, keys = cols[0], cols[1]
         cols[2] = ts = np.asarray(cols[2], np.int64)
         if not (all(ids) and all(keys) and ts.min() >= MIN_TS
