@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from typing import Any, Protocol
+from itertools import compress, pairwise, repeat
+from operator import is_, itemgetter
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -199,16 +200,17 @@ class JoinState:
         joined = Joined()
         if self._pending:
             found = list(filter(self._pending.__contains__, ids))
-            values = []
-            for labels, row in map(self._pending.pop, found):
-                values.append(float(labels.labels[row]))
-                self._release(labels)
-            self._match(found, values, joined)
+            if found:
+                values: list[np.ndarray] = []
+                for labels, rows in _runs(list(map(self._pending.pop, found))):
+                    values.append(labels.labels[rows])
+                    self._release(labels, len(rows))
+                self._match(found, np.concatenate(values).tolist(), joined)
         self._evict()
         self._flush()
         return joined
 
-    def add_feedback(self, partition: int, offsets: list[int], ids: list[str],
+    def add_feedback(self, partition: int, offsets: Sequence[int] | np.ndarray, ids: list[str],
                      labels: np.ndarray, ts: np.ndarray) -> Joined:
         """Join feedback to remembered events; unmatched feedback waits for its event (one
         store record for all the labels of this call that wait)."""
@@ -222,7 +224,7 @@ class JoinState:
         if waiting:
             rows = np.asarray(waiting)
             wait_ts = np.asarray(ts, np.int64)[rows]
-            record = _LabelRecord(b"fl:%d:%020d" % (partition, offsets[waiting[0]]), partition,
+            record = _LabelRecord(b"fl:%d:%020d" % (partition, int(offsets[waiting[0]])), partition,
                                   [ids[r] for r in waiting], wait_ts, len(waiting),
                                   int(wait_ts.max()), np.asarray(labels, np.float32)[rows])
             self._replace(self._feedback, record)
@@ -306,16 +308,10 @@ class JoinState:
         joined.event_ids += event_ids
         joined.labels += labels
         self.joined += len(event_ids)
-        start = 0
-        for end in range(1, len(entries) + 1):  # one row block per run of the same record
-            record = entries[start][0]
-            if end < len(entries) and entries[end][0] is record:
-                continue
-            rows = [row for _, row in entries[start:end]]
+        for record, rows in _runs(entries):  # one row block per run of the same record
             joined._features.append(record.x[rows])
             joined._scores.append(record.scores[rows])
-            self._release(record, end - start)
-            start = end
+            self._release(record, len(rows))
 
     def _release(self, record: _Record, rows: int = 1) -> None:
         """``rows`` rows of ``record`` will never be looked up again; free the record after
@@ -357,6 +353,23 @@ class JoinState:
             if not heads:
                 return
             self.evicted += self._forget(min(heads, key=lambda r: r.max_ts))
+
+
+_R = TypeVar("_R", bound=_Record)
+
+
+def _runs(entries: list[tuple[_R, int]]) -> Iterator[tuple[_R, list[int]]]:
+    """``(record, rows)`` for each run of consecutive index entries of the same record,
+    found in bulk (a run usually spans a whole micro-batch): per row only C-level calls."""
+    records = list(map(itemgetter(0), entries))
+    rows = list(map(itemgetter(1), entries))
+    if records.count(records[0]) == len(records):  # the usual case (identity, no __eq__)
+        yield records[0], rows
+        return
+    same = np.fromiter(map(is_, records[1:], records[:-1]), np.bool_, len(records) - 1)
+    bounds = [0, *(np.flatnonzero(~same) + 1).tolist(), len(records)]
+    for lo, hi in pairwise(bounds):
+        yield records[lo], rows[lo:hi]
 
 
 def _encode(record: _Record, **arrays: np.ndarray) -> bytes:

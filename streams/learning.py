@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any, Protocol
 
 import numpy as np
@@ -144,6 +145,29 @@ class Learner:
             self.hooks.sync.close()
 
 
+_PARTITION, _OFFSET = methodcaller("partition"), methodcaller("offset")
+
+
+def _by_partition(messages: list[Message]) -> list[tuple[int, np.ndarray | None]]:
+    """``(partition, rows)`` per partition of ``messages``; ``rows`` is ``None`` when they all
+    share one (the usual case: a fetch is one partition's records)."""
+    partitions = np.fromiter(map(_PARTITION, messages), np.int64, len(messages))
+    if not len(partitions):
+        return []
+    if partitions.min() == partitions.max():
+        return [(int(partitions[0]), None)]
+    return [(p, np.flatnonzero(partitions == p)) for p in np.unique(partitions).tolist()]
+
+
+def _take(values: Any, rows: np.ndarray | None) -> Any:
+    """``values`` at ``rows`` (an array or a list); all of them when ``rows`` is ``None``."""
+    if rows is None:
+        return values
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    return [values[r] for r in rows.tolist()]
+
+
 def _side_work(what: str, fn: Callable[..., Any], *args: Any) -> None:
     """Run optional side work; a failure (Redis down, a full checkpoint disk) is logged and
     tried again next period: it must never stop the lane that serves predictions."""
@@ -227,14 +251,11 @@ class FeedbackLearner(Learner):
             fb, bad = self.labels.decode(feedback)
             rejected.extend(bad)
             fb, labels = labels_of(fb, self.learning, rejected)
-            by_partition: dict[int, list[int]] = {}
-            for row, msg in enumerate(fb.messages):
-                by_partition.setdefault(msg.partition(), []).append(row)
-            for partition, rows in by_partition.items():
-                part = self.join.add_feedback(
-                    partition, [fb.messages[r].offset() for r in rows],
-                    [fb.event_ids[r] for r in rows], labels[rows], fb.ts[rows])
-                joined.extend(part)
+            offsets = np.fromiter(map(_OFFSET, fb.messages), np.int64, len(fb))
+            for partition, rows in _by_partition(fb.messages):
+                joined.extend(self.join.add_feedback(
+                    partition, _take(offsets, rows), _take(fb.event_ids, rows),
+                    _take(labels, rows), _take(fb.ts, rows)))
         self.join.expire()
         if len(joined):
             x, y, served = joined.arrays()
@@ -242,15 +263,12 @@ class FeedbackLearner(Learner):
 
     def _remember(self, batch: Batch, served: np.ndarray, joined: Joined) -> None:
         assert self.join is not None
-        partitions = np.fromiter((m.partition() for m in batch.messages), np.int64, len(batch))
         features = np.asarray(batch.features, np.float32)
-        for partition in np.unique(partitions).tolist():
-            rows = np.flatnonzero(partitions == partition)
-            first_offset = batch.messages[int(rows[0])].offset()
-            part = self.join.add_events(partition, first_offset,
-                                        [batch.event_ids[r] for r in rows.tolist()],
-                                        batch.ts[rows], features[rows], served[rows])
-            joined.extend(part)
+        for partition, rows in _by_partition(batch.messages):
+            first = batch.messages[0 if rows is None else int(rows[0])].offset()
+            joined.extend(self.join.add_events(
+                partition, first, _take(batch.event_ids, rows), _take(batch.ts, rows),
+                _take(features, rows), _take(served, rows)))
 
     def snapshot(self) -> dict[str, Any]:
         out = super().snapshot()
