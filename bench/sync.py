@@ -7,12 +7,14 @@ Two parts, one run, side by side (the machine is small and shared: compare ratio
   baseline. Rounds (or deltas) applied per second, bytes per publish, ms per 1k updates.
 * **Pipeline**: pre-filled, co-partitioned events and feedback topics (every event's label,
   same key), drained by the classifier hot path (``streams.worker.build_lane``) in a thread of
-  this process, for a fresh consumer group each time, in four configurations:
+  this process, for a fresh consumer group each time, in six configurations:
   (1) learning off (no learner, reads the events topic only: half the records);
   (2) learning on (``FeedbackLearner`` joining feedback to events in a ``MemoryJoinStore``),
   sync off; (3) learning on, ``sync_mode="async"``; (4) learning on, ``sync_mode="sync"``.
   (3) and (4) run a single worker, which still publishes its deltas (and, in ``sync``, closes
   its own rounds) and polls the sync topic: the overhead one worker pays, relative to (2).
+  (5) and (6) are (3) with a learner that drops the labels as they arrive, or once decoded:
+  the bound that reading a second topic sets on (3), whatever the join and learning cost.
   Rates count what came after the first batch over first -> last batch (start-up excluded).
   The run ends with issue 11's goal, (3) >= 0.8x (1) in events/s, as ``met`` or ``missed``.
 
@@ -164,6 +166,9 @@ class Config:
     name: str
     learn: bool
     sync_mode: str = "off"
+    #: the learner stops after this stage ("read": labels dropped as they arrive; "decode":
+    #: labels decoded, then dropped), to bound what (3) can reach; None: the whole learner
+    upto: str | None = None
 
 
 CONFIGS = (
@@ -171,18 +176,28 @@ CONFIGS = (
     Config("(2) learning on, sync off", True),
     Config("(3) learning on, sync async", True, "async"),
     Config("(4) learning on, sync sync", True, "sync"),
+    Config("(5) = (3), labels read, then dropped", True, "async", "read"),
+    Config("(6) = (3), labels read and decoded, then dropped", True, "async", "decode"),
 )
 
 
 @dataclass
 class _CountingLearner(FeedbackLearner):
-    """``FeedbackLearner`` that also counts the feedback records it was handed."""
+    """``FeedbackLearner`` that also counts the feedback records it was handed, and may stop
+    after reading or decoding them (``upto``)."""
 
     feedback_seen: int = 0
+    upto: str | None = None
 
     def process(self, batch: Batch, scores: np.ndarray, feedback: list[Message],
                 rejected: list[Rejected]) -> None:
         self.feedback_seen += len(feedback)
+        if self.upto == "read":
+            return
+        if self.upto == "decode":
+            if feedback and self.labels is not None:
+                self.labels.decode(feedback)
+            return
         super().process(batch, scores, feedback, rejected)
 
 
@@ -304,7 +319,7 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
                                event_time=learning.event_time, fields=[learning.label])
         learner = _CountingLearner(model, hooks=hooks, feedback_topic=settings.feedback_topic,
                                    join=join, labels=labels, learning=learning,
-                                   **step_rule(settings, learning))
+                                   upto=config.upto, **step_rule(settings, learning))
         subscribed.append(settings.feedback_topic)
     hot = build_lane(app, settings, handler, PipelineMetrics(window=1000), threading.Lock(),
                      GroupAssignment(subscribed), unique_name("bench-sync-group"), learner)
@@ -418,6 +433,14 @@ def pipeline_goal(rounds: Rounds) -> Goal:
                 0.8)
 
 
+def bound_line(rounds: Rounds) -> str:
+    """What (3) could reach if the join and the learning were free: (5) and (6) vs (1)."""
+    best = {name: max(r.per_s(r.events) for r in rs) for name, rs in rounds.items()}
+    off = best[CONFIGS[0].name] or 1.0
+    return (f"bounds: labels only read (5) {best[CONFIGS[4].name] / off:.2f}x of (1), read and "
+            f"decoded (6) {best[CONFIGS[5].name] / off:.2f}x")
+
+
 def cpu_line(rounds: Rounds) -> str:
     """The same comparison by process CPU per event (median over rounds), which a shared
     host's speed moves far less than events/s: what the goal would read on a quiet host."""
@@ -452,7 +475,7 @@ def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
          "labels joined and learned", "note"], rows)
     sync_rows = []
     base_cpu = base.us_per_event(base.lane_cpu_s) or 1.0
-    for r in results[2:]:
+    for r in results[2:4]:
         s = r.sync
         published = int(s.get("published", 0))
         applied = int(s.get("rounds_closed", s.get("applied", 0)))
@@ -496,7 +519,8 @@ def _docs(args: argparse.Namespace, isolated: list[dict[str, Any]],
     parts = ["## Parameter sync (`bench/sync.py`)"]
     if pipeline:
         throughput, overhead = _pipeline_tables(pipeline)
-        goal = f"{pipeline_goal(pipeline).line()}\n{cpu_line(pipeline)}"
+        goal = (f"{pipeline_goal(pipeline).line()}\n{cpu_line(pipeline)}\n"
+                f"{bound_line(pipeline)}")
         d = load_settings()
         learning = load_app("classifier", d).learning
         assert learning is not None
@@ -508,7 +532,7 @@ Pre-filled {args.partitions}-partition events and feedback topics: {args.count:,
 of the bench process, for a fresh consumer group of `GroupAssignment` (events, plus feedback
 when learning), until everything was read; best of {args.rounds} alternating round(s) by
 events/s.
-(1) has no learner and reads the events topic only, half the records of (2)-(4). (2)-(4) run
+(1) has no learner and reads the events topic only, half the records of (2)-(6). (2)-(4) run
 `FeedbackLearner` (join in a `MemoryJoinStore`,
 the app's adaptive steps (`learn_batch_size` {learning.batch_size}, at most {learning.max_steps}
 steps per micro-batch, one step from {learning.one_step_labels:,} labels on:
@@ -517,7 +541,11 @@ publishing) with `sync_mode` off, async and sync and the
 default sync settings (a delta every {d.sync_every_updates} steps or {d.sync_every_ms:.0f} ms,
 {d.sync_shards} shards). (3) and (4) are a single
 worker: it publishes its deltas, polls the sync topic and, in `sync`, closes its own rounds, so
-the difference to (2) is what sync costs one worker before any peer adds traffic. Rates count
+the difference to (2) is what sync costs one worker before any peer adds traffic. (5) and (6)
+are (3) with a learner that drops the labels as they arrive, or right after decoding them:
+what reading (and decoding) a second topic costs the broker, librdkafka, the batcher and the
+decoder, so they bound what (3) can reach here whatever the join and the optimiser cost.
+Rates count
 what came after the first batch, over first -> last batch. CPU per event: the hot-path thread
 (decode, score, join, learn, sync), the batch-writer thread (Redis, predictions topic) and the
 whole process (librdkafka's threads included), divided by events.
@@ -564,7 +592,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keys", type=int, default=100_000, help="Distinct entity keys.")
     parser.add_argument("--num-features", type=int, default=8, help="Feature vector length.")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="Alternating rounds of (1)-(4); the best of each counts.")
+                        help="Alternating rounds of (1)-(6); the best of each counts.")
     parser.add_argument("--phase-seconds", type=float, default=60.0,
                         help="Time cap per configuration.")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13",
@@ -591,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     if pipeline:
         throughput, overhead = _pipeline_tables(pipeline)
         print(f"\nbest round of each:\n{throughput}\n\n{overhead}\n\n"
-              f"{pipeline_goal(pipeline).line()}\n{cpu_line(pipeline)}")
+              f"{pipeline_goal(pipeline).line()}\n{cpu_line(pipeline)}\n{bound_line(pipeline)}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.write_docs:
         write_docs_section("sync", _docs(args, isolated, pipeline, load))
