@@ -162,12 +162,6 @@ def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
-#: Under load, the learner's between-batch work (peers' parameter updates, side work) runs
-#: at most this often: polling the sync topic costs ~0.25 ms, as much as a small batch's
-#: learning; 20 ms is far below the sync's own cadence (a delta every 200 ms or 50 steps).
-IDLE_EVERY_S = 0.02
-
-
 class HotPath:
     """One consumer's loop. ``model_lock`` keeps learning steps out of a batch's inference.
 
@@ -213,7 +207,6 @@ class HotPath:
         self._paused: set[tuple[str, int]] = set()
         self._watch: FreezeWatch | None = None
         self._freezes_seen = 0
-        self._idle_at = 0.0
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; then commit what was written and close."""
@@ -255,9 +248,7 @@ class HotPath:
                 if messages:
                     self.metrics.batch_fetched(len(messages))
                     self._submit(self.prepare(messages), stop)
-                if self.learner is not None and (
-                        not messages or time.monotonic() - self._idle_at >= IDLE_EVERY_S):
-                    self._idle_at = time.monotonic()
+                if self.learner is not None:
                     with self.model_lock:
                         self.learner.idle()
         finally:
