@@ -224,3 +224,20 @@ def test_recommendations_ttl_and_replay(redis_client: redis.Redis, app: str):
 def test_recommendation_needs_one_score_per_item():
     with pytest.raises(ValueError, match="2 items but 1 scores"):
         Recommendations.from_lists(["u"], [["a", "b"]], [[0.1]], ["ev"], [1], 2)
+
+
+def test_a_batch_of_top_n_lists_of_different_lengths(redis_client: redis.Redis, app: str):
+    """Rows shorter than the batch's longest (a user who rated nearly every item) and empty
+    ones: each user's set holds its own items only, with the scores exactly as given."""
+    full, short, empty = f"{app}-full", f"{app}-short", f"{app}-empty"
+    sink = RedisRecommendationSink(redis_client)
+    sink.write(_recs((empty, 500, {"old": 1.0})))
+
+    result = sink.write(_recs((full, 1_000, {"a": 0.1, "b": 2.5, "c": -1 / 3}),
+                              (short, 1_000, {"d": 1e-7}), (empty, 1_000, {})))
+
+    assert result == WriteResult(applied=3, stale=0)
+    assert _top(redis_client, full) == [("b", 2.5), ("a", 0.1), ("c", -1 / 3)]
+    assert _top(redis_client, short) == [("d", 1e-7)]
+    assert _top(redis_client, empty) == []
+    assert _hash(redis_client, f"recs_meta:{empty}")["event_id"] == "ev-1000"
