@@ -3,6 +3,7 @@
 ``Predictions`` holds a batch as columns, the shape the hot path builds from tensors and the
 sinks pack from, with the per-batch constants (model, version, processing time) held once.
 ``PredictionRow`` is the same for one event, for code that handles a few rows at a time.
+``Recommendations`` holds a batch's top-N lists, one row per user, as the model's arrays.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PredictionRow", "Predictions"]
+import numpy as np
+
+__all__ = ["PredictionRow", "Predictions", "Recommendations"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +130,67 @@ class Predictions:
         return cls([r.event_id for r in rows], [r.key for r in rows],
                    {"score": [r.score for r in rows]}, [r.event_ts for r in rows],
                    first.processed_ts, first.model_name, first.model_version)
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """One batch's top-N lists, one row per user: ``items[i, :counts[i]]`` are ``users[i]``'s
+    best item ids and ``scores[i, :counts[i]]`` their scores, with the event that asked for
+    them; cells past a row's count are padding.
+
+    ``items`` (object) and ``scores`` are ``(n, k)`` arrays, the model's top-k output as it
+    comes, so a batch of users costs the sink a few array operations, not objects per user.
+    """
+
+    users: list[str]
+    items: np.ndarray
+    scores: np.ndarray
+    counts: np.ndarray
+    event_ids: list[str]
+    event_ts: list[int]
+    processed_ts: int
+    model_version: str = ""
+
+    def __post_init__(self) -> None:
+        n = len(self.users)
+        if (self.items.ndim != 2 or self.items.shape != self.scores.shape
+                or self.items.shape[0] != n or self.counts.shape != (n,)
+                or len(self.event_ids) != n or len(self.event_ts) != n):
+            raise ValueError(
+                f"recommendations: {n} users, items {self.items.shape}, scores "
+                f"{self.scores.shape}, counts {self.counts.shape}, {len(self.event_ids)} "
+                f"event ids and {len(self.event_ts)} timestamps")
+        if n and not 0 <= int(self.counts.min()) <= int(self.counts.max()) <= self.items.shape[1]:
+            raise ValueError(f"recommendations: counts must be within 0..{self.items.shape[1]}")
+
+    @classmethod
+    def from_lists(cls, users: Sequence[str], items: Sequence[Sequence[str]],
+                   scores: Sequence[Sequence[float]], event_ids: Sequence[str],
+                   event_ts: Sequence[int], processed_ts: int,
+                   model_version: str = "") -> Recommendations:
+        """From one list of items and one of scores per user (lists of any length)."""
+        for user, its, ss in zip(users, items, scores, strict=True):
+            if len(its) != len(ss):
+                raise ValueError(f"recommendation for user {user!r}: {len(its)} items but "
+                                 f"{len(ss)} scores")
+        counts = np.array([len(its) for its in items], np.int64).reshape(-1)
+        k = int(counts.max()) if len(counts) else 0
+        item_cells = np.full((len(users), k), "", object)
+        score_cells = np.zeros((len(users), k), np.float64)
+        for i, (its, ss) in enumerate(zip(items, scores, strict=True)):
+            item_cells[i, :len(its)] = list(its)
+            score_cells[i, :len(ss)] = ss
+        return cls(list(users), item_cells, score_cells, counts, list(event_ids),
+                   list(event_ts), processed_ts, model_version)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self, index: Sequence[int]) -> Recommendations:
+        """The rows at ``index``."""
+        rows = np.asarray(index, np.int64)
+        return Recommendations([self.users[i] for i in index], self.items[rows],
+                               self.scores[rows], self.counts[rows],
+                               [self.event_ids[i] for i in index],
+                               [self.event_ts[i] for i in index], self.processed_ts,
+                               self.model_version)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from streaminfer.models._seed import seeded
 from streaminfer.models.base import Model, ModelVersion
 from streaminfer.models.device import Runner
 from streaminfer.models.optim import build_optimizer
+from streaminfer.models.seen_items import SeenItems
 from streaminfer.models.sparse_rows import Apply, sparse_apply
 from streaminfer.models.vocab import Vocabulary
 
@@ -136,7 +136,7 @@ class MatrixFactorization(Model):
         dev = self.runner.device
         self._rating_sum = torch.zeros((), dtype=torch.float64, device=dev)
         self._rating_count = torch.zeros((), dtype=torch.float64, device=dev)
-        self._seen: dict[int, set[int]] = {}
+        self._seen = SeenItems()
         self.optimizer = build_optimizer(optimizer, sparse=self.tables.parameters(), lr=lr, l2=0.0)
 
     # -- inputs -------------------------------------------------------------------------
@@ -224,8 +224,7 @@ class MatrixFactorization(Model):
             return []
         if bool((rows.users < 0).any() or (rows.items < 0).any()):
             raise ValueError(f"{self.name} cannot learn from unknown rows (-1); pass string ids")
-        for u, i in zip(rows.users.tolist(), rows.items.tolist(), strict=True):
-            self._seen.setdefault(u, set()).add(i)
+        self._seen.add(rows.users.tolist(), rows.items.tolist())
         size = size if size > 0 else n
         t = self.tables
         weights = [t[name].weight for name in _TABLES]
@@ -287,64 +286,60 @@ class MatrixFactorization(Model):
     def top_n_many(
         self, users: Sequence[str], n: int = 10, *, exclude_seen: bool = True
     ) -> list[list[tuple[str, float]]]:
-        """:meth:`top_n` for each of ``users``: one matmul per chunk of users rather than a
-        handful of small tensor ops per user (the worker ranks every user of a batch)."""
+        """:meth:`top_n` for each of ``users`` (:meth:`top_n_arrays` as lists)."""
+        items, scores, counts = self.top_n_arrays(users, n, exclude_seen=exclude_seen)
+        return [list(zip(ids[:count], values[:count], strict=True))
+                for ids, values, count in zip(items.tolist(), scores.tolist(), counts.tolist(),
+                                              strict=True)]
+
+    def top_n_arrays(
+        self, users: Sequence[str], n: int = 10, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`top_n` for each of ``users`` as columns: item ids (object) and scores
+        (float32), both ``(len(users), k)`` with ``k = min(n, items known)``, best first, and
+        how many of row ``i``'s are real (fewer than ``k`` once a user rated nearly every
+        item). The worker ranks every user of a batch: one matmul per chunk of users, and no
+        Python object per user or item until the sink packs them."""
         if n < 1:
             raise ValueError(f"top_n expects n >= 1, got {n}")
         num_items = len(self.items)
-        if num_items == 0:
-            return [[] for _ in users]
-        out: list[list[tuple[str, float]]] = []
+        k = min(n, num_items)
+        if k == 0:
+            return (np.empty((len(users), 0), object), np.empty((len(users), 0), np.float32),
+                    np.zeros(len(users), np.int64))
         chunk = max(1, _TOP_N_SCORES // num_items)
-        for lo in range(0, len(users), chunk):
-            out += self._rank_users(users[lo:lo + chunk], n, num_items, exclude_seen)
-        return out
+        parts = [self._rank_users(users[lo:lo + chunk], k, num_items, exclude_seen)
+                 for lo in range(0, len(users), chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
 
-    def _rank_users(self, users: Sequence[str], n: int, num_items: int,
-                    exclude_seen: bool) -> list[list[tuple[str, float]]]:
+    def _rank_users(self, users: Sequence[str], k: int, num_items: int, exclude_seen: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = [self.users.row(user, grow=False) for user in users]  # None: unknown user
         # a known row includes a hashed overflow row, which was trained
-        masked_users, masked_items, seen_count = self._seen_pairs(
+        masked_users, masked_items, seen_count = self._seen.pairs(
             rows if exclude_seen else [None] * len(rows), num_items)
-        wanted = np.minimum(n, num_items - seen_count).tolist()
-        k = max(wanted)
-        if k <= 0:
-            return [[] for _ in users]
         user_rows = torch.tensor([row if row is not None else 0 for row in rows], dtype=torch.int64)
         known = torch.tensor([row is not None for row in rows], dtype=torch.float32)
+        # the seen cells by their index in the flattened score matrix: index_fill_ on that is
+        # ~50x cheaper than indexing with (user, item) pairs
+        masked = torch.from_numpy(masked_users * num_items + masked_items)
 
-        def rank(u: torch.Tensor, weight: torch.Tensor, mask_u: torch.Tensor,
-                 mask_i: torch.Tensor) -> torch.Tensor:
+        def rank(u: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             t = self.tables
             p = t["user_emb"].weight[u] * weight.unsqueeze(-1)
             b_u = t["user_bias"].weight[u, 0] * weight
             q = t["item_emb"].weight[:num_items]
             scores = ((p @ q.T).float() + t["item_bias"].weight[:num_items, 0]
                       + b_u.unsqueeze(-1) + self._mu())
-            scores[mask_u, mask_i] = float("-inf")
+            scores.view(-1).index_fill_(0, mask, float("-inf"))
             values, index = torch.topk(scores, k, dim=1)
             return torch.stack([values, index.float()])
 
-        values, index = self.runner.infer(rank, user_rows, known, torch.from_numpy(masked_users),
-                                          torch.from_numpy(masked_items))
-        ids_of = self.items.ids_of
-        return [list(zip(ids_of(ix[:want]), vs[:want], strict=True))
-                for vs, ix, want in zip(values.tolist(), index.long().tolist(), wanted,
-                                        strict=True)]
-
-    def _seen_pairs(self, rows: Sequence[int | None], num_items: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(position in ``rows``, item row) of every item the users at ``rows`` rated, and how
-        many each rated: read from the sets in C (``chain``), as the lists grow with history."""
-        sets = [self._seen.get(row, ()) if row is not None else () for row in rows]
-        counts = np.fromiter(map(len, sets), np.int64, len(sets))
-        items = np.fromiter(chain.from_iterable(sets), np.int64, int(counts.sum()))
-        users = np.repeat(np.arange(len(sets), dtype=np.int64), counts)
-        keep = items < num_items  # rows of items this model knows (all but after a reload)
-        if not keep.all():
-            users, items = users[keep], items[keep]
-            counts = np.bincount(users, minlength=len(sets))
-        return users, items, counts
+        values, index = self.runner.infer(rank, user_rows, known, masked)
+        counts = np.minimum(k, num_items - seen_count)
+        return self.items.ids_of(index.long().numpy()), values.numpy(), counts
 
     # -- per-user state -----------------------------------------------------------------
 
@@ -362,7 +357,7 @@ class MatrixFactorization(Model):
             ids=list(found),
             emb=t["user_emb"].weight.detach()[rows].cpu(),
             bias=t["user_bias"].weight.detach()[rows].cpu(),
-            seen=[tuple(id_of(i) for i in sorted(self._seen.get(row, ())) if i < num_items)
+            seen=[tuple(id_of(i) for i in sorted(self._seen.of(row)) if i < num_items)
                   for row in found.values()],
             optim={name: live[rows].cpu() for name, live in self._user_optim_state()},
         )
@@ -386,7 +381,7 @@ class MatrixFactorization(Model):
                 live[index] = value.to(dev, live.dtype)
         for row, seen in zip(index.tolist(), rows.seen, strict=True):
             items = (self.items.row(i, grow=False) for i in seen)
-            self._seen[row] = {i for i in items if i is not None}
+            self._seen.replace(row, (i for i in items if i is not None))
 
     def export_keys(self, keys: Iterable[str]) -> list[tuple[str, bytes]]:
         """Known users' rows as bytes, one record per user: the keyed state's changelog."""
@@ -414,7 +409,7 @@ class MatrixFactorization(Model):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {k: v.detach().cpu() for k, v in self.tables.state_dict().items()}
-        pairs = [(u, i) for u, items in self._seen.items() for i in sorted(items)]
+        pairs = [(u, i) for u, items in self._seen for i in sorted(items)]
         seen = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
         return {
             **{f"tables.{k}": v for k, v in state.items()},
@@ -438,9 +433,8 @@ class MatrixFactorization(Model):
             seen_pairs = state["seen"].reshape(-1, 2).tolist()
         except (RuntimeError, KeyError) as exc:
             raise ValueError(f"{self.name} state does not fit this model's config: {exc}") from None
-        self._seen = {}
-        for u, i in seen_pairs:
-            self._seen.setdefault(u, set()).add(i)
+        self._seen = SeenItems()
+        self._seen.add((u for u, _ in seen_pairs), (i for _, i in seen_pairs))
         self._load_version_state(state)
 
     def config(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 __all__ = ["Vocabulary"]
@@ -28,6 +29,7 @@ class Vocabulary:
         self.capacity = capacity
         self._rows: dict[str, int] = {}
         self._ids: list[str] = []
+        self._array = np.empty(0, dtype=object)  # _ids as an array, for ids_of
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -76,10 +78,12 @@ class Vocabulary:
         """The id that owns ``row`` (the first one, if hashed overflow ids share it)."""
         return self._ids[row]
 
-    def ids_of(self, rows: Iterable[int]) -> list[str]:
-        """:meth:`id_of` for many rows at once (a batch's top-N lists)."""
-        ids = self._ids
-        return [ids[row] for row in rows]
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`id_of` for an array of rows, as an object array of its shape (a batch's
+        top-N lists: one gather from the ids as an array, rebuilt when ids were added)."""
+        if len(self._array) != len(self._ids):
+            self._array = np.array(self._ids, dtype=object)
+        return self._array[rows]
 
     @property
     def ids(self) -> list[str]:
@@ -98,6 +102,7 @@ class Vocabulary:
         if len(set(ids)) != len(ids):
             raise ValueError("vocabulary ids must be unique")
         self._ids = list(ids)
+        self._array = np.empty(0, dtype=object)
         self._rows = {k: i for i, k in enumerate(self._ids)}
 
     def load_tensor(self, tensor: torch.Tensor) -> None:

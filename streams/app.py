@@ -111,7 +111,7 @@ class Outputs:
     the predictions topic's records, whose Avro schema is generated from them.
     ``activation`` turns an ``nn.Module``'s raw outputs into scores. ``top_n`` > 0 keeps a
     sorted set ``recs:{key}`` of the model's best items (the model must offer
-    ``top_n_many(keys, n)``).
+    ``top_n_arrays(keys, n)``, as ``MatrixFactorization`` does).
     """
 
     names: Sequence[str] = ("score",)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from confluent_kafka import Message
 
-from streaminfer.connectors.prediction import Predictions
-from streaminfer.connectors.redis_sink import RecommendationRow
+from streaminfer.connectors.prediction import Predictions, Recommendations
+from streaminfer.connectors.redis_sink import latest_index
 from streaminfer.errors import ConfigError
 from streaminfer.models.base import Model
 from streaminfer.streams.app import Learning, Outputs
@@ -36,7 +36,7 @@ class Written:
     a shadow version's predictions (recorded in Redis, never served)."""
 
     predictions: Predictions
-    recommendations: list[RecommendationRow] = field(default_factory=list)
+    recommendations: Recommendations | None = None
     shadow: Predictions | None = None
 
 
@@ -161,23 +161,14 @@ class AppHandler:
             out.recommendations = self._top_n(batch, processed_ts)
         return out
 
-    def _top_n(self, batch: Batch, processed_ts: int) -> list[RecommendationRow]:
+    def _top_n(self, batch: Batch, processed_ts: int) -> Recommendations:
         """Each key's best items, once per key of the batch (for its newest event)."""
-        newest: dict[str, tuple[int, str]] = {}
-        for key, ts, eid in zip(batch.keys, batch.ts.tolist(), batch.event_ids, strict=True):
-            if key not in newest or (ts, eid) > newest[key]:
-                newest[key] = (ts, eid)
-        version = str(self.model.version)
-        ranked = self.model.top_n_many(list(newest), self.outputs_spec.top_n)  # type: ignore[attr-defined]
-        return [RecommendationRow(user=key, items=items, scores=scores, event_id=eid,
-                                  event_ts=ts, processed_ts=processed_ts, model_version=version)
-                for (key, (ts, eid)), (items, scores) in zip(newest.items(), map(_columns, ranked),
-                                                             strict=True)]
-
-
-def _columns(best: list[tuple[str, float]]) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """``[(item, score), ...]`` as ``(items, scores)``."""
-    return tuple(zip(*best, strict=True)) if best else ((), ())  # type: ignore[return-value]
+        ts = batch.ts.tolist()
+        keep = latest_index(batch.keys, ts, batch.event_ids)
+        users = [batch.keys[i] for i in keep]
+        items, scores, counts = self.model.top_n_arrays(users, self.outputs_spec.top_n)  # type: ignore[attr-defined]
+        return Recommendations(users, items, scores, counts, [batch.event_ids[i] for i in keep],
+                               [ts[i] for i in keep], processed_ts, str(self.model.version))
 
 
 def _numpy(scores: Any) -> np.ndarray:

@@ -250,7 +250,7 @@ class HotPath:
                     self._submit(self.prepare(messages), stop)
                 if self.learner is not None:
                     with self.model_lock:
-                        self.learner.idle()
+                        self.learner.idle(busy=bool(messages))
         finally:
             self._writer.close()
             self._commit_written(None)

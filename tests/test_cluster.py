@@ -336,7 +336,7 @@ def test_every_redis_user_works_on_the_cluster(redis_cluster: str) -> None:
     from streaminfer.connectors.params_publisher import ParamsPublisher, read_params
     from streaminfer.connectors.redis_sink import (
         PredictionRow,
-        RecommendationRow,
+        Recommendations,
         RedisPredictionSink,
         RedisRecommendationSink,
     )
@@ -375,13 +375,11 @@ def test_every_redis_user_works_on_the_cluster(redis_cluster: str) -> None:
                for i in range(0, 3000, 7))
 
     recs = RedisRecommendationSink(client)
-    top = [RecommendationRow(user=f"u{i}", items=("a", "b"), scores=(1.0, 2.0), event_id="x",
-                             event_ts=10, processed_ts=11, model_version="v1")
-           for i in range(200)]
+    top = Recommendations.from_lists([f"u{i}" for i in range(200)], [("a", "b")] * 200,
+                                     [(1.0, 2.0)] * 200, ["x"] * 200, [10] * 200, 11, "v1")
     assert recs.write(top).applied == 200
-    stale = RecommendationRow(user="u3", items=("z",), scores=(9.0,), event_id="w",
-                              event_ts=10, processed_ts=11)
-    assert recs.write([stale]).stale == 1
+    stale = Recommendations.from_lists(["u3"], [("z",)], [(9.0,)], ["w"], [10], 11)
+    assert recs.write(stale).stale == 1
     assert client.zrange("recs:u3", 0, -1) == [b"a", b"b"]
     assert client.hget("recs_meta:u3", "event_id") == b"x"
 

@@ -412,3 +412,18 @@ def test_learn_steps_is_learn_on_each_run() -> None:
     for key, value in stepped.state_dict().items():
         assert torch.allclose(value.double(), one_by_one.state_dict()[key].double(),
                               atol=1e-6), key
+
+
+def test_seen_items_give_each_users_items_once_as_mask_pairs() -> None:
+    from streaminfer.models.seen_items import SeenItems
+
+    seen = SeenItems()
+    seen.add([0, 0, 1, 0], [5, 2, 7, 5])  # user 0 rated item 5 twice
+    seen.replace(2, [9, 1, 9])
+
+    positions, items, counts = seen.pairs([0, None, 2, 1, 3], num_items=10)
+    assert counts.tolist() == [2, 0, 2, 1, 0]
+    pairs = list(zip(positions.tolist(), items.tolist(), strict=True))
+    assert pairs == [(0, 5), (0, 2), (2, 9), (2, 1), (3, 7)]
+    assert seen.pairs([2], num_items=5)[1].tolist() == [1]  # rows past the model's items
+    assert seen.of(0) == {2, 5} and seen.of(4) == set()

@@ -13,7 +13,7 @@ import redis
 
 from streaminfer.connectors.redis_sink import (
     PredictionRow,
-    RecommendationRow,
+    Recommendations,
     RedisPredictionSink,
     RedisRecommendationSink,
     WriteResult,
@@ -165,16 +165,12 @@ def test_accepts_a_redis_url(services: Any, settings: Any, app: str):
     assert sink.client.hget(sink.key_for("u1"), "event_id") in (b"ev-1000", "ev-1000")
 
 
-def _recs(user: str, event_ts: int, items: dict[str, float], event_id: str | None = None):
-    return RecommendationRow(
-        user=user,
-        items=tuple(items),
-        scores=tuple(items.values()),
-        event_id=event_id or f"ev-{event_ts}",
-        event_ts=event_ts,
-        processed_ts=event_ts + 3,
-        model_version="mf-9",
-    )
+def _recs(*rows: tuple[str, int, dict[str, float]]) -> Recommendations:
+    """One batch of top-N lists: ``(user, event_ts, {item: score})`` per row."""
+    return Recommendations.from_lists(
+        [user for user, _, _ in rows], [list(items) for _, _, items in rows],
+        [list(items.values()) for _, _, items in rows], [f"ev-{ts}" for _, ts, _ in rows],
+        [ts for _, ts, _ in rows], processed_ts=rows[0][1] + 3, model_version="mf-9")
 
 
 def _top(client: redis.Redis, user: str) -> list[tuple[str, float]]:
@@ -184,9 +180,9 @@ def _top(client: redis.Redis, user: str) -> list[tuple[str, float]]:
 def test_recommendations_replace_the_whole_top_n(redis_client: redis.Redis, app: str):
     user = f"{app}-u1"
     sink = RedisRecommendationSink(redis_client)
-    sink.write([_recs(user, 1_000, {"i1": 0.9, "i2": 0.5, "i3": 0.1})])
+    sink.write(_recs((user, 1_000, {"i1": 0.9, "i2": 0.5, "i3": 0.1})))
 
-    assert sink.write([_recs(user, 2_000, {"i4": 0.8, "i2": 0.6})]) == WriteResult(1, 0)
+    assert sink.write(_recs((user, 2_000, {"i4": 0.8, "i2": 0.6}))) == WriteResult(1, 0)
 
     assert _top(redis_client, user) == [("i4", 0.8), ("i2", 0.6)]
     meta = _hash(redis_client, f"recs_meta:{user}")
@@ -201,14 +197,10 @@ def test_recommendations_replace_the_whole_top_n(redis_client: redis.Redis, app:
 def test_older_recommendations_are_ignored(redis_client: redis.Redis, app: str):
     user, other = f"{app}-u1", f"{app}-u2"
     sink = RedisRecommendationSink(redis_client)
-    sink.write([_recs(user, 2_000, {"new": 1.0})])
+    sink.write(_recs((user, 2_000, {"new": 1.0})))
 
     result = sink.write(
-        [
-            _recs(user, 1_000, {"old": 1.0}),
-            _recs(other, 1_500, {"x": 0.3}),
-            _recs(other, 1_200, {"y": 0.9}),
-        ]
+        _recs((user, 1_000, {"old": 1.0}), (other, 1_500, {"x": 0.3}), (other, 1_200, {"y": 0.9}))
     )
 
     assert result == WriteResult(applied=1, stale=2)
@@ -219,7 +211,7 @@ def test_older_recommendations_are_ignored(redis_client: redis.Redis, app: str):
 def test_recommendations_ttl_and_replay(redis_client: redis.Redis, app: str):
     user = f"{app}-u1"
     sink = RedisRecommendationSink(redis_client, ttl_s=60)
-    batch = [_recs(user, 1_000, {"a": 0.2, "b": 0.4})]
+    batch = _recs((user, 1_000, {"a": 0.2, "b": 0.4}))
     sink.write(batch)
 
     sink.write(batch)
@@ -231,4 +223,21 @@ def test_recommendations_ttl_and_replay(redis_client: redis.Redis, app: str):
 
 def test_recommendation_needs_one_score_per_item():
     with pytest.raises(ValueError, match="2 items but 1 scores"):
-        RecommendationRow("u", ("a", "b"), (0.1,), "ev", 1, 2)
+        Recommendations.from_lists(["u"], [["a", "b"]], [[0.1]], ["ev"], [1], 2)
+
+
+def test_a_batch_of_top_n_lists_of_different_lengths(redis_client: redis.Redis, app: str):
+    """Rows shorter than the batch's longest (a user who rated nearly every item) and empty
+    ones: each user's set holds its own items only, with the scores exactly as given."""
+    full, short, empty = f"{app}-full", f"{app}-short", f"{app}-empty"
+    sink = RedisRecommendationSink(redis_client)
+    sink.write(_recs((empty, 500, {"old": 1.0})))
+
+    result = sink.write(_recs((full, 1_000, {"a": 0.1, "b": 2.5, "c": -1 / 3}),
+                              (short, 1_000, {"d": 1e-7}), (empty, 1_000, {})))
+
+    assert result == WriteResult(applied=3, stale=0)
+    assert _top(redis_client, full) == [("b", 2.5), ("a", 0.1), ("c", -1 / 3)]
+    assert _top(redis_client, short) == [("d", 1e-7)]
+    assert _top(redis_client, empty) == []
+    assert _hash(redis_client, f"recs_meta:{empty}")["event_id"] == "ev-1000"
