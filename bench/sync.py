@@ -437,8 +437,10 @@ def bound_line(rounds: Rounds) -> str:
     """What (3) could reach if the join and the learning were free: (5) and (6) vs (1)."""
     best = {name: max(r.per_s(r.events) for r in rs) for name, rs in rounds.items()}
     off = best[CONFIGS[0].name] or 1.0
-    return (f"bounds: labels only read (5) {best[CONFIGS[4].name] / off:.2f}x of (1), read and "
-            f"decoded (6) {best[CONFIGS[5].name] / off:.2f}x")
+    read_only = best[CONFIGS[4].name] or 1.0
+    return (f"bounds: labels only read (5) {read_only / off:.2f}x of (1), read and "
+            f"decoded (6) {best[CONFIGS[5].name] / off:.2f}x; (3) runs at "
+            f"{best[CONFIGS[2].name] / read_only:.2f}x of (5)")
 
 
 def cpu_line(rounds: Rounds) -> str:
