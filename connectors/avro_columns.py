@@ -57,7 +57,10 @@ def compile_columns(schema: dict[str, Any], paths: list[tuple[str, ...]], *,
     """A reader of the top-level fields ``paths`` (in that order) for batches of values that
     are ``header`` then a body written with ``schema``; ``None`` when the schema has a field
     this module does not read (then every batch goes to the row reader)."""
-    if _type_name(schema) != "record" or any(len(p) != 1 for p in paths):
+    if _type_name(schema) != "record":
+        return None
+    names = [f["name"] for f in schema["fields"]]
+    if any(len(p) != 1 or p[0] not in names for p in paths):
         return None
     plan: list[tuple[str, bool]] = []
     for field in schema["fields"]:
@@ -65,7 +68,6 @@ def compile_columns(schema: dict[str, Any], paths: list[tuple[str, ...]], *,
         if kind is None:
             return None
         plan.append((kind, (field["name"],) in paths))
-    names = [f["name"] for f in schema["fields"]]
     order = [names.index(p[0]) for p in paths]
     expected = np.frombuffer(header, np.uint8)
 
