@@ -29,7 +29,10 @@ class Vocabulary:
         self.capacity = capacity
         self._rows: dict[str, int] = {}
         self._ids: list[str] = []
-        self._array = np.empty(0, dtype=object)  # _ids as an array, for ids_of
+        # _ids as an array for ids_of: the first _filled cells, with room to grow (doubling,
+        # so a catalogue that keeps growing costs amortised O(1) per new id, not a rebuild)
+        self._array = np.empty(0, dtype=object)
+        self._filled = 0
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -80,9 +83,15 @@ class Vocabulary:
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         """:meth:`id_of` for an array of rows, as an object array of its shape (a batch's
-        top-N lists: one gather from the ids as an array, rebuilt when ids were added)."""
-        if len(self._array) != len(self._ids):
-            self._array = np.array(self._ids, dtype=object)
+        top-N lists: one gather from the ids as an array, extended as ids are added)."""
+        n, filled = len(self._ids), self._filled
+        if filled < n:
+            if len(self._array) < n:
+                grown = np.empty(max(n, 2 * len(self._array)), dtype=object)
+                grown[:filled] = self._array[:filled]
+                self._array = grown
+            self._array[filled:n] = self._ids[filled:n]
+            self._filled = n
         return self._array[rows]
 
     @property
@@ -102,7 +111,7 @@ class Vocabulary:
         if len(set(ids)) != len(ids):
             raise ValueError("vocabulary ids must be unique")
         self._ids = list(ids)
-        self._array = np.empty(0, dtype=object)
+        self._array, self._filled = np.empty(0, dtype=object), 0
         self._rows = {k: i for i, k in enumerate(self._ids)}
 
     def load_tensor(self, tensor: torch.Tensor) -> None:
