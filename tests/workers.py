@@ -207,6 +207,8 @@ def publish_interleaved(bootstrap: str, events_topic: str, feedback_topic: str,
     """Event i, then its label, at ``rate`` pairs per second, over ``keys`` entity keys
     (one key = one partition = the order is exactly the publish order)."""
     producer = make_producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    for topic in (events_topic, feedback_topic):  # metadata first: the first events would
+        producer.list_topics(topic, timeout=10)  # otherwise wait for it and leave in a burst
     events, feedback = RecordCodec("event"), RecordCodec("feedback")
     ids = [f"{run}-{i}" for i in range(len(y))]
     start = time.perf_counter()
