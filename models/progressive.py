@@ -115,8 +115,10 @@ class ClassifierMetrics:
         p = np.clip(p, 0.0, 1.0)
         positive = y >= 0.5
         idx = self._bin(p)
-        self.pos += np.bincount(idx[positive], minlength=self.bins)
-        self.neg += np.bincount(idx[~positive], minlength=self.bins)
+        # add.at touches only the batch's bins; bincount(minlength=bins) would build and add
+        # two arrays of every bin (1 MB) per batch
+        np.add.at(self.pos, idx[positive], 1)
+        np.add.at(self.neg, idx[~positive], 1)
         self.logloss_sum += float(self.losses(p, y).sum())
         self.correct += int(((p >= 0.5) == positive).sum())
         self.count += int(p.size)
