@@ -133,7 +133,7 @@ def _per_slot(client: Any) -> Callable[[Predictions], None]:
         for slot, idx in by_slot.items():
             args: list[Any] = ["EVALSHA", sha, len(idx), *(keys[i] for i in idx), 0,
                                batch.processed_ts, batch.model_name, batch.model_version, 1,
-                               "score"]
+                               "score", 0]  # one output field, no shared ones
             for i in idx:
                 args += [batch.event_ids[i], batch.event_ts[i], batch.outputs["score"][i]]
             commands.setdefault(owner[slot], []).append(hiredis.pack_command(tuple(args)))
@@ -186,7 +186,7 @@ def _hash_tags(client: Any) -> Callable[[Predictions], None]:
             args: list[Any] = ["EVALSHA", sha, len(idx),
                                *(f"pred:{APP}:{{{tag}}}:{batch.keys[i]}" for i in idx), 0,
                                batch.processed_ts, batch.model_name, batch.model_version, 1,
-                               "score"]
+                               "score", 0]  # one output field, no shared ones
             for i in idx:
                 args += [batch.event_ids[i], batch.event_ts[i], batch.outputs["score"][i]]
             commands[name] = [hiredis.pack_command(tuple(args))]

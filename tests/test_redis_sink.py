@@ -13,6 +13,7 @@ import redis
 
 from streaminfer.connectors.redis_sink import (
     PredictionRow,
+    Predictions,
     Recommendations,
     RedisPredictionSink,
     RedisRecommendationSink,
@@ -113,6 +114,27 @@ def test_equal_event_time_larger_event_id_wins_in_any_order(redis_client: redis.
 
     for key in "abcd":
         assert _hash(redis_client, f"pred:{app}:{key}")["event_id"] == "ev-b", key
+
+
+def test_fallback_marks_are_written_and_cleared_by_a_model_served_batch(
+        redis_client: redis.Redis, app: str):
+    sink = RedisPredictionSink(redis_client, app)
+    keys = [f"{app}-{i}" for i in range(3)]
+
+    def batch(ts: int, fallback: list[str] | None) -> Predictions:
+        return Predictions([f"ev-{ts}-{k}" for k in keys], keys, {"score": [0.25, 0.5, 0.75]},
+                           [ts] * 3, ts + 1, "logreg", f"v{ts}", fallback=fallback, digits=9)
+
+    assert sink.write_packed(sink.pack_columns(batch(10, ["", "cached", "default"]))).applied == 3
+    marks = [(_hash(redis_client, sink.key_for(k))["degraded"],
+              _hash(redis_client, sink.key_for(k))["fallback"]) for k in keys]
+    assert marks == [("0", ""), ("1", "cached"), ("1", "default")]
+    assert sink.write_packed(sink.pack_columns(batch(20, None))).applied == 3
+    for key, score in zip(keys, ("0.25", "0.5", "0.75"), strict=True):
+        stored = _hash(redis_client, sink.key_for(key))
+        assert stored == {"event_id": f"ev-20-{key}", "event_ts": "20", "processed_ts": "21",
+                          "model_name": "logreg", "model_version": "v20", "score": score,
+                          "degraded": "0", "fallback": ""}
 
 
 def test_scores_are_stored_as_json(redis_client: redis.Redis, app: str):
