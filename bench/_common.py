@@ -228,6 +228,15 @@ def busy_cores() -> Callable[[], float | None]:
     return since
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:13]) / CLK_TCK  # utime, stime
+
+
 def start_run() -> str:
     """Print the command line, the machine and its load; returns the load note for the docs."""
     load = load_note()

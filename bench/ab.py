@@ -3,7 +3,9 @@
 Both drain the same pre-filled topic, each round in a fresh process and a fresh consumer
 group, alternating A, B, A, B... so a shared host's drifting speed hits both alike; the best
 round of each counts, and their ratio is what to compare (absolute rates here vary by ~2x
-over a day). Each checkout runs its own ``bench/pipeline.py`` ``drain`` (the (b) run).
+over a day). Each checkout runs its own ``bench/pipeline.py`` ``drain`` (the (b) run). Each
+round also reports the redis-server's CPU per event (``/proc``, over the drain): give it a
+Redis nobody else loads.
 
 Usage: ``git worktree add /tmp/base HEAD~1 && python bench/ab.py --base /tmp/base``
 """
@@ -17,7 +19,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import ROOT, create_topics, delete_topics, publish_synthetic, start_run, unique_name
+import redis
+from _common import (
+    ROOT,
+    cpu_seconds,
+    create_topics,
+    delete_topics,
+    publish_synthetic,
+    start_run,
+    unique_name,
+)
 
 #: Runs one (b) drain of the checkout at argv[1] and prints its result as JSON.
 _DRAIN = """
@@ -59,14 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--bootstrap", args.bootstrap, "--redis-url", args.redis_url,
              "--count", str(args.count), "--phase-seconds", "120"]
     rates: dict[str, list[float]] = {"base": [], "head": []}
+    redis_pid = int(redis.Redis.from_url(args.redis_url).info("server")["process_id"])
     try:
         publish_synthetic(args.bootstrap, topic, args.count, seed=1, keys=100_000)
         for i in range(args.rounds):
             for name, tree in (("base", args.base), ("head", args.head)):
+                before = cpu_seconds(redis_pid)
                 result = drain(tree.resolve(), topic, predictions, args.count, extra)
+                redis_us = (cpu_seconds(redis_pid) - before) / args.count * 1e6
                 rates[name].append(result["rate"])
                 print(f"round {i + 1} {name}: {result['rate']:,.0f} ev/s "
-                      f"({result['cpu_us']:.1f} us CPU/event) {result['note']}", flush=True)
+                      f"({result['cpu_us']:.1f} us CPU/event, redis-server {redis_us:.1f} "
+                      f"us/event) {result['note']}", flush=True)
     finally:
         delete_topics(args.bootstrap, [topic, predictions])
     base, head = max(rates["base"]), max(rates["head"])

@@ -43,7 +43,9 @@ from typing import Any
 
 import redis
 from _common import (
+    CLK_TCK,
     TopicEnd,
+    cpu_seconds,
     create_topics,
     delete_topics,
     docs_footer,
@@ -58,15 +60,8 @@ from sync import Config, LaneResult, publish_feedback, run_lane
 from streaminfer.streams.learning import FeedbackLearner
 from streaminfer.streams.pipeline import HotPath
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 KAFKA_PID_FILE = Path.home() / ".cache" / "streaminfer" / "state" / "kafka" / "kafka.pid"
 STAGES = ("decode", "score", "outputs", "join", "learn", "sync", "redis", "topic")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its reaped children so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:13]) / CLK_TCK  # utime, stime
 
 
 def machine_busy_s() -> float:
