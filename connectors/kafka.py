@@ -29,8 +29,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "queued.max.messages.kbytes": 65536,
     # Once the local queue holds queued.min.messages (100,000), librdkafka waits this long
     # before fetching those partitions again; at its default (1 s) a worker catching up on
-    # two topics (events and labels) found its queue empty every few batches and idled
-    # (bench/sync.py: 58 empty polls of 10 ms in a 1.4 s drain).
+    # two topics (events and labels) found its queue empty every few batches and idled:
+    # in bench/sync.py, reading the labels alone ran at 0.67x of events only, 0.83x with this.
     "fetch.queue.backoff.ms": 10,
 }
 
