@@ -42,6 +42,7 @@ may live on different masters; between the two a reader can see the new meta wit
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -383,7 +384,8 @@ class RedisPredictionSink:
         commands = []
         prefix = self._prefix
         names = list(outputs)
-        shared = [len(constants or ()), *(x for pair in (constants or {}).items() for x in pair)]
+        constants = constants or {}
+        shared = [len(constants), *itertools.chain.from_iterable(constants.items())]
         if self.router is not None:
             full = [prefix + k for k in keys]
             head: list[Any] = ["EVALSHA", self._sha, 0, self.ttl_s, int(processed_ts), name,

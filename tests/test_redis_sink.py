@@ -126,8 +126,8 @@ def test_fallback_marks_are_written_and_cleared_by_a_model_served_batch(
                            [ts] * 3, ts + 1, "logreg", f"v{ts}", fallback=fallback, digits=9)
 
     assert sink.write_packed(sink.pack_columns(batch(10, ["", "cached", "default"]))).applied == 3
-    marks = [(_hash(redis_client, sink.key_for(k))["degraded"],
-              _hash(redis_client, sink.key_for(k))["fallback"]) for k in keys]
+    stored = [_hash(redis_client, sink.key_for(k)) for k in keys]
+    marks = [(h["degraded"], h["fallback"]) for h in stored]
     assert marks == [("0", ""), ("1", "cached"), ("1", "default")]
     assert sink.write_packed(sink.pack_columns(batch(20, None))).applied == 3
     for key, score in zip(keys, ("0.25", "0.5", "0.75"), strict=True):
