@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,28 @@ def busy_cores() -> Callable[[], float | None]:
         return (end[0] - start[0]) / (end[1] - start[1]) * (os.cpu_count() or 1)
 
     return since
+
+
+class CallClocks:
+    """Seconds spent inside wrapped calls, summed by part, on ``clock``: ``time.thread_time``
+    (the calling thread's CPU) or ``time.perf_counter`` (wall, waits included)."""
+
+    def __init__(self, clock: Callable[[], float] = time.thread_time) -> None:
+        self.clock = clock
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, owner: Any, name: str, part: str) -> None:
+        """Replace ``owner.name`` by a version that adds its time to ``part``."""
+        inner, clock, seconds = getattr(owner, name), self.clock, self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = clock()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                seconds[part] += clock() - start
+
+        setattr(owner, name, timed)
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

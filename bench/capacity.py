@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import redis
 from _common import (
     CLK_TCK,
+    CallClocks,
     TopicEnd,
     cpu_seconds,
     create_topics,
@@ -99,23 +99,8 @@ class Servers:
 # -- part 1: stages ---------------------------------------------------------------------------
 
 
-class StageClocks:
+class StageClocks(CallClocks):
     """Per-thread CPU seconds spent inside each wrapped call, by stage."""
-
-    def __init__(self) -> None:
-        self.cpu: dict[str, float] = defaultdict(float)
-
-    def wrap(self, owner: Any, name: str, stage: str) -> None:
-        inner = getattr(owner, name)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.thread_time()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.cpu[stage] += time.thread_time() - start
-
-        setattr(owner, name, timed)
 
     def install(self, hot: HotPath, learner: FeedbackLearner | None) -> None:
         self.wrap(hot.handler, "decode", "decode")
@@ -140,7 +125,7 @@ class StageClocks:
             self.wrap(learner.hooks.sync, "poll", "sync_poll")
 
     def stages(self) -> dict[str, float]:
-        c = self.cpu
+        c = self.seconds
         inside = c["decode_feedback"] + c["learn"] + c["learn_metrics"] + c["sync_in_learn"]
         return {"decode": c["decode"] + c["decode_feedback"], "score": c["score"],
                 "outputs": c["outputs"], "join": max(0.0, c["learner"] - inside),

@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 import redis
 from _common import (
+    CallClocks,
     Goal,
+    busy_cores,
     create_topics,
     delete_topics,
     docs_footer,
@@ -216,11 +218,16 @@ class _Clock:
     """``on_batch`` hook (runs on the writer thread): counters and CPU clocks at the first and
     the last batch. The hot-path thread's CPU clock is read through its pthread id."""
 
-    def __init__(self, hot: HotPath, learner: _CountingLearner | None) -> None:
-        self.hot, self.learner = hot, learner
+    def __init__(self, hot: HotPath, learner: _CountingLearner | None,
+                 walls: CallClocks) -> None:
+        self.hot, self.learner, self.walls = hot, learner, walls
+        self.walls_at: dict[str, dict[str, float]] = {}  # "first" and "last" batch
         self.lane: threading.Thread | None = None
         self.first: _Sample | None = None
         self.last: _Sample | None = None
+        self._machine: Callable[[], float | None] | None = None
+        #: cores busy on the whole machine (broker and Redis included), first -> last batch
+        self.machine_cores: float | None = None
 
     def __call__(self, _batch: object) -> None:
         assert self.lane is not None and self.lane.ident is not None
@@ -230,8 +237,18 @@ class _Clock:
                          time.process_time(), self.hot.metrics.events,
                          learner.feedback_seen if learner else 0, learner.steps if learner else 0)
         if self.first is None:
-            self.first = sample
+            self.first, self._machine = sample, busy_cores()
+            self.walls_at["first"] = dict(self.walls.seconds)
+        else:
+            assert self._machine is not None
+            self.machine_cores = self._machine()
         self.last = sample
+        self.walls_at["last"] = dict(self.walls.seconds)
+
+    def wall_s(self) -> dict[str, float]:
+        """Wall seconds in each part from the first batch to the last."""
+        first, last = self.walls_at.get("first", {}), self.walls_at.get("last", {})
+        return {k: v - first.get(k, 0.0) for k, v in last.items()}
 
 
 @dataclass
@@ -248,6 +265,9 @@ class LaneResult:
     process_cpu_s: float
     note: str = ""
     total_events: int = 0  # the whole run's, for the sync's whole-run counters
+    machine_cores: float | None = None
+    #: wall seconds in each part of a batch (``_wall_clocks``) from the first batch to the last
+    wall_s: dict[str, float] = field(default_factory=dict)
     sync: dict[str, Any] = field(default_factory=dict)
     learning: dict[str, Any] = field(default_factory=dict)
 
@@ -256,6 +276,15 @@ class LaneResult:
 
     def us_per_event(self, cpu_s: float) -> float:
         return cpu_s / self.events * 1e6 if self.events else 0.0
+
+    def wall_us(self, part: str) -> float:
+        """Wall us per event in ``part`` (``_wall_clocks``) from the first batch on."""
+        return self.us_per_event(self.wall_s.get(part, 0.0))
+
+    @property
+    def event_us(self) -> float:
+        """Wall us between events at this run's rate: the time each thread had per event."""
+        return 1e6 / self.per_s(self.events) if self.events else 0.0
 
     @property
     def sync_s(self) -> float:
@@ -326,6 +355,17 @@ def _build(args: argparse.Namespace, topics: dict[str, str], config: Config,
     return hot, learner
 
 
+def _wall_clocks(hot: HotPath) -> CallClocks:
+    """Wall time in each part of a batch, on both of the lane's threads: the thread that is
+    busy for about all of the time between events is the one that bounds the rate."""
+    walls = CallClocks(time.perf_counter)
+    walls.wrap(hot.batcher, "next_batch", "fetching")  # hot path: the next micro-batch
+    walls.wrap(hot, "prepare", "preparing")  # hot path: decode, score, learn, stage writes
+    walls.wrap(hot, "_submit", "handing over")  # hot path: waiting for the writer to take it
+    walls.wrap(hot, "_write", "writing")  # writer thread: Redis, predictions topic, offsets
+    return walls
+
+
 def run_lane(args: argparse.Namespace, topics: dict[str, str], config: Config,
              sync_topics: list[str],
              instrument: Callable[[HotPath, FeedbackLearner | None], None] | None = None
@@ -333,9 +373,10 @@ def run_lane(args: argparse.Namespace, topics: dict[str, str], config: Config,
     """Drain the pre-filled topics with one configuration; stop once all was read.
     ``instrument`` may wrap the lane's parts before it starts (``bench/capacity.py``)."""
     hot, learner = _build(args, topics, config, sync_topics)
+    walls = _wall_clocks(hot)
     if instrument is not None:
         instrument(hot, learner)
-    clock = _Clock(hot, learner)
+    clock = _Clock(hot, learner, walls)
     hot.on_batch = clock
     stop = threading.Event()
     thread = threading.Thread(target=hot.run, args=(stop,), name="bench-lane", daemon=True)
@@ -364,7 +405,8 @@ def run_lane(args: argparse.Namespace, topics: dict[str, str], config: Config,
         config.name, last.wall - first.wall, last.events - first.events,
         last.feedback - first.feedback, last.steps - first.steps, last.lane_cpu - first.lane_cpu,
         last.writer_cpu - first.writer_cpu, last.process_cpu - first.process_cpu, note.strip(),
-        hot.metrics.events)
+        hot.metrics.events, machine_cores=clock.machine_cores,
+        wall_s=clock.wall_s())
     if learner is not None:
         snap = learner.snapshot()
         result.sync = snap.pop("sync", {})
@@ -417,7 +459,15 @@ def _lane_line(r: LaneResult) -> str:
     return (f"{r.name:<30} {r.per_s(r.events):>8,.0f} ev/s  {r.per_s(r.feedback):>8,.0f} fb/s"
             f"  {r.per_s(r.steps):>6,.0f} steps/s  lane CPU {r.us_per_event(r.lane_cpu_s):6.1f}"
             f" us/ev  writer {r.us_per_event(r.writer_cpu_s):5.1f}  process "
-            f"{r.us_per_event(r.process_cpu_s):6.1f}{note}")
+            f"{r.us_per_event(r.process_cpu_s):6.1f}  machine {_cores(r)} cores busy\n"
+            f"        wall us/event {r.event_us:.1f}: hot path fetching "
+            f"{r.wall_us('fetching'):.1f}, preparing "
+            f"{r.wall_us('preparing'):.1f}, waiting for the writer {r.wall_us('handing over'):.1f};"
+            f" writer writing {r.wall_us('writing'):.1f}{note}")
+
+
+def _cores(r: LaneResult) -> str:
+    return "?" if r.machine_cores is None else f"{r.machine_cores:.2f}"
 
 
 def _ratio(a: float, b: float) -> str:
@@ -451,6 +501,27 @@ def cpu_line(rounds: Rounds) -> str:
     off, on = cpu[CONFIGS[0].name], cpu[CONFIGS[2].name]
     return (f"by process CPU per event (median of rounds): learning off {off:.1f} us, on "
             f"(sync async) {on:.1f} us: {off / on:.2f}x")
+
+
+def _wall_table(rounds: Rounds) -> str:
+    """Best round of each: how much of the time between events each of the lane's threads
+    was busy, and how busy the whole machine was (broker and Redis included)."""
+    rows = []
+    for rs in rounds.values():
+        r = max(rs, key=lambda x: x.per_s(x.events))
+        gap = r.event_us or 1.0
+        hot = r.wall_us("fetching") + r.wall_us("preparing")
+        writing = r.wall_us("writing")
+        rows.append([r.name, f"{r.per_s(r.events):,.0f}", f"{r.event_us:.1f}",
+                     f"{r.wall_us('fetching'):.1f}", f"{r.wall_us('preparing'):.1f}",
+                     f"{r.wall_us('handing over'):.1f}", f"{hot / gap:.0%}",
+                     f"{writing:.1f}", f"{writing / gap:.0%}", _cores(r),
+                     "hot path" if hot >= writing else "writer"])
+    return markdown_table(
+        ["run", "events/s", "wall us between events", "hot path fetching, us/event",
+         "hot path preparing, us/event", "hot path waiting for the writer, us/event",
+         "hot path busy (fetching + preparing)", "writer writing, us/event", "writer busy",
+         "machine cores busy", "rate set by"], rows)
 
 
 def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
@@ -523,6 +594,7 @@ def _docs(args: argparse.Namespace, isolated: list[dict[str, Any]],
         throughput, overhead = _pipeline_tables(pipeline)
         goal = (f"{pipeline_goal(pipeline).line()}\n{cpu_line(pipeline)}\n"
                 f"{bound_line(pipeline)}")
+        walls = _wall_table(pipeline)
         d = load_settings()
         learning = load_app("classifier", d).learning
         assert learning is not None
@@ -557,6 +629,17 @@ whole process (librdkafka's threads included), divided by events.
 ```
 {goal}
 ```
+
+What bounds each run: the lane's two threads work on consecutive batches at once (the writer
+holds one batch, the hot path prepares the next), so the rate is set by whichever is busy for
+about all of the time between events. Wall time per event (waits for the GIL, the cores and
+the servers included), first -> last batch: the hot path fetching the next micro-batch from
+librdkafka's queue, preparing it (`prepare`: decode, score, join, learn, stage the writes) and
+handing it to the writer (waiting while the writer still holds the one before); the writer
+writing (`_write`: Redis and the predictions topic in parallel, then the offsets). `machine
+cores busy` is every process on the machine, from `/proc/stat`, over the same window.
+
+{walls}
 
 Sync overhead relative to (2). The in-sync columns are the sync's own counters
 (`publish_s + poll_s`: building and sending deltas, polling and applying), i.e. its direct cost
@@ -620,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(isolated[-1]), flush=True)
     if pipeline:
         throughput, overhead = _pipeline_tables(pipeline)
-        print(f"\nbest round of each:\n{throughput}\n\n{overhead}\n\n"
+        print(f"\nbest round of each:\n{throughput}\n\n{overhead}\n\n{_wall_table(pipeline)}\n\n"
               f"{pipeline_goal(pipeline).line()}\n{cpu_line(pipeline)}\n{bound_line(pipeline)}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.write_docs:
