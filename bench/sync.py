@@ -531,7 +531,7 @@ def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
     off, base = results[0], results[1]
     rows = []
     for r, all_rounds in zip(results, rounds.values(), strict=True):
-        learned = r.learning.get("learned")
+        learned, waited = r.learning.get("learned"), r.learning.get("waited")
         rows.append([
             r.name, f"{r.per_s(r.events):,.0f}", f"{r.per_s(r.feedback):,.0f}",
             f"{r.per_s(r.steps):,.0f}", f"{r.us_per_event(r.lane_cpu_s):.1f}",
@@ -540,12 +540,13 @@ def _pipeline_tables(rounds: Rounds) -> tuple[str, str]:
             _ratio(r.per_s(r.events), base.per_s(base.events)),
             _ratio(r.us_per_event(r.lane_cpu_s), base.us_per_event(base.lane_cpu_s)),
             ", ".join(f"{x.us_per_event(x.lane_cpu_s):.0f}" for x in all_rounds),
-            "" if learned is None else f"{learned:,}", r.note])
+            "" if learned is None else f"{learned:,}",
+            "" if waited is None else f"{waited:,}", r.note])
     throughput = markdown_table(
         ["run", "events/s", "feedback/s", "learn steps/s", "hot-path thread CPU us/event",
          "writer thread CPU us/event", "process CPU us/event", "events/s vs (1)",
          "events/s vs (2)", "hot-path CPU vs (2)", "hot-path CPU us/event, each round",
-         "labels joined and learned", "note"], rows)
+         "labels joined and learned", "labels that waited for their event", "note"], rows)
     sync_rows = []
     base_cpu = base.us_per_event(base.lane_cpu_s) or 1.0
     for r in results[2:4]:
@@ -619,6 +620,10 @@ the difference to (2) is what sync costs one worker before any peer adds traffic
 are (3) with a learner that drops the labels as they arrive, or right after decoding them:
 what reading (and decoding) a second topic costs the broker, librdkafka, the batcher and the
 decoder, so they bound what (3) can reach here whatever the join and the optimiser cost.
+Both topics are read from the start at once, as by a worker catching up, and the label topic's
+smaller records often come first: a label that waits for its event (counted) gets a join record
+of its own before it is matched, which a live stream, where each label follows its event,
+mostly skips.
 Rates count
 what came after the first batch, over first -> last batch. CPU per event: the hot-path thread
 (decode, score, join, learn, sync), the batch-writer thread (Redis, predictions topic) and the

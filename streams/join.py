@@ -139,6 +139,9 @@ class JoinState:
     expired_events: int = 0
     expired_feedback: int = 0
     evicted: int = 0
+    #: labels read before their event, which waited for it: a replay that reads a label topic
+    #: ahead of its events (the join's slower path); on a live stream labels follow events
+    waited: int = 0
     _index: dict[str, tuple[_EventRecord, int]] = field(default_factory=dict)
     _pending: dict[str, tuple[_LabelRecord, int]] = field(default_factory=dict)
     # per partition, oldest first, by store key: a record leaves once all its rows joined
@@ -222,6 +225,7 @@ class JoinState:
         self._match(list(compress(ids, found)), list(compress(labels.tolist(), found)), joined)
         waiting = [row for row, hit in enumerate(found) if not hit]
         if waiting:
+            self.waited += len(waiting)
             rows = np.asarray(waiting)
             wait_ts = np.asarray(ts, np.int64)[rows]
             record = _LabelRecord(b"fl:%d:%020d" % (partition, int(offsets[waiting[0]])), partition,

@@ -284,7 +284,8 @@ class FeedbackLearner(Learner):
     def snapshot(self) -> dict[str, Any]:
         out = super().snapshot()
         if self.join is not None:
-            out.update(joined=self.join.joined, expired_events=self.join.expired_events,
+            out.update(joined=self.join.joined, waited=self.join.waited,
+                       expired_events=self.join.expired_events,
                        expired_feedback=self.join.expired_feedback, evicted=self.join.evicted,
                        join_size=self.join.size)
         return out

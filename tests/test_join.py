@@ -46,9 +46,12 @@ def test_labels_before_their_events_join_and_leave() -> None:
     store = MemoryJoinStore()
     join = JoinState(store, WINDOW_MS)
     assert len(_labels(join, 0, 10)) == 0
-    assert join.size == 10
+    assert join.size == 10 and join.waited == 10
     assert len(_events(join, 0, 10)) == 10
     assert join.size == 0 and not store.data
+    _events(join, 10, 5)
+    assert len(_labels(join, 10, 5)) == 5
+    assert join.waited == 10  # labels that found their event at once never waited
 
 
 def test_events_stay_at_the_cap_and_the_oldest_go() -> None:
