@@ -278,7 +278,7 @@ class LaneResult:
         return cpu_s / self.events * 1e6 if self.events else 0.0
 
     def wall_us(self, part: str) -> float:
-        """Wall us per event in ``part`` (``_wall_clocks``) from the first batch on."""
+        """Wall us per event in ``part`` (``_wall_clocks``), first -> last batch."""
         return self.us_per_event(self.wall_s.get(part, 0.0))
 
     @property
