@@ -135,7 +135,7 @@ def test_two_workers_follow_promote_and_rollback(services: Any, new_topic: Any,
     # (~0.8 s) is compared with the 2.5 s before the move. This shared 2-core host has
     # scheduling hiccups of 40-200 ms at random moments, swap or not; one in a window sets
     # that window's p99, and in a window that covered the 2.5 s after the move it did so
-    # often enough to fail 2 runs of 7 in one day. The median ratio over the four swaps is
+    # often enough to fail 2 runs of 10 in one day. The median ratio over the four swaps is
     # what a swap that really cost latency moves and a stray hiccup does not. Timestamps are
     # whole ms, so each p99 (~13 ms) carries +-1 ms: 2 ms of slack.
     windows = [switching(m, end, version)
