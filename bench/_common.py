@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -205,18 +206,22 @@ def load_note() -> str:
     return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
 
 
-def busy_cores() -> Callable[[], float | None]:
-    """Start a stopwatch on the whole machine's CPU (``/proc/stat``, Linux); calling the
-    result gives how many cores were busy on average since, all processes together."""
+def machine_busy_s() -> float:
+    """CPU seconds all processes of this machine used so far (``/proc/stat``, Linux)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK  # less idle and iowait
 
-    def sample() -> tuple[int, int] | None:
+
+def busy_cores() -> Callable[[], float | None]:
+    """Start a stopwatch on the whole machine's CPU; calling the result gives how many cores
+    were busy on average since, all processes together (``None`` without ``/proc/stat``)."""
+
+    def sample() -> tuple[float, float] | None:
         try:
-            with open("/proc/stat") as stat:
-                fields = [int(v) for v in stat.readline().split()[1:]]
-        except (OSError, ValueError):
+            return machine_busy_s(), time.monotonic()
+        except (OSError, ValueError, IndexError):
             return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields) - idle, sum(fields)
 
     start = sample()
 
@@ -224,9 +229,14 @@ def busy_cores() -> Callable[[], float | None]:
         end = sample()
         if start is None or end is None or end[1] == start[1]:
             return None
-        return (end[0] - start[0]) / (end[1] - start[1]) * (os.cpu_count() or 1)
+        return (end[0] - start[0]) / (end[1] - start[1])
 
     return since
+
+
+def redis_server_pid(url: str) -> int:
+    """The PID of the redis-server behind ``url`` (its ``INFO``), for its CPU clock."""
+    return int(redis.Redis.from_url(url).info("server")["process_id"])
 
 
 class CallClocks:

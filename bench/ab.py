@@ -19,13 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import redis
 from _common import (
     ROOT,
     cpu_seconds,
     create_topics,
     delete_topics,
     publish_synthetic,
+    redis_server_pid,
     start_run,
     unique_name,
 )
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--bootstrap", args.bootstrap, "--redis-url", args.redis_url,
              "--count", str(args.count), "--phase-seconds", "120"]
     rates: dict[str, list[float]] = {"base": [], "head": []}
-    redis_pid = int(redis.Redis.from_url(args.redis_url).info("server")["process_id"])
+    redis_pid = redis_server_pid(args.redis_url)
     try:
         publish_synthetic(args.bootstrap, topic, args.count, seed=1, keys=100_000)
         for i in range(args.rounds):

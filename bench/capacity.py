@@ -42,15 +42,16 @@ from typing import Any
 
 import redis
 from _common import (
-    CLK_TCK,
     CallClocks,
     TopicEnd,
     cpu_seconds,
     create_topics,
     delete_topics,
     docs_footer,
+    machine_busy_s,
     markdown_table,
     publish_synthetic,
+    redis_server_pid,
     start_run,
     unique_name,
     write_docs_section,
@@ -64,13 +65,6 @@ KAFKA_PID_FILE = Path.home() / ".cache" / "streaminfer" / "state" / "kafka" / "k
 STAGES = ("decode", "score", "outputs", "join", "learn", "sync", "redis", "topic")
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all processes of this machine used so far (``/proc/stat``)."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    return (sum(values) - values[3] - values[4]) / CLK_TCK
-
-
 @dataclass
 class Servers:
     """The broker and redis-server this run talks to, by PID, for their CPU clocks."""
@@ -81,7 +75,7 @@ class Servers:
     @classmethod
     def find(cls, redis_url: str, broker_pid: int | None) -> Servers:
         pid = broker_pid or int(KAFKA_PID_FILE.read_text().split()[0])
-        return cls(pid, int(redis.Redis.from_url(redis_url).info("server")["process_id"]))
+        return cls(pid, redis_server_pid(redis_url))
 
     def sample(self) -> dict[str, float]:
         return {"broker": cpu_seconds(self.broker), "redis": cpu_seconds(self.redis),

@@ -39,10 +39,10 @@ import redis
 from _common import (
     CallClocks,
     Goal,
-    busy_cores,
     create_topics,
     delete_topics,
     docs_footer,
+    machine_busy_s,
     markdown_table,
     publish_synthetic,
     start_run,
@@ -212,22 +212,20 @@ class _Sample:
     events: int
     feedback: int
     steps: int
+    machine_busy: float  # CPU seconds of the whole machine (broker and Redis included)
+    walls: dict[str, float]  # wall seconds so far in each part of a batch (``_wall_clocks``)
 
 
 class _Clock:
-    """``on_batch`` hook (runs on the writer thread): counters and CPU clocks at the first and
+    """``on_batch`` hook (runs on the writer thread): counters and clocks at the first and
     the last batch. The hot-path thread's CPU clock is read through its pthread id."""
 
     def __init__(self, hot: HotPath, learner: _CountingLearner | None,
                  walls: CallClocks) -> None:
         self.hot, self.learner, self.walls = hot, learner, walls
-        self.walls_at: dict[str, dict[str, float]] = {}  # "first" and "last" batch
         self.lane: threading.Thread | None = None
         self.first: _Sample | None = None
         self.last: _Sample | None = None
-        self._machine: Callable[[], float | None] | None = None
-        #: cores busy on the whole machine (broker and Redis included), first -> last batch
-        self.machine_cores: float | None = None
 
     def __call__(self, _batch: object) -> None:
         assert self.lane is not None and self.lane.ident is not None
@@ -235,20 +233,11 @@ class _Clock:
         learner = self.learner
         sample = _Sample(time.perf_counter(), time.clock_gettime(lane_clock), time.thread_time(),
                          time.process_time(), self.hot.metrics.events,
-                         learner.feedback_seen if learner else 0, learner.steps if learner else 0)
+                         learner.feedback_seen if learner else 0, learner.steps if learner else 0,
+                         machine_busy_s(), dict(self.walls.seconds))
         if self.first is None:
-            self.first, self._machine = sample, busy_cores()
-            self.walls_at["first"] = dict(self.walls.seconds)
-        else:
-            assert self._machine is not None
-            self.machine_cores = self._machine()
+            self.first = sample
         self.last = sample
-        self.walls_at["last"] = dict(self.walls.seconds)
-
-    def wall_s(self) -> dict[str, float]:
-        """Wall seconds in each part from the first batch to the last."""
-        first, last = self.walls_at.get("first", {}), self.walls_at.get("last", {})
-        return {k: v - first.get(k, 0.0) for k, v in last.items()}
 
 
 @dataclass
@@ -405,8 +394,10 @@ def run_lane(args: argparse.Namespace, topics: dict[str, str], config: Config,
         config.name, last.wall - first.wall, last.events - first.events,
         last.feedback - first.feedback, last.steps - first.steps, last.lane_cpu - first.lane_cpu,
         last.writer_cpu - first.writer_cpu, last.process_cpu - first.process_cpu, note.strip(),
-        hot.metrics.events, machine_cores=clock.machine_cores,
-        wall_s=clock.wall_s())
+        hot.metrics.events,
+        machine_cores=(last.machine_busy - first.machine_busy) / (last.wall - first.wall)
+        if last.wall > first.wall else None,
+        wall_s={k: v - first.walls.get(k, 0.0) for k, v in last.walls.items()})
     if learner is not None:
         snap = learner.snapshot()
         result.sync = snap.pop("sync", {})
