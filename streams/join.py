@@ -190,25 +190,36 @@ class JoinState:
     # -- the stream -------------------------------------------------------------------------
     def add_events(self, partition: int, first_offset: int, ids: list[str], ts: np.ndarray,
                    x: np.ndarray, scores: np.ndarray) -> Joined:
-        """Remember a batch's events; returns feedback that was waiting for them."""
+        """Remember a batch's events; returns feedback that was waiting for them.
+
+        A batch whose every event finds its waiting label (a worker catching up, which reads
+        the smaller label records first) joins at once and is never held or stored: its
+        record would be written and deleted in the same store call.
+        """
         if not ids:
             return Joined()
         key = b"ev:%d:%020d" % (partition, first_offset)
         record = _EventRecord(key, partition, list(ids), ts.astype(np.int64), len(ids),
                               int(ts.max()), np.ascontiguousarray(x, np.float32),
                               scores.astype(np.float32))
-        self._replace(self._events, record)
-        self._writes.append((partition, key, _encode(record, x=record.x, scores=record.scores)))
-        self._hold(record)
+        replaced = self._replace(self._events, record)
+        # each id once: an id twice in the batch takes its waiting label once
+        found = (list(dict.fromkeys(filter(self._pending.__contains__, ids)))
+                 if self._pending else [])
         joined = Joined()
-        if self._pending:
-            found = list(filter(self._pending.__contains__, ids))
+        if len(found) == len(ids):  # all joined (and no id twice)
+            if replaced:
+                self._writes.append((partition, key, None))
+            self._advance(partition, record.max_ts)
+            self._take_waiting(found, joined)
+            joined._features.append(record.x)
+            joined._scores.append(record.scores)
+        else:
+            self._writes.append((partition, key,
+                                 _encode(record, x=record.x, scores=record.scores)))
+            self._hold(record)
             if found:
-                values: list[np.ndarray] = []
-                for labels, rows in _runs(list(map(self._pending.pop, found))):
-                    values.append(labels.labels[rows])
-                    self._release(labels, len(rows))
-                self._match(found, np.concatenate(values).tolist(), joined)
+                self._match(found, self._take_waiting(found), joined)
         self._evict()
         self._flush()
         return joined
@@ -273,11 +284,27 @@ class JoinState:
             return self._events, self._index
         return self._feedback, self._pending
 
-    def _replace(self, held: dict[int, OrderedDict[bytes, Any]], record: _Record) -> None:
-        """The same batch read again (a replay): the new record replaces the old one."""
+    def _replace(self, held: dict[int, OrderedDict[bytes, Any]], record: _Record) -> bool:
+        """The same batch read again (a replay): the new record replaces the old one (in the
+        store too, when it is written). Returns whether one was held."""
         old = held.get(record.partition, {}).get(record.key)
         if old is not None:
             self._forget(old, store=False)
+        return old is not None
+
+    def _take_waiting(self, event_ids: list[str], joined: Joined | None = None) -> list[float]:
+        """The waiting labels of ``event_ids`` (each waiting), in order; they stop waiting.
+        With ``joined``: added to it as joined (their events are the caller's to add)."""
+        values: list[np.ndarray] = []
+        for labels, rows in _runs(list(map(self._pending.pop, event_ids))):
+            values.append(labels.labels[rows])
+            self._release(labels, len(rows))
+        found = np.concatenate(values).tolist()
+        if joined is not None:
+            joined.event_ids += event_ids
+            joined.labels += found
+            self.joined += len(event_ids)
+        return found
 
     def _hold(self, record: _Record) -> None:
         held, index = self._lookup(record)

@@ -188,3 +188,50 @@ def test_an_event_twice_in_one_batch_still_frees_the_batch_once_joined() -> None
     joined = join.add_feedback(0, [0, 1], ["a", "b"], np.ones(2, np.float32),
                                np.full(2, 1_000, np.int64))
     assert len(joined) == 2 and join.size == 0 and not store.data
+
+
+def test_an_event_twice_in_one_batch_takes_its_waiting_label_once() -> None:
+    store = MemoryJoinStore()
+    join = JoinState(store, WINDOW_MS)
+    _labels(join, 0, 1)
+    joined = join.add_events(0, 0, ["e0", "e0", "e1"], np.full(3, 1_000, np.int64),
+                             np.arange(9, dtype=np.float32).reshape(3, 3),
+                             np.full(3, 0.5, np.float32))
+    x, y, _ = joined.arrays()
+    assert joined.event_ids == ["e0"] and y.tolist() == [1.0]
+    assert x.tolist() == [[3.0, 4.0, 5.0]]  # the last copy of the event, as a label would
+    assert join.waiting == 0 and len(_labels(join, 1, 1)) == 1
+    assert join.size == 0 and not store.data
+
+
+def test_a_batch_whose_labels_all_waited_joins_without_being_stored() -> None:
+    """A worker catching up reads label records first: their events' batch joins at once,
+    and the store sees the waiting labels' record leave and nothing else."""
+    writes: list[tuple[int, bytes, bytes | None]] = []
+
+    class Recording(MemoryJoinStore):
+        def put_many(self, records):  # type: ignore[no-untyped-def]
+            writes.extend(records)
+            super().put_many(records)
+
+    store = Recording()
+    join = JoinState(store, WINDOW_MS)
+    _labels(join, 0, 4)
+    assert [w[1][:3] for w in writes] == [b"fl:"]
+    writes.clear()
+    joined = _events(join, 0, 4, ts=5_000)
+    x, y, scores = joined.arrays()
+    assert joined.event_ids == [f"e{i}" for i in range(4)] and len(y) == 4
+    assert x.shape == (4, 3) and scores.tolist() == [0.5] * 4
+    assert [(w[1][:3], w[2]) for w in writes] == [(b"fl:", None)]
+    assert join.size == 0 and join.waiting == 0 and not store.data
+    assert join.joined == 4
+
+
+def test_a_batch_that_joined_at_once_still_moves_event_time() -> None:
+    join = JoinState(MemoryJoinStore(), window_ms=1_000)
+    _labels(join, 0, 2, ts=1_000)
+    assert len(_events(join, 0, 2, ts=5_000)) == 2
+    _labels(join, 10, 1, ts=3_000)  # waits, and is older than the window behind 5 s
+    join.expire()
+    assert join.expired_feedback == 1 and join.waiting == 0
