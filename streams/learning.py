@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import methodcaller
 from typing import Any, Protocol
 
 import numpy as np
@@ -156,7 +155,9 @@ class Learner:
             self.hooks.sync.close()
 
 
-_PARTITION, _OFFSET = methodcaller("partition"), methodcaller("offset")
+# The unbound methods: a fifth of the cost of ``methodcaller`` per message (~20 against
+# ~100 ns), which the label path pays for every event and label.
+_PARTITION, _OFFSET = Message.partition, Message.offset
 
 
 def _by_partition(messages: list[Message]) -> list[tuple[int, np.ndarray | None]]:

@@ -152,14 +152,12 @@ class Sinks:
 
 
 def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    """Next offset to read per partition: one past the highest offset in ``messages``."""
-    highest: dict[tuple[str, int], int] = {}
-    for msg in messages:
-        tp = (msg.topic(), msg.partition())
-        offset = msg.offset()
-        if offset > highest.get(tp, -1):
-            highest[tp] = offset
-    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
+    """Next offset to read per partition: one past its last record in ``messages``, which is
+    its highest (a consumer delivers a partition's records in offset order). Built from the
+    unbound ``Message`` methods, at C speed: the writer runs this for every record."""
+    places = zip(map(Message.topic, messages), map(Message.partition, messages), strict=True)
+    last = dict(zip(places, map(Message.offset, messages), strict=True))
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
 class HotPath:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streaminfer.streams.batch import Rejected
@@ -363,24 +363,8 @@ def test_readyz_follows_set_ready(obs: Observability) -> None:
 # ---------------------------------------------------------------- the lane reports to it
 
 
-class _KafkaMsg:
-    def __init__(self, offset: int) -> None:
-        self._offset = offset
-
-    def topic(self) -> str:
-        return "events"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes:
-        return b"v"
+def _kafka_msg(offset: int) -> Message:
+    return Message(topic="events", partition=0, offset=offset, key=b"k", value=b"v")
 
 
 def test_hot_path_reports_batches_lag_and_sink_retries(obs: Observability) -> None:
@@ -391,7 +375,7 @@ def test_hot_path_reports_batches_lag_and_sink_retries(obs: Observability) -> No
     from streaminfer.streams.batcher import AdaptiveLimit
     from streaminfer.streams.pipeline import HotPath
 
-    messages = [_KafkaMsg(o) for o in range(3)]
+    messages = [_kafka_msg(o) for o in range(3)]
     batches = [messages]
 
     class Batcher:

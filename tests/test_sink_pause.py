@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
 from workers import wait_for
 
@@ -20,21 +20,8 @@ from streaminfer.streams.pipeline import HotPath
 from streaminfer.streams.writer import BatchWriter
 
 
-class _Msg:
-    def __init__(self, offset: int) -> None:
-        self._offset = offset
-
-    def topic(self) -> str:
-        return "events"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return b"v"
+def _msg(offset: int) -> Message:
+    return Message(topic="events", partition=0, offset=offset, value=b"v")
 
 
 class _Batch:
@@ -85,7 +72,7 @@ def test_a_lane_pauses_while_redis_is_down_and_resumes_by_itself() -> None:
             time.sleep(0.005)
             if log and log[-1][0] == "pause":
                 raise AssertionError("fetched from a paused consumer")
-            batch = [_Msg(next_offset[0] + i) for i in range(10)]
+            batch = [_msg(next_offset[0] + i) for i in range(10)]
             next_offset[0] += 10
             fetched.append(len(batch))
             return batch
