@@ -283,10 +283,11 @@ class RecordDecoder:
             cols = list(zip(*rows, strict=True))
         ids, keys = cols[0], cols[1]
         cols[2] = ts = np.asarray(cols[2], np.int64)
-        if not (all(ids) and all(keys) and ts.min() >= MIN_TS
-                and ts.max() <= now_ms() + MAX_FUTURE_MS
-                and max(map(len, ids)) <= MAX_ID_CHARS
-                and max(map(len, keys)) <= MAX_ID_CHARS):
+        if not (all(ids) and ts.min() >= MIN_TS and ts.max() <= now_ms() + MAX_FUTURE_MS
+                and max(map(len, ids)) <= MAX_ID_CHARS):
+            return None
+        # labels join on their event id: key and id are then one column, checked once
+        if keys is not ids and not (all(keys) and max(map(len, keys)) <= MAX_ID_CHARS):
             return None
         if self.kafka_key_is_key and not all(
                 k is None or k == key.encode()
