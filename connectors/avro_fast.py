@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
+from functools import partial
+from itertools import repeat
 from typing import Any
+
+import numpy as np
 
 __all__ = ["compile_decoder", "compile_encoder", "compile_projection", "encode_long"]
 
@@ -530,35 +534,123 @@ def compile_encoder(schema: dict[str, Any]) -> Encoder | None:
     return _compile(source, "encode", defaults)  # type: ignore[no-any-return]
 
 
+ColumnEncoder = Callable[[Any], tuple[list[bytes], ...]]
+
+
 def compile_columns_encoder(schema: dict[str, Any], varying: tuple[str, ...]
                             ) -> Callable[..., list[bytes]] | None:
     """``encode(columns, constants, header) -> [header + body, ...]`` for a batch held as
-    columns: fields in ``varying`` come from ``columns[name]`` (lists of equal length), the
-    others from ``constants`` (or the schema default) and are encoded once per batch."""
-    if _type_name(schema) != "record":
+    columns: fields in ``varying`` come from ``columns[name]`` (sequences of equal length),
+    the others from ``constants`` (or the schema default) and are encoded once per batch.
+
+    Column by column, then one ``b"".join`` per record: strings, longs and floats of a whole
+    column are encoded by C-level maps (and numpy for varints), which is what a per-record
+    function spent most of its time calling (~0.9 against ~0.4 us per prediction record).
+    """
+    if _type_name(schema) != "record" or not varying:
         return None
     names = [f["name"] for f in schema["fields"]]
     if not set(varying) <= set(names):
         return None
-    setup, parts, defaults = [], [], {}
-    loop_vars = {name: f"c{i}" for i, name in enumerate(varying)}
-    for i, field in enumerate(schema["fields"]):
-        varies = field["name"] in loop_vars
-        value = loop_vars[field["name"]] if varies else _field_value(field, "constants",
-                                                                       defaults)
-        expr = _encode_expr(field["type"], value)
+    defaults: dict[str, Any] = {}
+    # per field: (its column's encoder, None) or (None, its per-batch value's encoder)
+    plan: list[tuple[str, ColumnEncoder | None, Callable[[dict[str, Any]], bytes] | None]] = []
+    for field in schema["fields"]:
+        name = field["name"]
+        if name in varying:
+            column = _column_encoder(field["type"])
+            if column is None:
+                return None
+            plan.append((name, column, None))
+            continue
+        expr = _encode_expr(field["type"], _field_value(field, "constants", defaults))
         if expr is None:
             return None
-        if not varies:  # encoded once per batch
-            setup.append(f"    k{i} = {expr}")
-            expr = f"k{i}"
-        parts.append(expr)
-    columns = ", ".join(f"columns[{name!r}]" for name in varying)
-    targets = ", ".join(loop_vars[name] for name in varying)
-    source = "\n".join([
-        "def encode(columns, constants, header):",
-        *setup,
-        "    join = b''.join",
-        f"    return [join((header, {', '.join(parts)})) for {targets}, in zip({columns})]",
-    ])
-    return _compile(source, "encode", defaults)  # type: ignore[no-any-return]
+        plan.append((name, None, _compile(f"def value(constants):\n    return {expr}",
+                                          "value", defaults)))
+    join = b"".join
+
+    def encode(columns: dict[str, Any], constants: dict[str, Any], header: bytes
+               ) -> list[bytes]:
+        n = len(columns[varying[0]])
+        if any(len(columns[name]) != n for name in varying):
+            raise ValueError(f"columns of different lengths: "
+                             f"{ {name: len(columns[name]) for name in varying} }")
+        parts: list[Iterable[bytes]] = []
+        same = [header]  # consecutive per-batch bytes, joined into one part
+        for name, column, value in plan:
+            if column is not None:
+                if same:
+                    parts.append(repeat(join(same), n))
+                    same = []
+                parts.extend(column(columns[name]))
+            else:
+                assert value is not None
+                same.append(value(constants))
+        if same:
+            parts.append(repeat(join(same), n))
+        return list(map(join, zip(*parts, strict=False)))  # lengths checked; repeat is endless
+
+    return encode
+
+
+def _column_encoder(ftype: Any) -> ColumnEncoder | None:
+    """Encodes a column of ``ftype`` values as parts of records (lists, one item per row)."""
+    kind = _type_name(ftype)
+    if isinstance(ftype, str | dict) and kind == "string":
+        return _string_column
+    if isinstance(ftype, str | dict) and kind in _INTEGER:
+        return _long_column
+    if isinstance(ftype, str | dict) and kind in _FIXED:
+        code = _FIXED[kind][0]
+        return partial(_fixed_column, f"<{code}", struct.Struct("<" + code).pack)
+    expr = _encode_expr(ftype, "value")
+    if expr is None:
+        return None
+    one = _compile(f"def value(value):\n    return {expr}", "value", {})
+    return lambda values: (list(map(one, values)),)
+
+
+_LENGTHS = [bytes([2 * n]) for n in range(64)]  # the varint of a length below 64
+
+
+def _string_column(values: Any) -> tuple[list[bytes], list[bytes]]:
+    data = list(map(str.encode, values))
+    lengths = list(map(len, data))
+    if lengths and max(lengths) >= 64:
+        return list(map(encode_long, lengths)), data
+    return list(map(_LENGTHS.__getitem__, lengths)), data
+
+
+def _long_column(values: Any) -> tuple[list[bytes]]:
+    """Zig-zag varints of a column at once (numpy), when they all have the same length (a
+    batch's timestamps); one by one otherwise."""
+    ints = np.asarray(values, np.int64)
+    if not ints.size:
+        return ([],)
+    zigzag = ((ints << 1) ^ (ints >> 63)).view(np.uint64)
+    size = max(1, (int(zigzag.max()).bit_length() + 6) // 7)
+    if size != max(1, (int(zigzag.min()).bit_length() + 6) // 7):
+        return (list(map(encode_long, ints.tolist())),)
+    groups = ((zigzag[:, None] >> _GROUP_SHIFTS[:size]) & np.uint64(0x7F)).astype(np.uint8)
+    groups[:, :-1] |= 0x80
+    return (_rows_as_bytes(groups),)
+
+
+def _fixed_column(dtype: str, pack: Callable[[Any], bytes], values: Any) -> tuple[list[bytes]]:
+    """Little-endian floats of a column at once; one by one (``struct``, which refuses a
+    value out of a float's range) when the column has a value numpy made infinite."""
+    with np.errstate(over="ignore"):
+        floats = np.asarray(values, dtype)
+    if not np.isfinite(floats).all():
+        return (list(map(pack, values)),)
+    return (_rows_as_bytes(floats.reshape(len(floats), 1).view(np.uint8)),)
+
+
+def _rows_as_bytes(rows: np.ndarray) -> list[bytes]:
+    """Each row of a 2-d uint8 array as ``bytes`` (a void view keeps trailing zero bytes)."""
+    rows = np.ascontiguousarray(rows)
+    return rows.view(f"V{rows.shape[1]}").ravel().tolist()  # type: ignore[no-any-return]
+
+
+_GROUP_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streaminfer.connectors.avro import RecordCodec, load_schema, registry_client
+from streaminfer.connectors.avro import (
+    RecordCodec,
+    _strip_logical_types,
+    load_schema,
+    registry_client,
+)
+from streaminfer.connectors.avro_fast import compile_columns_encoder
 from streaminfer.errors import DecodeError
 
 EVENT = {"event_id": "e-1", "key": "user-7", "ts": 1_764_120_000_123, "features": [0.5, -2.0]}
@@ -100,3 +107,37 @@ def test_encode_columns_matches_per_record_encoding(wire: str) -> None:
     assert [codec.decode(v) for v in got] == [codec.decode(v) for v in codec.encode_many(records)]
     if wire == "single-object":
         assert got == codec.encode_many(records)
+
+
+def test_encode_columns_is_byte_exact_on_awkward_values() -> None:
+    """Column-wise encoding (numpy varints, C-level string maps) against fastavro, record by
+    record: long and non-ASCII text, varints of several lengths in one column, the union and
+    boolean columns of fallbacks, per-row versions."""
+    codec = RecordCodec("prediction")
+    ids = ["", "é" * 40, "x" * 64, "id-" + "ü" * 30, "a" * 9_000, "b"]
+    columns = {"event_id": ids, "key": ["k", "ключ", "k" * 63, "k" * 64, "", "k2"],
+               "score": np.array([0.0, -1.5, np.nan, np.inf, 1e-40, 0.3], np.float32),
+               "event_ts": np.array([0, -1, 63, -65, 1_764_120_000_000, 2**62], np.int64),
+               "degraded": [False, True, False, True, True, False],
+               "fallback": [None, "previous", None, "cached", "default", None],
+               "model_version": ["v1+u1", "v1+u2", "v2", "v2", "v3+u9", "v1"]}
+    constants = {"model_name": "classifier", "processed_ts": 1_764_120_000_500}
+    records = [{**constants, **dict(zip(columns, row, strict=True))}
+               for row in zip(*columns.values(), strict=True)]
+    # the compiled encoder itself: ``encode_columns`` would hide its failure (it falls back)
+    encode = compile_columns_encoder(_strip_logical_types(codec.schema.raw), tuple(columns))
+    assert encode is not None
+    assert encode(columns, constants, codec.schema.header) == codec.encode_many(records)
+    same_ts = {**columns, "event_ts": [1_764_120_000_000] * 6}  # one varint length: numpy
+    assert encode(same_ts, constants, codec.schema.header) == codec.encode_many(
+        [{**r, "event_ts": 1_764_120_000_000} for r in records])
+
+
+def test_encode_columns_refuses_a_float_out_of_range_as_record_encoding_does() -> None:
+    """numpy would write 1e300 as an infinite float32; the records are refused instead."""
+    codec = RecordCodec("prediction")
+    columns = {"event_id": ["a", "b"], "key": ["k1", "k2"], "score": [0.5, 1e300],
+               "event_ts": [1, 2]}
+    constants = {"model_name": "m", "model_version": "v1", "processed_ts": 5}
+    with pytest.raises(OverflowError):
+        codec.encode_columns(columns, constants)
