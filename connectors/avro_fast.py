@@ -596,12 +596,12 @@ def compile_columns_encoder(schema: dict[str, Any], varying: tuple[str, ...]
 
 def _column_encoder(ftype: Any) -> ColumnEncoder | None:
     """Encodes a column of ``ftype`` values as parts of records (lists, one item per row)."""
-    kind = _type_name(ftype)
-    if isinstance(ftype, str | dict) and kind == "string":
+    kind = _type_name(ftype)  # None for a union: its values go one by one
+    if kind == "string":
         return _string_column
-    if isinstance(ftype, str | dict) and kind in _INTEGER:
+    if kind in _INTEGER:
         return _long_column
-    if isinstance(ftype, str | dict) and kind in _FIXED:
+    if kind in _FIXED:
         code = _FIXED[kind][0]
         return partial(_fixed_column, f"<{code}", struct.Struct("<" + code).pack)
     expr = _encode_expr(ftype, "value")

@@ -211,7 +211,7 @@ class JoinState:
             if replaced:
                 self._writes.append((partition, key, None))
             self._advance(partition, record.max_ts)
-            self._take_waiting(found, joined)
+            self._add_joined(joined, found, self._take_waiting(found))
             joined._features.append(record.x)
             joined._scores.append(record.scores)
         else:
@@ -292,19 +292,19 @@ class JoinState:
             self._forget(old, store=False)
         return old is not None
 
-    def _take_waiting(self, event_ids: list[str], joined: Joined | None = None) -> list[float]:
-        """The waiting labels of ``event_ids`` (each waiting), in order; they stop waiting.
-        With ``joined``: added to it as joined (their events are the caller's to add)."""
+    def _take_waiting(self, event_ids: list[str]) -> list[float]:
+        """The waiting labels of ``event_ids`` (each waiting), in order; they stop waiting."""
         values: list[np.ndarray] = []
         for labels, rows in _runs(list(map(self._pending.pop, event_ids))):
             values.append(labels.labels[rows])
             self._release(labels, len(rows))
-        found = np.concatenate(values).tolist()
-        if joined is not None:
-            joined.event_ids += event_ids
-            joined.labels += found
-            self.joined += len(event_ids)
-        return found
+        return np.concatenate(values).tolist()  # type: ignore[no-any-return]
+
+    def _add_joined(self, joined: Joined, event_ids: list[str], labels: list[float]) -> None:
+        """Count ``event_ids`` as joined to ``labels`` (their events' rows: the caller's)."""
+        joined.event_ids += event_ids
+        joined.labels += labels
+        self.joined += len(event_ids)
 
     def _hold(self, record: _Record) -> None:
         held, index = self._lookup(record)
@@ -336,9 +336,7 @@ class JoinState:
         if not event_ids:
             return
         entries = list(map(self._index.pop, event_ids))
-        joined.event_ids += event_ids
-        joined.labels += labels
-        self.joined += len(event_ids)
+        self._add_joined(joined, event_ids, labels)
         for record, rows in _runs(entries):  # one row block per run of the same record
             joined._features.append(record.x[rows])
             joined._scores.append(record.scores[rows])
