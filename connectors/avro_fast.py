@@ -611,7 +611,7 @@ def _column_encoder(ftype: Any) -> ColumnEncoder | None:
     return lambda values: (list(map(one, values)),)
 
 
-_LENGTHS = [bytes([2 * n]) for n in range(64)]  # the varint of a length below 64
+_LENGTHS = _SMALL[::2]  # the varint of a length below 64: zig-zag doubles it
 
 
 def _string_column(values: Any) -> tuple[list[bytes], list[bytes]]:
